@@ -1,0 +1,23 @@
+"""wasmstream: run WebAssembly transforms over data streams, in parallel, in order.
+
+The library surface: build a `RunConfig` and call `run`; errors are `WasmstreamError`s.
+"""
+
+from __future__ import annotations
+
+from .abi import AbiOptions, GuestAbi, ResultKind
+from .core import RunConfig, run
+from .errors import ExitStatus, WasmstreamError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbiOptions",
+    "ExitStatus",
+    "GuestAbi",
+    "ResultKind",
+    "RunConfig",
+    "WasmstreamError",
+    "__version__",
+    "run",
+]

@@ -1,0 +1,188 @@
+"""The guest ABI: which exports of a module wasmstream uses, and how.
+
+This is the project's contract with module authors (README and man page, "GUEST ABI"). It is
+decided here once per run, from the module's exports and imports alone, before any instance
+exists; the engines then follow the resulting `GuestAbi` without deciding anything themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ModuleError
+
+WASI_MODULE = "wasi_snapshot_preview1"
+MEMORY_EXPORT = "memory"
+REACTOR_INIT = "_initialize"
+DEFAULT_TRANSFORM = "process_chunk"
+ALLOCATOR_NAMES = ("alloc", "allocate", "malloc")
+DEALLOCATOR_NAMES = ("dealloc", "free")
+
+
+@dataclass(frozen=True)
+class FuncSig:
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+
+    def __str__(self) -> str:
+        params = ", ".join(self.params)
+        results = ", ".join(self.results)
+        if len(self.results) == 1:
+            return f"({params}) -> {results}"
+        return f"({params}) -> ({results})"
+
+
+@dataclass(frozen=True)
+class ExportDesc:
+    name: str
+    kind: str  # "func", "memory", "table" or "global"
+    sig: FuncSig | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind} {self.sig})" if self.sig else f"{self.name} ({self.kind})"
+
+
+@dataclass(frozen=True)
+class ImportDesc:
+    module: str
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What an engine found in a compiled module, in engine-neutral terms."""
+
+    exports: tuple[ExportDesc, ...]
+    imports: tuple[ImportDesc, ...]
+
+    def export(self, name: str) -> ExportDesc | None:
+        return next((export for export in self.exports if export.name == name), None)
+
+
+class ResultKind(enum.Enum):
+    IN_PLACE = "i32"  # n: the output is the first n bytes of the input buffer
+    PACKED = "i64"  # (ptr << 32) | len: the output is elsewhere in guest memory
+
+
+@dataclass(frozen=True)
+class AbiOptions:
+    """The user's choices of export names (None: use the defaults)."""
+
+    function: str = DEFAULT_TRANSFORM
+    alloc: str | None = None
+    free: str | None = None
+    init: str | None = None
+
+
+@dataclass(frozen=True)
+class GuestAbi:
+    """How to drive one module, decided once per run."""
+
+    transform: str
+    result: ResultKind
+    alloc: str
+    dealloc: str | None = None
+    dealloc_takes_length: bool = False
+    init: str | None = None
+    init_returns_status: bool = False
+    reactor: bool = False
+    wasi: bool = False
+
+
+I32, I64 = "i32", "i64"
+TRANSFORM_SIGS = {
+    FuncSig((I32, I32), (I32,)): ResultKind.IN_PLACE,
+    FuncSig((I32, I32), (I64,)): ResultKind.PACKED,
+}
+ALLOC_SIGS = (FuncSig((I32,), (I32,)),)
+DEALLOC_SIGS = (FuncSig((I32, I32), ()), FuncSig((I32,), ()))
+INIT_SIGS = (FuncSig((I32, I32), ()), FuncSig((I32, I32), (I32,)))
+REACTOR_SIGS = (FuncSig((), ()),)
+
+
+def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
+    """Check `info` against the guest ABI and decide how to drive the module.
+
+    Raises ModuleError naming the missing export (and listing what the module does export) or
+    the export whose signature cannot be used (with the signature found and those accepted).
+    """
+    _check_imports(info, source)
+    _require_memory(info, source)
+    transform_sig = _require_func(info, options.function, "transform", tuple(TRANSFORM_SIGS), source)
+    alloc = _choose(info, options.alloc, ALLOCATOR_NAMES, "allocator", source)
+    if alloc is None:
+        raise _missing(info, " or ".join(ALLOCATOR_NAMES), "allocator", source)
+    _require_func(info, alloc, "allocator", ALLOC_SIGS, source)
+    result = TRANSFORM_SIGS[transform_sig]
+    dealloc = _choose(info, options.free, DEALLOCATOR_NAMES, "deallocator", source)
+    dealloc_sig = _require_func(info, dealloc, "deallocator", DEALLOC_SIGS, source) if dealloc else None
+    init_sig = (
+        _require_func(info, options.init, "init function", INIT_SIGS, source) if options.init else None
+    )
+    reactor = info.export(REACTOR_INIT) is not None
+    if reactor:
+        _require_func(info, REACTOR_INIT, "reactor initializer", REACTOR_SIGS, source)
+    return GuestAbi(
+        transform=options.function,
+        result=result,
+        alloc=alloc,
+        # An in-place result never leaves anything to free; a deallocator only matters for PACKED.
+        dealloc=dealloc if result is ResultKind.PACKED else None,
+        dealloc_takes_length=dealloc_sig is not None and len(dealloc_sig.params) == 2,
+        init=options.init,
+        init_returns_status=init_sig is not None and bool(init_sig.results),
+        reactor=reactor,
+        wasi=any(imp.module == WASI_MODULE for imp in info.imports),
+    )
+
+
+def _check_imports(info: ModuleInfo, source: str) -> None:
+    for imp in info.imports:
+        if imp.module != WASI_MODULE:
+            raise ModuleError(
+                f"{source}: imports {imp.module}.{imp.name} ({imp.kind}), which wasmstream does "
+                f"not provide; only {WASI_MODULE} imports can be satisfied"
+            )
+
+
+def _require_memory(info: ModuleInfo, source: str) -> None:
+    export = info.export(MEMORY_EXPORT)
+    if export is None:
+        raise _missing(info, MEMORY_EXPORT, "linear memory", source)
+    if export.kind != "memory":
+        raise ModuleError(f"{source}: export {MEMORY_EXPORT} is a {export.kind}, not a memory")
+
+
+def _choose(
+    info: ModuleInfo, chosen: str | None, defaults: Sequence[str], role: str, source: str
+) -> str | None:
+    """The export named by the user (which must exist), else the first default present."""
+    if chosen is not None:
+        if info.export(chosen) is None:
+            raise _missing(info, chosen, role, source)
+        return chosen
+    return next((name for name in defaults if info.export(name) is not None), None)
+
+
+def _require_func(
+    info: ModuleInfo, name: str, role: str, accepted: Sequence[FuncSig], source: str
+) -> FuncSig:
+    export = info.export(name)
+    if export is None:
+        raise _missing(info, name, role, source)
+    if export.sig is None:
+        raise ModuleError(f"{source}: export {name} ({role}) is a {export.kind}, not a function")
+    if export.sig not in accepted:
+        expected = " or ".join(str(sig) for sig in accepted)
+        raise ModuleError(
+            f"{source}: export {name} ({role}) has signature {export.sig}; expected {expected}"
+        )
+    return export.sig
+
+
+def _missing(info: ModuleInfo, name: str, role: str, source: str) -> ModuleError:
+    exported = ", ".join(str(export) for export in info.exports) or "nothing"
+    return ModuleError(f"{source}: missing export {name} ({role}); the module exports: {exported}")

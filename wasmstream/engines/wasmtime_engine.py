@@ -1,0 +1,294 @@
+"""The wasmtime engine (Cranelift): the default.
+
+wasmtime releases the GIL while guest code runs, so one instance per worker thread really uses
+several cores. Guest calls go through wasmtime's unchecked raw-call entry point, which costs
+about 1.5 µs instead of the ~25 µs of `Func.__call__`'s per-call type checking and boxing; the
+signatures were already checked once, by `resolve_abi`. If a future wasmtime-py drops that
+private binding, calls fall back to `Func.__call__` (also forced with WASMSTREAM_SLOW_CALLS=1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import wasmtime
+
+from ..abi import (
+    REACTOR_INIT,
+    ExportDesc,
+    FuncSig,
+    GuestAbi,
+    ImportDesc,
+    ModuleInfo,
+    ResultKind,
+)
+from ..errors import GuestError, GuestTrap, ModuleError, StartupError
+
+T = TypeVar("T")
+WASM_MAGIC = b"\0asm"
+
+try:  # the raw call path; see the module docstring
+    from wasmtime import _bindings as _ffi
+
+    _call_unchecked: Any = _ffi._wasmtime_func_call_unchecked
+    _ValRawArray: Any = _ffi.wasmtime_val_raw_t
+    _TrapPointer: Any = ctypes.POINTER(_ffi.wasm_trap_t)
+except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime-py release
+    _call_unchecked = None
+
+TRAP_DESCRIPTIONS = {
+    wasmtime.TrapCode.UNREACHABLE: "unreachable instruction executed",
+    wasmtime.TrapCode.STACK_OVERFLOW: "stack overflow",
+    wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS: "out-of-bounds memory access",
+    wasmtime.TrapCode.HEAP_MISALIGNED: "misaligned memory access",
+    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "out-of-bounds table access",
+    wasmtime.TrapCode.INDIRECT_CALL_TO_NULL: "indirect call to a null table entry",
+    wasmtime.TrapCode.BAD_SIGNATURE: "indirect call signature mismatch",
+    wasmtime.TrapCode.INTEGER_OVERFLOW: "integer overflow",
+    wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO: "integer divide by zero",
+    wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER: "invalid conversion to integer",
+}
+
+
+class WasmtimeEngine:
+    name = "wasmtime"
+
+    def __init__(self) -> None:
+        self._engine = wasmtime.Engine(wasmtime.Config())
+
+    def version(self) -> str:
+        from importlib.metadata import version  # lazily: 20 ms of start-up otherwise
+
+        return version("wasmtime")
+
+    def compile(self, wasm: bytes, source: str) -> WasmtimeModule:
+        if not wasm.startswith(WASM_MAGIC):
+            raise ModuleError(f"{source}: not a WebAssembly binary (no \\0asm header)")
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+        except wasmtime.WasmtimeError as error:
+            raise ModuleError(f"{source}: invalid WebAssembly: {_one_line(str(error))}") from None
+        return WasmtimeModule(self._engine, module, source)
+
+
+class WasmtimeModule:
+    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, source: str) -> None:
+        self._engine = engine
+        self._module = module
+        self._source = source
+        self.info = ModuleInfo(
+            exports=tuple(_describe_export(e.name, e.type) for e in module.exports),
+            imports=tuple(
+                ImportDesc(i.module, i.name or "", _kind(i.type)) for i in module.imports
+            ),
+        )
+
+    def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> WasmtimeInstance:
+        return WasmtimeInstance(self._engine, self._module, self._source, abi, buffer_size, config)
+
+
+class WasmtimeInstance:
+    """One Store and Instance, owned by one thread; holds the input buffer for every frame."""
+
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        module: wasmtime.Module,
+        source: str,
+        abi: GuestAbi,
+        buffer_size: int,
+        config: bytes,
+    ) -> None:
+        self._store = wasmtime.Store(engine)
+        self._abi = abi
+        self._buffer_size = buffer_size
+        instance = self._link(engine, module, source, abi.wasi)
+        exports = instance.exports(self._store)
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
+        self._memory = memory
+        self._memory_view = memoryview(b"")
+        self._memory_at = (0, 0)
+
+        def func(name: str) -> Callable[..., int | None]:
+            export = exports[name]
+            assert isinstance(export, wasmtime.Func)
+            return _caller(self._store, export)
+
+        self._transform = func(abi.transform)
+        self._dealloc = func(abi.dealloc) if abi.dealloc else None
+        self._start(func, config)
+
+    def _link(
+        self, engine: wasmtime.Engine, module: wasmtime.Module, source: str, wasi: bool
+    ) -> wasmtime.Instance:
+        try:
+            if not wasi:
+                return wasmtime.Instance(self._store, module, [])
+            self._store.set_wasi(_sandboxed_wasi(source))
+            linker = wasmtime.Linker(engine)
+            linker.define_wasi()
+            return linker.instantiate(self._store, module)
+        except wasmtime.Trap as trap:
+            raise StartupError(f"trapped while starting: {describe_trap(trap)}") from None
+        except wasmtime.WasmtimeError as error:
+            raise ModuleError(f"{source}: cannot instantiate: {_one_line(str(error))}") from None
+
+    def _start(self, func: Callable[[str], Callable[..., int | None]], config: bytes) -> None:
+        """Reactor initialiser, then the input buffer, then the init function, in that order."""
+        abi = self._abi
+        if abi.reactor:
+            _during_startup(REACTOR_INIT, func(REACTOR_INIT))
+        alloc = func(abi.alloc)
+        self._input_ptr = self._allocate(alloc, self._buffer_size, "the input buffer")
+        if abi.init is None:
+            return
+        config_ptr = self._allocate(alloc, len(config), "the config") if config else 0
+        self._memory_slice(config_ptr, len(config), "config buffer")[:] = config
+        status = _during_startup(abi.init, func(abi.init), config_ptr, len(config))
+        if abi.init_returns_status and status is not None and status < 0:
+            raise StartupError(f"init function {abi.init} returned error code {status}")
+
+    def _allocate(self, alloc: Callable[..., int | None], size: int, purpose: str) -> int:
+        ptr = _during_startup(self._abi.alloc, alloc, size)
+        assert ptr is not None
+        ptr &= 0xFFFFFFFF  # i32 results are signed; addresses are not
+        self._memory_slice(ptr, size, f"{purpose} from {self._abi.alloc}({size})")
+        return ptr
+
+    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
+        length = len(data)
+        self._refresh_memory()[self._input_ptr : self._input_ptr + length] = data
+        result = _as_guest_call(self._transform, self._input_ptr, length)
+        assert result is not None
+        if result < 0:
+            raise GuestError(f"guest returned error code {result}")
+        if self._abi.result is ResultKind.IN_PLACE:
+            if result > self._buffer_size:
+                raise GuestError(
+                    f"guest returned length {result}, beyond its {self._buffer_size}-byte buffer"
+                )
+            return consume(self._refresh_memory()[self._input_ptr : self._input_ptr + result])
+        out_ptr, out_len = result >> 32, result & 0xFFFFFFFF
+        output = consume(self._memory_slice(out_ptr, out_len, "output range"))
+        if self._dealloc is not None:
+            args = (out_ptr, out_len) if self._abi.dealloc_takes_length else (out_ptr,)
+            _as_guest_call(self._dealloc, *args)
+        return output
+
+    def _refresh_memory(self) -> memoryview:
+        """A view of all guest memory; rebuilt only when memory has grown or moved."""
+        store, memory = self._store, self._memory
+        where = (ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store))
+        if where != self._memory_at:
+            array = (ctypes.c_ubyte * where[1]).from_address(where[0])
+            self._memory_view = memoryview(array).cast("B")
+            self._memory_at = where
+        return self._memory_view
+
+    def _memory_slice(self, ptr: int, length: int, what: str) -> memoryview:
+        memory = self._refresh_memory()
+        if ptr + length > len(memory):
+            raise GuestError(
+                f"{what} {ptr:#x}..{ptr + length:#x} ({length} bytes) is outside guest memory "
+                f"({len(memory)} bytes)"
+            )
+        return memory[ptr : ptr + length]
+
+    def close(self) -> None:
+        self._memory_view.release()
+        self._memory_at = (0, 0)
+
+
+def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | None]:
+    """A fast callable for `func`, whose signature resolve_abi has already checked."""
+    results = func.type(store).results
+    if _call_unchecked is None or os.environ.get("WASMSTREAM_SLOW_CALLS") == "1":
+        return lambda *args: func(store, *args)  # type: ignore[no-any-return]
+    slots = _ValRawArray * max(len(func.type(store).params), len(results), 1)
+    values = slots()
+    context = store._context()
+    func_ref = ctypes.byref(func._func)
+    field = None if not results else ("i64" if results[0] == wasmtime.ValType.i64() else "i32")
+
+    def call(*args: int) -> int | None:
+        for slot, arg in enumerate(args):
+            values[slot].i64 = 0  # clear the upper half: an i32 slot is read as 32 bits
+            values[slot].i32 = arg
+        trap = _TrapPointer()
+        error = _call_unchecked(context, func_ref, values, len(values), ctypes.byref(trap))
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        if trap:
+            raise wasmtime.Trap._from_ptr(trap)
+        return None if field is None else int(getattr(values[0], field))
+
+    return call
+
+
+def _as_guest_call(func: Callable[..., int | None], *args: int) -> int | None:
+    """Call `func`, turning wasmtime's traps and errors into GuestTrap."""
+    try:
+        return func(*args)
+    except wasmtime.Trap as trap:
+        raise GuestTrap(f"guest trapped: {describe_trap(trap)}") from None
+    except wasmtime.WasmtimeError as error:
+        raise GuestTrap(f"guest failed: {_one_line(str(error))}") from None
+
+
+def _during_startup(name: str, func: Callable[..., int | None], *args: int) -> int | None:
+    try:
+        return _as_guest_call(func, *args)
+    except GuestError as error:
+        raise StartupError(f"{name}: {error.what}") from None
+
+
+def describe_trap(trap: wasmtime.Trap) -> str:
+    code = trap.trap_code
+    if code is not None and code in TRAP_DESCRIPTIONS:
+        return TRAP_DESCRIPTIONS[code]
+    return _one_line(trap.message)
+
+
+def _one_line(message: str) -> str:
+    """The line of a wasmtime message that says what happened (the last non-empty one)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    return last.removeprefix("wasm trap: ")
+
+
+def _sandboxed_wasi(source: str) -> wasmtime.WasiConfig:
+    """A WASI context that grants nothing; the guest's stdout joins wasmstream's stderr."""
+    config = wasmtime.WasiConfig()
+    config.argv = [os.path.basename(source)]
+    config.stdout_custom = _to_stderr
+    config.inherit_stderr()
+    return config
+
+
+def _to_stderr(data: bytes) -> None:
+    os.write(2, data)
+
+
+def _kind(extern_type: object) -> str:
+    if isinstance(extern_type, wasmtime.FuncType):
+        return "func"
+    if isinstance(extern_type, wasmtime.MemoryType):
+        return "memory"
+    if isinstance(extern_type, wasmtime.TableType):
+        return "table"
+    if isinstance(extern_type, wasmtime.GlobalType):
+        return "global"
+    return type(extern_type).__name__
+
+
+def _describe_export(name: str, extern_type: object) -> ExportDesc:
+    if isinstance(extern_type, wasmtime.FuncType):
+        sig = FuncSig(
+            tuple(str(t) for t in extern_type.params), tuple(str(t) for t in extern_type.results)
+        )
+        return ExportDesc(name, "func", sig)
+    return ExportDesc(name, _kind(extern_type))

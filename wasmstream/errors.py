@@ -1,0 +1,93 @@
+"""Every failure wasmstream reports, each with the exit status it maps to.
+
+Errors are defined once here; the CLI turns any `WasmstreamError` into one line on stderr and
+its `status`. Messages say what went wrong and where: module path, export name, frame number and
+the input byte offset of the frame.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Documented exit codes (README, man page): scripts can tell failure classes apart."""
+
+    OK = 0
+    FAILURE = 1  # an unexpected internal error
+    USAGE = 2  # bad command line (click uses 2 as well)
+    INVALID_MODULE = 3  # missing, not wasm, invalid, wrong exports or signatures
+    GUEST_ERROR = 4  # trap, negative result, output outside guest memory
+    IO_ERROR = 8  # input unreadable, output unwritable
+    BROKEN_PIPE = 141  # downstream closed the pipe: 128 + SIGPIPE, as coreutils exit
+    INTERRUPTED = 130  # SIGINT: 128 + 2
+    TERMINATED = 143  # SIGTERM: 128 + 15
+
+
+class WasmstreamError(Exception):
+    """Base of every error the CLI reports as a one-line message."""
+
+    status: ExitStatus = ExitStatus.FAILURE
+
+
+class UsageError(WasmstreamError):
+    status = ExitStatus.USAGE
+
+
+class ModuleError(WasmstreamError):
+    """The module cannot be used: missing, not wasm, invalid, or not following the guest ABI."""
+
+    status = ExitStatus.INVALID_MODULE
+
+
+class IOFailure(WasmstreamError):
+    status = ExitStatus.IO_ERROR
+
+
+class GuestError(WasmstreamError):
+    """A guest failed while running: a trap, a negative result or an impossible output range.
+
+    `frame` and `offset` are filled in by the pool, which knows where the frame came from; the
+    engine that raises it only knows what happened.
+    """
+
+    status = ExitStatus.GUEST_ERROR
+
+    def __init__(self, what: str, *, frame: int | None = None, offset: int | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.frame = frame
+        self.offset = offset
+
+    def at(self, frame: int, offset: int) -> GuestError:
+        """This error, located at a frame of the input stream."""
+        located = type(self)(self.what, frame=frame, offset=offset)
+        located.__cause__ = self.__cause__
+        return located
+
+    def __str__(self) -> str:
+        if self.frame is None:
+            return self.what
+        return f"frame {self.frame} at offset {self.offset}: {self.what}"
+
+
+class GuestTrap(GuestError):
+    """The guest trapped (unreachable, out-of-bounds access, divide by zero, …)."""
+
+
+class StartupError(GuestError):
+    """An instance failed while starting (in `_initialize`, the allocator or the init function)."""
+
+
+class BrokenPipe(WasmstreamError):
+    """Downstream closed the output pipe: the run ends quietly."""
+
+    status = ExitStatus.BROKEN_PIPE
+
+
+class Interrupted(WasmstreamError):
+    """SIGINT or SIGTERM: the run stopped early, keeping what was written."""
+
+    def __init__(self, status: ExitStatus = ExitStatus.INTERRUPTED) -> None:
+        super().__init__("interrupted")
+        self.status = status

@@ -1,0 +1,27 @@
+"""Parsing of the sizes users type on the command line: `4096`, `64K`, `64KiB`, `1M`, `1MiB`."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[KMGT]?)(?:i?B)?", re.IGNORECASE)
+_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `text`. K, M, G and T are binary units (1K = 1KiB = 1024), as in dd and pv.
+
+    Raises ValueError with a message fit for the user when the text is not a size.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (try 65536, 64K, 64KiB or 1M)")
+    return int(match["number"]) * 1024 ** _POWERS[match["unit"].upper()]
+
+
+def format_size(size: int) -> str:
+    """`size` bytes in the largest binary unit that divides it exactly: 65536 -> '64KiB'."""
+    for unit, power in (("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if size and size % 1024**power == 0:
+            return f"{size // 1024**power}{unit}"
+    return f"{size}B"
