@@ -111,16 +111,22 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
     """
     _check_imports(info, source)
     _require_memory(info, source)
-    transform_sig = _require_func(info, options.function, "transform", tuple(TRANSFORM_SIGS), source)
+    transform_sig = _require_func(
+        info, options.function, "transform", tuple(TRANSFORM_SIGS), source
+    )
     alloc = _choose(info, options.alloc, ALLOCATOR_NAMES, "allocator", source)
     if alloc is None:
         raise _missing(info, " or ".join(ALLOCATOR_NAMES), "allocator", source)
     _require_func(info, alloc, "allocator", ALLOC_SIGS, source)
     result = TRANSFORM_SIGS[transform_sig]
     dealloc = _choose(info, options.free, DEALLOCATOR_NAMES, "deallocator", source)
-    dealloc_sig = _require_func(info, dealloc, "deallocator", DEALLOC_SIGS, source) if dealloc else None
+    dealloc_sig = (
+        _require_func(info, dealloc, "deallocator", DEALLOC_SIGS, source) if dealloc else None
+    )
     init_sig = (
-        _require_func(info, options.init, "init function", INIT_SIGS, source) if options.init else None
+        _require_func(info, options.init, "init function", INIT_SIGS, source)
+        if options.init
+        else None
     )
     reactor = info.export(REACTOR_INIT) is not None
     if reactor:

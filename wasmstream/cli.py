@@ -6,13 +6,14 @@ only place where exceptions become messages and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -24,19 +25,15 @@ from .errors import BrokenPipe, ExitStatus, Interrupted, WasmstreamError
 from .units import format_size, parse_size
 
 
-class SizeParam(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            size = parse_size(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-        if size <= 0:
-            self.fail("must be at least 1 byte", param, ctx)
-        return size
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+    """Callback for size options (a callback rather than a ParamType, generic only in new click)."""
+    try:
+        size = value if isinstance(value, int) else parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+    if size <= 0:
+        raise click.BadParameter("must be at least 1 byte", ctx, param)
+    return size
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -72,7 +69,8 @@ def cli() -> None:
 @click.option("-o", "--output", metavar="FILE", help="Write output to FILE instead of stdout.")
 @click.option(
     "--frame-size",
-    type=SizeParam(),
+    metavar="SIZE",
+    callback=_size_option,
     default=DEFAULT_FRAME_SIZE,
     show_default=format_size(DEFAULT_FRAME_SIZE),
     help="Bytes per frame: 4096, 64K, 64KiB, 1M, 1MiB.",
@@ -81,6 +79,7 @@ def cli() -> None:
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
+    metavar="N",
     default=default_jobs,
     show_default="number of CPUs",
     help="Instances running frames in parallel.",
@@ -88,19 +87,36 @@ def cli() -> None:
 @click.option(
     "--queue-depth",
     type=click.IntRange(min=1),
+    metavar="N",
     show_default="2 x jobs",
     help="Frames read ahead of the workers; bounds memory.",
 )
 @click.option(
     "--function",
+    metavar="NAME",
     default=DEFAULT_TRANSFORM,
     show_default=True,
     help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
 )
-@click.option("--alloc", metavar="NAME", help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].")
-@click.option("--free", metavar="NAME", help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].")
-@click.option("--init", metavar="NAME", help="Export called once per instance with the --config bytes.")
-@click.option("--config", "config_text", metavar="TEXT|@FILE", help="Bytes passed to --init: TEXT, or the contents of FILE.")
+@click.option(
+    "--alloc",
+    metavar="NAME",
+    help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
+)
+@click.option(
+    "--free",
+    metavar="NAME",
+    help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
+)
+@click.option(
+    "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+)
+@click.option(
+    "--config",
+    "config_text",
+    metavar="TEXT|@FILE",
+    help="Bytes passed to --init: TEXT, or the contents of FILE.",
+)
 @click.option(
     "--engine",
     type=click.Choice(ENGINE_NAMES),
@@ -154,7 +170,9 @@ def _read_config(text: str | None) -> bytes:
         with open(text[1:], "rb") as config_file:
             return config_file.read()
     except OSError as error:
-        raise click.BadParameter(f"cannot read {text[1:]}: {error.strerror}", param_hint="--config") from None
+        raise click.BadParameter(
+            f"cannot read {text[1:]}: {error.strerror}", param_hint="--config"
+        ) from None
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
@@ -162,10 +180,8 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def _error(message: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # stderr gone too: nothing left to tell
         print(f"wasmstream: error: {message}", file=sys.stderr, flush=True)
-    except OSError:  # stderr gone too: nothing left to tell
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -205,8 +221,5 @@ def _run_cli(argv: Sequence[str] | None) -> int:
 
 def _quiet_stdout() -> None:
     """After EPIPE, keep Python's exit-time flush of stdout from complaining."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

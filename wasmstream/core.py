@@ -54,7 +54,9 @@ class LoadedModule:
     abi: GuestAbi
 
 
-def load_module(path: str, abi_options: AbiOptions, engine_name: str = DEFAULT_ENGINE) -> LoadedModule:
+def load_module(
+    path: str, abi_options: AbiOptions, engine_name: str = DEFAULT_ENGINE
+) -> LoadedModule:
     try:
         with open(path, "rb") as module_file:
             wasm = module_file.read()

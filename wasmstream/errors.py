@@ -78,6 +78,9 @@ class GuestTrap(GuestError):
 class StartupError(GuestError):
     """An instance failed while starting (in `_initialize`, the allocator or the init function)."""
 
+    def __str__(self) -> str:
+        return f"while starting an instance: {self.what}"
+
 
 class BrokenPipe(WasmstreamError):
     """Downstream closed the output pipe: the run ends quietly."""

@@ -52,7 +52,9 @@ class ConcatenatedInput:
             try:
                 got = self._current.readinto(buffer)
             except OSError as error:
-                raise IOFailure(f"cannot read input {self._current_path}: {error.strerror}") from None
+                raise IOFailure(
+                    f"cannot read input {self._current_path}: {error.strerror}"
+                ) from None
             if got:
                 return got
             self._close_current()

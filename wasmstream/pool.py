@@ -65,7 +65,11 @@ def run_frames(
 
 
 def _run_serial(
-    frames: Frames, new_instance: Callable[[], Instance], write: Write, frame_size: int, tally: Tally
+    frames: Frames,
+    new_instance: Callable[[], Instance],
+    write: Write,
+    frame_size: int,
+    tally: Tally,
 ) -> None:
     buffer = bytearray(frame_size)
     instance = new_instance()
@@ -123,7 +127,9 @@ class _ParallelRun:
             threading.Thread(target=self._work_loop, name=f"wasmstream-worker-{n}", daemon=True)
             for n in range(jobs)
         ]
-        self._writer = threading.Thread(target=self._write_loop, name="wasmstream-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="wasmstream-writer", daemon=True
+        )
 
     def run(self) -> None:
         for worker in self._workers:

@@ -16,7 +16,8 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"not a size: {text!r} (try 65536, 64K, 64KiB or 1M)")
-    return int(match["number"]) * 1024 ** _POWERS[match["unit"].upper()]
+    power: int = _POWERS[match["unit"].upper()]
+    return int(match["number"]) << (10 * power)
 
 
 def format_size(size: int) -> str:

@@ -156,7 +156,10 @@ class WasmtimeInstance:
         ptr = _during_startup(self._abi.alloc, alloc, size)
         assert ptr is not None
         ptr &= 0xFFFFFFFF  # i32 results are signed; addresses are not
-        self._memory_slice(ptr, size, f"{purpose} from {self._abi.alloc}({size})")
+        try:
+            self._memory_slice(ptr, size, f"{purpose} from {self._abi.alloc}({size})")
+        except GuestError as error:
+            raise StartupError(error.what) from None
         return ptr
 
     def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
@@ -207,7 +210,7 @@ def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | N
     """A fast callable for `func`, whose signature resolve_abi has already checked."""
     results = func.type(store).results
     if _call_unchecked is None or os.environ.get("WASMSTREAM_SLOW_CALLS") == "1":
-        return lambda *args: func(store, *args)  # type: ignore[no-any-return]
+        return lambda *args: func(store, *args)
     slots = _ValRawArray * max(len(func.type(store).params), len(results), 1)
     values = slots()
     context = store._context()

@@ -1,0 +1,101 @@
+"""Shared helpers: fixture paths, the real CLI as a subprocess, and Python references."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+def fixture(name: str) -> str:
+    return str(FIXTURES / name)
+
+
+def wasmstream(
+    *args: str,
+    input: bytes = b"",
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    **kwargs: object,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI in a child process; stdout and stderr are captured as bytes."""
+    return subprocess.run(
+        [sys.executable, "-m", "wasmstream", *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def per_frame(transform: Callable[[bytes], bytes], data: bytes, frame_size: int) -> bytes:
+    """What a frame-by-frame transform makes of `data`."""
+    return b"".join(transform(data[i : i + frame_size]) for i in range(0, len(data), frame_size))
+
+
+def _heavy_table() -> bytes:
+    table = bytearray()
+    for byte in range(256):
+        x = byte
+        for _ in range(512):
+            x = ((x * 33 + 91) ^ (x >> 3)) & 255
+        table.append(x)
+    return bytes(table)
+
+
+HEAVY_TABLE = _heavy_table()
+
+# The Python equivalents of the fixtures, frame by frame.
+REFERENCES: dict[str, Callable[[bytes], bytes]] = {
+    "identity.wasm": lambda frame: frame,
+    "upper.wasm": bytes.upper,
+    "hexdump.wasm": lambda frame: frame.hex().encode(),
+    "heavy.wasm": lambda frame: frame.translate(HEAVY_TABLE),
+    "varying.wasm": lambda frame: bytes((b + 1) & 255 for b in frame),
+    "c/redact.wasm": lambda frame: frame.translate(bytes.maketrans(b"0123456789", b"#" * 10)),
+}
+
+
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[bytes], status: int, *needles: str
+) -> str:
+    """The run failed with `status` and one line on stderr containing every needle."""
+    stderr = result.stderr.decode()
+    assert result.returncode == status, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("wasmstream: error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+    return lines[0]
+
+
+@pytest.fixture
+def random_bytes() -> Callable[[int, int], bytes]:
+    def make(size: int, seed: int = 0) -> bytes:
+        import random
+
+        return random.Random(seed).randbytes(size)
+
+    return make
+
+
+def chunks(data: bytes, sizes: Sequence[int]) -> list[bytes]:
+    """`data` cut into pieces of the given sizes, cycling through them."""
+    pieces, start, n = [], 0, 0
+    while start < len(data):
+        size = sizes[n % len(sizes)]
+        pieces.append(data[start : start + size])
+        start += size
+        n += 1
+    return pieces

@@ -1,0 +1,33 @@
+import pytest
+
+from wasmstream.units import format_size, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4096", 4096),
+        ("64K", 65536),
+        ("64KiB", 65536),
+        ("64k", 65536),
+        ("1M", 1 << 20),
+        ("1MiB", 1 << 20),
+        ("2G", 2 << 30),
+        ("1 KiB", 1024),
+        ("10B", 10),
+    ],
+)
+def test_parse_size_accepts_the_documented_forms(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "K", "1.5M", "-1", "12Q", "64 kibibytes"])
+def test_parse_size_rejects_what_is_not_a_size(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(("size", "text"), [(65536, "64KiB"), (1 << 20, "1MiB"), (1000, "1000B")])
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text) == size
