@@ -71,8 +71,8 @@ def cli() -> None:
     "--frame-size",
     metavar="SIZE",
     callback=_size_option,
-    default=DEFAULT_FRAME_SIZE,
-    show_default=format_size(DEFAULT_FRAME_SIZE),
+    default=format_size(DEFAULT_FRAME_SIZE),
+    show_default=True,
     help="Bytes per frame: 4096, 64K, 64KiB, 1M, 1MiB.",
 )
 @click.option(
