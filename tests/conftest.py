@@ -46,7 +46,7 @@ def _heavy_table() -> bytes:
     table = bytearray()
     for byte in range(256):
         x = byte
-        for _ in range(512):
+        for _ in range(64):
             x = ((x * 33 + 91) ^ (x >> 3)) & 255
         table.append(x)
     return bytes(table)

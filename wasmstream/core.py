@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .abi import AbiOptions, GuestAbi, resolve_abi
 from .engines import DEFAULT_ENGINE, CompiledModule, Engine, Instance, get_engine
 from .errors import ModuleError
-from .framing import Frame, fixed_frames
+from .framing import Buffer, Frame, fixed_frames
 from .inputs import ConcatenatedInput, check_inputs
 from .pool import Tally, run_frames
 from .sink import Sink
@@ -77,7 +77,7 @@ def run(config: RunConfig) -> Tally:
 
     stream = ConcatenatedInput(config.inputs)
 
-    def frames(next_buffer: Callable[[], bytearray]) -> Iterator[Frame]:
+    def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
         return fixed_frames(stream, next_buffer)
 
     tally = Tally()

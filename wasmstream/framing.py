@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+Buffer = bytearray | memoryview
+"""Where a frame is read to: a host buffer, or the guest's own input buffer (saving a copy)."""
+
 
 class ReadableInto(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
@@ -20,7 +23,7 @@ class Frame:
 
     __slots__ = ("buffer", "index", "length", "offset")
 
-    def __init__(self, index: int, offset: int, buffer: bytearray, length: int) -> None:
+    def __init__(self, index: int, offset: int, buffer: Buffer, length: int) -> None:
         self.index = index
         self.offset = offset
         self.buffer = buffer
@@ -50,7 +53,7 @@ def fill(stream: ReadableInto, buffer: memoryview) -> int:
 
 
 def fixed_frames(
-    stream: ReadableInto, next_buffer: Callable[[], bytearray], *, first_offset: int = 0
+    stream: ReadableInto, next_buffer: Callable[[], Buffer], *, first_offset: int = 0
 ) -> Iterator[Frame]:
     """Cut `stream` into frames the size of the buffers `next_buffer` hands out.
 

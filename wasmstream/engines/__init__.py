@@ -22,12 +22,24 @@ DEFAULT_ENGINE = "wasmtime"
 class Instance(Protocol):
     """A running instance of a module, with its input buffer already allocated."""
 
-    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
-        """Run the transform on `data` and return `consume(output)`.
+    def input_buffer(self) -> memoryview:
+        """The guest's input buffer (frame-size bytes), valid until the next guest call.
 
-        `output` is a view into guest memory, valid only inside `consume`: the host frees a
-        packed output right after it returns. Raises GuestError on a trap or a bad result.
+        Reading a frame straight into it saves a copy (see `transform_buffer`).
         """
+        ...
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        """Run the transform on the first `length` bytes of the input buffer.
+
+        Returns `consume(output)`, where `output` is a view into guest memory valid only inside
+        `consume`: a packed output is freed right after it returns. Raises GuestError on a trap
+        or a bad result.
+        """
+        ...
+
+    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
+        """Copy `data` into the input buffer, then `transform_buffer`."""
         ...
 
     def close(self) -> None: ...

@@ -162,9 +162,14 @@ class WasmtimeInstance:
             raise StartupError(error.what) from None
         return ptr
 
+    def input_buffer(self) -> memoryview:
+        return self._refresh_memory()[self._input_ptr : self._input_ptr + self._buffer_size]
+
     def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
-        length = len(data)
-        self._refresh_memory()[self._input_ptr : self._input_ptr + length] = data
+        self.input_buffer()[: len(data)] = data
+        return self.transform_buffer(len(data), consume)
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
         result = _as_guest_call(self._transform, self._input_ptr, length)
         assert result is not None
         if result < 0:

@@ -1,0 +1,201 @@
+"""`make bench`: throughput and memory of wasmstream against baselines measured in the same run.
+
+Each figure is the median of several runs; runs of a figure and of its baseline alternate, so
+a noisy neighbour hurts both alike. Prints one table; exits 0 whatever the numbers (a benchmark
+reports, it does not gate).
+
+    python bench/bench.py [--quick]   # --quick: smaller inputs, fewer runs
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+PYTHON = sys.executable
+WASMSTREAM = f"{shlex.quote(PYTHON)} -m wasmstream"
+MiB = 1 << 20
+
+
+def make_input(directory: Path, name: str, size: int) -> Path:
+    path = directory / name
+    with open(path, "wb") as out:
+        block = os.urandom(MiB)
+        for n in range(size // MiB):
+            # vary blocks cheaply so nothing downstream can shortcut on repetition
+            out.write(block[n % 251 :] + block[: n % 251])
+    return path
+
+
+def wall(command: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(["bash", "-c", command], check=True)
+    return time.perf_counter() - start
+
+
+def peak_rss(command: list[str], stdin_path: Path) -> int:
+    """Peak resident set size of `command` in bytes (its own process, from wait4)."""
+    with open(stdin_path, "rb") as stdin:
+        process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {command}")
+    return usage.ru_maxrss * 1024
+
+
+def medians(runs: int, *commands: str) -> list[float]:
+    """Median wall time of each command, the commands interleaved run by run."""
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(runs):
+        for n, command in enumerate(commands):
+            times[n].append(wall(command))
+    return [statistics.median(t) for t in times]
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(self, name: str, measured: str, baseline: str, ratio: str, target: str) -> None:
+        self.rows.append((name, measured, baseline, ratio, target))
+        print(f"  {name}: {measured} vs {baseline} -> {ratio} ({target})", file=sys.stderr)
+
+    def print(self) -> None:
+        header = ("benchmark", "measured", "baseline", "ratio", "target")
+        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(5)]
+        for row in [header, tuple("-" * w for w in widths), *self.rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def rate(size: int, seconds: float) -> str:
+    return f"{size / seconds / MiB:.0f} MiB/s"
+
+
+def verdict(ok: bool, target: str) -> str:
+    return f"{target} {'met' if ok else 'MISSED'}"
+
+
+def b1_pipe_throughput(table: Table, big: Path, size: int, runs: int) -> None:
+    identity = FIXTURES / "identity.wasm"
+    ws, cat = medians(
+        runs,
+        f"cat {big} | {WASMSTREAM} run {identity} -j 1 | cat > /dev/null",
+        f"cat {big} | cat | cat > /dev/null",
+    )
+    ratio = cat / ws
+    table.add(
+        "B1 identity -j1, pipes",
+        rate(size, ws),
+        f"cat|cat {rate(size, cat)}",
+        f"{ratio:.2f}x",
+        verdict(ratio >= 0.9, ">= 0.9x"),
+    )
+
+
+def b2_parallel_speedup(table: Table, medium: Path, size: int, runs: int) -> None:
+    heavy = FIXTURES / "heavy.wasm"
+    one, two = medians(
+        runs,
+        f"{WASMSTREAM} run {heavy} -j 1 {medium} -o /dev/null",
+        f"{WASMSTREAM} run {heavy} -j 2 {medium} -o /dev/null",
+    )
+    ratio = one / two
+    table.add(
+        "B2 heavy -j2 vs -j1",
+        rate(size, two),
+        f"-j1 {rate(size, one)}",
+        f"{ratio:.2f}x",
+        verdict(ratio >= 1.8, ">= 1.8x"),
+    )
+
+
+def b3_flat_memory(table: Table, big: Path, small: Path) -> None:
+    command = [PYTHON, "-m", "wasmstream", "run", str(FIXTURES / "identity.wasm")]
+    large_rss = statistics.median(peak_rss(command, big) for _ in range(3))
+    small_rss = statistics.median(peak_rss(command, small) for _ in range(3))
+    ratio = large_rss / small_rss
+    ok = ratio <= 1.2 and large_rss < 150 * MiB
+    table.add(
+        f"B3 peak RSS {big.stat().st_size // MiB} MiB vs {small.stat().st_size // MiB} MiB",
+        f"{large_rss / MiB:.1f} MiB",
+        f"{small_rss / MiB:.1f} MiB",
+        f"{ratio:.2f}x",
+        verdict(ok, "<= 1.2x, < 150 MiB"),
+    )
+
+
+def b4_against_plain_loop(table: Table, big: Path, size: int, runs: int) -> None:
+    upper = FIXTURES / "upper.wasm"
+    plain = ROOT / "bench" / "plain_loop.py"
+    ws, loop = medians(
+        runs,
+        f"cat {big} | {WASMSTREAM} run {upper} -j 1 | cat > /dev/null",
+        f"cat {big} | {shlex.quote(PYTHON)} {plain} {upper} | cat > /dev/null",
+    )
+    ratio = loop / ws
+    table.add(
+        "B4 upper -j1 vs plain wasmtime-py loop",
+        rate(size, ws),
+        f"loop {rate(size, loop)}",
+        f"{ratio:.2f}x",
+        verdict(ratio >= 1.0, ">= 1.0x"),
+    )
+
+
+def extra_throughput(table: Table, path: Path, size: int, runs: int) -> None:
+    """For the record: each fixture at -j1 and -j2, file to /dev/null."""
+    for module in ("identity.wasm", "upper.wasm", "hexdump.wasm"):
+        one, two = medians(
+            runs,
+            f"{WASMSTREAM} run {FIXTURES / module} -j 1 {path} -o /dev/null",
+            f"{WASMSTREAM} run {FIXTURES / module} -j 2 {path} -o /dev/null",
+        )
+        table.add(
+            f"   {module} file->null -j2 vs -j1",
+            rate(size, two),
+            f"-j1 {rate(size, one)}",
+            f"{one / two:.2f}x",
+            "info",
+        )
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    big_size, medium_size, small_size = (
+        (64 * MiB, 8 * MiB, 16 * MiB) if quick else (512 * MiB, 32 * MiB, 16 * MiB)
+    )
+    runs = 3 if quick else 5
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="wasmstream-bench-") as scratch:
+        directory = Path(scratch)
+        print("making inputs…", file=sys.stderr)
+        big = make_input(directory, "big.bin", big_size)
+        small = make_input(directory, "small.bin", small_size)
+        medium = make_input(directory, "medium.bin", medium_size)
+        steps: list[Callable[[], None]] = [
+            lambda: b1_pipe_throughput(table, big, big_size, runs),
+            lambda: b2_parallel_speedup(table, medium, medium_size, runs),
+            lambda: b3_flat_memory(table, big, small),
+            lambda: b4_against_plain_loop(table, big, big_size, runs),
+            lambda: extra_throughput(table, small, small_size, runs),
+        ]
+        for step in steps:
+            step()
+    print()
+    print(f"wasmstream benchmarks (medians of {runs} runs; {os.cpu_count()} CPUs)")
+    table.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
