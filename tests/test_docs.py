@@ -7,9 +7,10 @@ import re
 import click
 import pytest
 
-from conftest import ROOT
 from wasmstream.cli import cli
 from wasmstream.errors import ExitStatus
+
+from conftest import ROOT
 
 MAN = (ROOT / "man" / "wasmstream.1").read_text().replace("\\-", "-")
 README = (ROOT / "README.md").read_text()
@@ -27,10 +28,9 @@ def options() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("command", "option"), options())
 def test_option_is_documented(command: str, option: str) -> None:
-    assert option in MAN, f"{command} {option} missing from man/wasmstream.1"
-    assert re.search(rf"`{re.escape(option)}[` ,]", README), (
-        f"{command} {option} missing from README"
-    )
+    whole_option = re.compile(rf"(?<![\w-]){re.escape(option)}(?![\w-])")
+    assert whole_option.search(MAN), f"{command} {option} missing from man/wasmstream.1"
+    assert whole_option.search(README), f"{command} {option} missing from README"
 
 
 @pytest.mark.parametrize("status", list(ExitStatus))

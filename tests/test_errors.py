@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure, fixture, wasmstream
 
 from wasmstream.errors import ExitStatus
+
+from conftest import assert_clean_failure, fixture, wasmstream
 
 INVALID, GUEST, IO, USAGE = (
     ExitStatus.INVALID_MODULE,

@@ -6,6 +6,7 @@ import importlib.util
 import sys
 
 import pytest
+
 from conftest import FIXTURES
 
 sys.path.insert(0, str(FIXTURES))

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCES, chunks, fixture, per_frame, wasmstream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import REFERENCES, chunks, fixture, per_frame, wasmstream
 
 FRAME = 4096
 SIZES = [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME, 5 * FRAME + 123, 40_000]
