@@ -152,6 +152,25 @@ def b4_against_plain_loop(table: Table, big: Path, size: int, runs: int) -> None
     )
 
 
+def b5_checkpoint_cost(table: Table, big: Path, size: int, runs: int, scratch: Path) -> None:
+    """Checkpointing at the default interval (fsync of output and checkpoint every 2 s)."""
+    upper = FIXTURES / "upper.wasm"
+    out = scratch / "out.bin"
+    with_ckpt, without = medians(
+        runs,
+        f"{WASMSTREAM} run {upper} -j 1 {big} -o {out} --restart",
+        f"{WASMSTREAM} run {upper} -j 1 {big} -o {out} --no-checkpoint",
+    )
+    ratio = without / with_ckpt
+    table.add(
+        "B5 checkpoints (default 2s) vs none, -o FILE",
+        rate(size, with_ckpt),
+        f"none {rate(size, without)}",
+        f"{ratio:.2f}x",
+        verdict(ratio >= 0.95, ">= 0.95x"),
+    )
+
+
 def extra_throughput(table: Table, path: Path, size: int, runs: int) -> None:
     """For the record: each fixture at -j1 and -j2, file to /dev/null."""
     for module in ("identity.wasm", "upper.wasm", "hexdump.wasm"):
@@ -187,6 +206,7 @@ def main(argv: list[str]) -> int:
             lambda: b2_parallel_speedup(table, medium, medium_size, runs),
             lambda: b3_flat_memory(table, big, small),
             lambda: b4_against_plain_loop(table, big, big_size, runs),
+            lambda: b5_checkpoint_cost(table, big, big_size, runs, directory),
             lambda: extra_throughput(table, small, small_size, runs),
         ]
         for step in steps:

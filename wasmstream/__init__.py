@@ -5,11 +5,10 @@ The library surface: build a `RunConfig` and call `run`; errors are `WasmstreamE
 
 from __future__ import annotations
 
+from ._version import __version__
 from .abi import AbiOptions, GuestAbi, ResultKind
 from .core import RunConfig, run
 from .errors import ExitStatus, WasmstreamError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AbiOptions",

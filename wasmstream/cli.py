@@ -7,6 +7,7 @@ only place where exceptions become messages and exit codes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -17,12 +18,20 @@ from typing import NoReturn
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
-from .core import DEFAULT_FRAME_SIZE, RunConfig, default_jobs, run
+from .checkpoint import sidecar_for
+from .core import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_FRAME_SIZE,
+    RunConfig,
+    config_from_checkpoint,
+    default_jobs,
+    run,
+)
 from .engines import DEFAULT_ENGINE, ENGINE_NAMES
 from .errors import BrokenPipe, ExitStatus, Interrupted, WasmstreamError
-from .units import format_size, parse_size
+from .units import format_duration, format_size, parse_duration, parse_size
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
@@ -63,6 +72,34 @@ def cli() -> None:
     """
 
 
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | float) -> float:
+    try:
+        seconds = value if isinstance(value, float) else parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be longer than 0", ctx, param)
+    return seconds
+
+
+jobs_option = click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=default_jobs,
+    show_default="number of CPUs",
+    help="Instances running frames in parallel.",
+)
+queue_depth_option = click.option(
+    "--queue-depth",
+    type=click.IntRange(min=1),
+    metavar="N",
+    show_default="2 x jobs",
+    help="Frames read ahead of the workers; bounds memory.",
+)
+
+
 @cli.command("run")
 @click.argument("module", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
@@ -75,22 +112,8 @@ def cli() -> None:
     show_default=True,
     help="Bytes per frame: 4096, 64K, 64KiB, 1M, 1MiB.",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    metavar="N",
-    default=default_jobs,
-    show_default="number of CPUs",
-    help="Instances running frames in parallel.",
-)
-@click.option(
-    "--queue-depth",
-    type=click.IntRange(min=1),
-    metavar="N",
-    show_default="2 x jobs",
-    help="Frames read ahead of the workers; bounds memory.",
-)
+@jobs_option
+@queue_depth_option
 @click.option(
     "--function",
     metavar="NAME",
@@ -113,7 +136,7 @@ def cli() -> None:
 )
 @click.option(
     "--config",
-    "config_text",
+    "config_arg",
     metavar="TEXT|@FILE",
     help="Bytes passed to --init: TEXT, or the contents of FILE.",
 )
@@ -124,6 +147,31 @@ def cli() -> None:
     show_default=True,
     envvar="WASMSTREAM_ENGINE",
     help="WebAssembly runtime.",
+)
+@click.option(
+    "--checkpoint",
+    metavar="FILE",
+    help="Keep a checkpoint in FILE [default with -o OUT: OUT.ckpt.json].",
+)
+@click.option("--no-checkpoint", is_flag=True, help="Keep no checkpoint, even with -o.")
+@click.option(
+    "--checkpoint-interval",
+    metavar="DURATION",
+    callback=_duration_option,
+    default=format_duration(DEFAULT_CHECKPOINT_INTERVAL),
+    show_default=True,
+    help="Save the checkpoint at most this often: 500ms, 2s, 1m.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Also save the checkpoint every N frames.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint (none: start).")
+@click.option("--restart", is_flag=True, help="Start over, replacing an existing checkpoint.")
+@click.option(
+    "--force", is_flag=True, help="Resume even if an input's identity (inode, first block) changed."
 )
 def run_command(
     module: str,
@@ -136,17 +184,35 @@ def run_command(
     alloc: str | None,
     free: str | None,
     init: str | None,
-    config_text: str | None,
+    config_arg: str | None,
     engine: str,
+    checkpoint: str | None,
+    no_checkpoint: bool,
+    checkpoint_interval: float,
+    checkpoint_every: int | None,
+    resume: bool,
+    restart: bool,
+    force: bool,
 ) -> None:
     """Transform INPUT files (or stdin; '-' is stdin) through MODULE, in order.
 
     The inputs are read as one stream, cut into frames of --frame-size bytes (the last may be
     shorter), transformed by --jobs instances of MODULE in parallel, and written to stdout or
     --output strictly in input order. See the GUEST ABI section of `man wasmstream`.
+
+    With -o OUT, progress is checkpointed in OUT.ckpt.json; after a crash or Ctrl-C, the same
+    command with --resume continues where it stopped, and OUT ends up byte-identical to an
+    uninterrupted run.
     """
-    if config_text is not None and init is None:
+    if config_arg is not None and init is None:
         raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    if resume and restart:
+        raise click.UsageError("--resume and --restart exclude each other")
+    checkpoint_path = _checkpoint_path(checkpoint, no_checkpoint, output)
+    if (resume or restart or force) and checkpoint_path is None:
+        raise click.UsageError(
+            "--resume, --restart and --force need a checkpoint: --checkpoint FILE, or -o FILE"
+        )
     config = RunConfig(
         module=module,
         inputs=inputs,
@@ -155,24 +221,60 @@ def run_command(
         jobs=jobs,
         queue_depth=queue_depth,
         abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
-        config=_read_config(config_text),
+        config_arg=config_arg,
         engine=engine,
+        checkpoint=checkpoint_path,
+        checkpoint_interval=checkpoint_interval,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        restart=restart,
+        force=force,
     )
-    run(config)
+    run(config, notify=_notice)
 
 
-def _read_config(text: str | None) -> bytes:
-    if text is None:
-        return b""
-    if not text.startswith("@"):
-        return text.encode()
-    try:
-        with open(text[1:], "rb") as config_file:
-            return config_file.read()
-    except OSError as error:
-        raise click.BadParameter(
-            f"cannot read {text[1:]}: {error.strerror}", param_hint="--config"
-        ) from None
+def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> str | None:
+    if disabled:
+        if given is not None:
+            raise click.UsageError("--checkpoint and --no-checkpoint exclude each other")
+        return None
+    if given is not None:
+        return given
+    return sidecar_for(output) if output not in (None, "-") else None
+
+
+@cli.command("resume")
+@click.option(
+    "--checkpoint",
+    metavar="FILE",
+    required=True,
+    help="The checkpoint of the run to continue.",
+)
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), metavar="N", help="Override the recorded --jobs."
+)
+@click.option(
+    "--queue-depth",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Override the recorded --queue-depth.",
+)
+@click.option(
+    "--force", is_flag=True, help="Resume even if an input's identity (inode, first block) changed."
+)
+def resume_command(checkpoint: str, jobs: int | None, queue_depth: int | None, force: bool) -> None:
+    """Continue the run recorded in a checkpoint, with the same module, inputs and output.
+
+    Only options that do not change the output may be overridden; anything else is refused, as
+    is a checkpoint whose module, options or inputs no longer match.
+    """
+    config = config_from_checkpoint(checkpoint, jobs, queue_depth)
+    run(dataclasses.replace(config, force=force), notify=_notice)
+
+
+def _notice(message: str) -> None:
+    with contextlib.suppress(OSError):
+        print(f"wasmstream: {message}", file=sys.stderr, flush=True)
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:

@@ -1,24 +1,34 @@
-"""`wasmstream run` as a library call: a frozen RunConfig in, a summary out.
+"""`wasmstream run` and `wasmstream resume` as library calls: a frozen RunConfig in, a summary out.
 
 The core never prints or exits; it raises WasmstreamError subclasses, which the CLI maps to
-messages and exit codes in one place.
+messages and exit codes in one place, and reports notices through the `notify` callback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import msgspec
+
+from . import checkpoint
+from ._version import __version__
 from .abi import AbiOptions, GuestAbi, resolve_abi
+from .checkpoint import Checkpoint, Command, ModuleRecord, OutputOptions, Position
 from .engines import DEFAULT_ENGINE, CompiledModule, Engine, Instance, get_engine
-from .errors import ModuleError
+from .errors import CheckpointError, ModuleError, UsageError
 from .framing import Buffer, Frame, fixed_frames
-from .inputs import ConcatenatedInput, check_inputs
+from .inputs import STDIN, ConcatenatedInput, check_inputs
+from .journal import Journal
 from .pool import Tally, run_frames
 from .sink import Sink
 
 DEFAULT_FRAME_SIZE = 64 * 1024
+DEFAULT_CHECKPOINT_INTERVAL = 2.0
+
+Notify = Callable[[str], None]
 
 
 def default_jobs() -> int:
@@ -37,12 +47,26 @@ class RunConfig:
     jobs: int = 1
     queue_depth: int | None = None  # None: twice the jobs
     abi: AbiOptions = field(default_factory=AbiOptions)
-    config: bytes = b""
+    config_arg: str | None = None  # --config as given: TEXT or @FILE
     engine: str = DEFAULT_ENGINE
+    checkpoint: str | None = None
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    checkpoint_every: int | None = None
+    resume: bool = False
+    restart: bool = False
+    force: bool = False
 
     @property
     def effective_queue_depth(self) -> int:
         return self.queue_depth if self.queue_depth is not None else 2 * self.jobs
+
+
+@dataclass
+class RunSummary:
+    tally: Tally
+    resumed_from: Position | None = None
+    checkpoints_written: int = 0
+    nothing_to_do: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,20 @@ class LoadedModule:
     engine: Engine
     compiled: CompiledModule
     abi: GuestAbi
+    sha256: str
+
+
+def read_config_arg(arg: str | None) -> bytes:
+    """The bytes `--config` stands for: TEXT itself, or the contents of @FILE."""
+    if arg is None:
+        return b""
+    if not arg.startswith("@"):
+        return arg.encode()
+    try:
+        with open(arg[1:], "rb") as config_file:
+            return config_file.read()
+    except OSError as error:
+        raise UsageError(f"--config: cannot read {arg[1:]}: {error.strerror}") from None
 
 
 def load_module(
@@ -64,24 +102,45 @@ def load_module(
         raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
     engine = get_engine(engine_name)
     compiled = engine.compile(wasm, path)
-    return LoadedModule(engine, compiled, resolve_abi(compiled.info, abi_options, path))
+    abi = resolve_abi(compiled.info, abi_options, path)
+    return LoadedModule(engine, compiled, abi, hashlib.sha256(wasm).hexdigest())
 
 
-def run(config: RunConfig) -> Tally:
+def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
     """Run the module over the inputs into the output. Raises WasmstreamError on failure."""
     check_inputs(config.inputs)
+    config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine)
+    record = _new_record(config, loaded, config_bytes) if config.checkpoint else None
+    saved = _previous_checkpoint(config, record, notify) if record else None
+    start = saved.position if saved else Position()
+    summary = RunSummary(Tally(), resumed_from=start if saved else None)
+    if saved is not None and _nothing_new(saved, record):
+        notify(f"nothing new to process since checkpoint {config.checkpoint}")
+        summary.nothing_to_do = True
+        return summary
 
     def new_instance() -> Instance:
-        return loaded.compiled.instantiate(loaded.abi, config.frame_size, config.config)
+        return loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes)
 
-    stream = ConcatenatedInput(config.inputs)
+    stream = ConcatenatedInput(config.inputs, start.per_input, notify)
 
     def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
-        return fixed_frames(stream, next_buffer)
+        return fixed_frames(
+            stream, next_buffer, first_index=start.frames, first_offset=start.input_bytes
+        )
 
-    tally = Tally()
-    sink = Sink(config.output)  # opened only once the module is known to be usable
+    # Opened only now: the module is usable and the checkpoint agrees with this run.
+    sink = Sink(config.output, keep=start.output_bytes if saved else None)
+    journal = None
+    if record is not None and config.checkpoint is not None:
+        clock = checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every)
+        record = _with_position(record, saved)
+        journal = Journal(
+            config.checkpoint, record, sink=sink, stream=stream, tally=summary.tally, clock=clock
+        )
+        journal.save("running")  # from now on a crash leaves a resumable checkpoint
+        summary.tally.on_frame_written.append(journal.frame_written)
     try:
         run_frames(
             frames,
@@ -90,9 +149,142 @@ def run(config: RunConfig) -> Tally:
             frame_size=config.frame_size,
             jobs=config.jobs,
             queue_depth=config.effective_queue_depth,
-            tally=tally,
+            tally=summary.tally,
         )
+    except BaseException as error:
+        if journal is not None:
+            journal.finish(error)
+        raise
+    else:
+        if journal is not None:
+            journal.finish(None)
     finally:
         stream.close()
         sink.close()
-    return tally
+        summary.checkpoints_written = journal.saves if journal else 0
+    return summary
+
+
+def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> Checkpoint:
+    """The checkpoint this run would write, at position zero."""
+    stamp = checkpoint.now()
+    output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))
+    return Checkpoint(
+        version=checkpoint.FORMAT_VERSION,
+        wasmstream_version=__version__,
+        engine=loaded.engine.name,
+        engine_version=loaded.engine.version(),
+        module=ModuleRecord(path=os.path.abspath(config.module), sha256=loaded.sha256),
+        options=OutputOptions(
+            function=config.abi.function,
+            alloc=config.abi.alloc,
+            free=config.abi.free,
+            init=config.abi.init,
+            config_sha256=hashlib.sha256(config_bytes).hexdigest(),
+            frame_size=config.frame_size,
+        ),
+        command=Command(
+            config_arg=config.config_arg,
+            jobs=config.jobs,
+            queue_depth=config.queue_depth,
+            checkpoint_interval=config.checkpoint_interval,
+            checkpoint_every=config.checkpoint_every,
+        ),
+        inputs=[checkpoint.describe_input(path) for path in (config.inputs or (STDIN,))],
+        output=output,
+        position=Position(per_input=[0] * max(len(config.inputs), 1)),
+        created=stamp,
+        updated=stamp,
+    )
+
+
+def _previous_checkpoint(
+    config: RunConfig, record: Checkpoint, notify: Notify
+) -> Checkpoint | None:
+    """The checkpoint to continue from, after checking that continuing is right; or None."""
+    path = config.checkpoint
+    assert path is not None
+    if config.restart:
+        return None  # asked to start over: the old checkpoint is replaced, unread
+    saved = checkpoint.load(path)
+    if saved is None:
+        if config.resume:
+            notify(f"no checkpoint at {path}: starting from the beginning")
+        return None
+    if not config.resume:
+        raise CheckpointError(
+            f"checkpoint {path} exists (status {saved.status}, {saved.position.input_bytes} input "
+            "bytes done): use --resume to continue it or --restart to start over"
+        )
+    output_size = _size_or_none(record.output)
+    checkpoint.check_resumable(
+        saved,
+        module=record.module,
+        options=record.options,
+        inputs=record.inputs,
+        output=record.output,
+        output_size=output_size,
+        force=config.force,
+        source=path,
+    )
+    _check_growth_is_at_the_end(saved, record, path)
+    return saved
+
+
+def _check_growth_is_at_the_end(saved: Checkpoint, current: Checkpoint, path: str) -> None:
+    """New data may follow only the last input processed: anything else would reorder the stream."""
+    done = saved.position.per_input
+    for n, now in enumerate(current.inputs[: len(done)]):
+        later_started = any(done[n + 1 :])
+        if later_started and now.regular and now.size is not None and now.size > done[n]:
+            raise CheckpointError(
+                f"input {now.path} has grown since checkpoint {path}, but a later input was "
+                "already being processed: cannot resume in stream order"
+            )
+
+
+def _nothing_new(saved: Checkpoint, current: Checkpoint | None) -> bool:
+    if saved.status != "complete" or current is None:
+        return False
+    done = saved.position.per_input
+    return all(i.regular and i.size == d for i, d in zip(current.inputs, done, strict=False))
+
+
+def _with_position(record: Checkpoint, saved: Checkpoint | None) -> Checkpoint:
+    if saved is None:
+        return record
+    return msgspec.structs.replace(record, position=saved.position, created=saved.created)
+
+
+def _size_or_none(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None) -> RunConfig:
+    """The run recorded in the checkpoint at `path`; only -j and the queue depth may change."""
+    saved = checkpoint.load(path)
+    if saved is None:
+        raise CheckpointError(f"no checkpoint at {path}")
+    options, command = saved.options, saved.command
+    return RunConfig(
+        module=saved.module.path,
+        inputs=tuple(i.path for i in saved.inputs),
+        output=saved.output,
+        frame_size=options.frame_size,
+        jobs=jobs or command.jobs,
+        queue_depth=queue_depth if queue_depth is not None else command.queue_depth,
+        abi=AbiOptions(
+            function=options.function, alloc=options.alloc, free=options.free, init=options.init
+        ),
+        config_arg=command.config_arg,
+        engine=saved.engine,
+        checkpoint=path,
+        checkpoint_interval=command.checkpoint_interval,
+        checkpoint_every=command.checkpoint_every,
+        resume=True,
+    )

@@ -19,6 +19,7 @@ class ExitStatus(enum.IntEnum):
     INVALID_MODULE = 3  # missing, not wasm, invalid, wrong exports or signatures
     GUEST_ERROR = 4  # trap, negative result, output outside guest memory
     IO_ERROR = 8  # input unreadable, output unwritable
+    CHECKPOINT = 9  # checkpoint corrupt, or resuming from it would be wrong
     BROKEN_PIPE = 141  # downstream closed the pipe: 128 + SIGPIPE, as coreutils exit
     INTERRUPTED = 130  # SIGINT: 128 + 2
     TERMINATED = 143  # SIGTERM: 128 + 15
@@ -42,6 +43,12 @@ class ModuleError(WasmstreamError):
 
 class IOFailure(WasmstreamError):
     status = ExitStatus.IO_ERROR
+
+
+class CheckpointError(WasmstreamError):
+    """A checkpoint is corrupt, of an unknown version, or does not match this run."""
+
+    status = ExitStatus.CHECKPOINT
 
 
 class GuestError(WasmstreamError):

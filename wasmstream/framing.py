@@ -53,14 +53,19 @@ def fill(stream: ReadableInto, buffer: memoryview) -> int:
 
 
 def fixed_frames(
-    stream: ReadableInto, next_buffer: Callable[[], Buffer], *, first_offset: int = 0
+    stream: ReadableInto,
+    next_buffer: Callable[[], Buffer],
+    *,
+    first_index: int = 0,
+    first_offset: int = 0,
 ) -> Iterator[Frame]:
     """Cut `stream` into frames the size of the buffers `next_buffer` hands out.
 
     Every frame is full except the last, which may be shorter; empty input yields nothing.
     `next_buffer` may block until a buffer is free: that is how backpressure reaches the reader.
+    A resumed run numbers its frames and offsets on from where the last run stopped.
     """
-    index, offset = 0, first_offset
+    index, offset = first_index, first_offset
     while True:
         buffer = next_buffer()
         length = fill(stream, memoryview(buffer))

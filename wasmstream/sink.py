@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 
 from .errors import BrokenPipe, IOFailure
@@ -17,7 +18,9 @@ STDOUT = "-"
 
 
 class Sink:
-    def __init__(self, path: str | None) -> None:
+    """The output. `keep`: resume after that many bytes of an existing file (None: truncate)."""
+
+    def __init__(self, path: str | None, keep: int | None = None) -> None:
         self.path = path if path not in (None, STDOUT) else None
         self.name = self.path or "<stdout>"
         if self.path is None:
@@ -25,11 +28,31 @@ class Sink:
             self._owned = False
             enlarge_pipe(self._fd)
         else:
-            try:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            except OSError as error:
-                raise IOFailure(f"cannot write output {self.path}: {error.strerror}") from None
+            self._fd = self._open(self.path, keep)
             self._owned = True
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def _open(self, path: str, keep: int | None) -> int:
+        try:
+            if keep is None:
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+            # Whatever follows the last checkpoint was written by a run that did not finish:
+            # cut it, so that the resumed run's output follows on exactly once.
+            os.ftruncate(fd, keep)
+            os.lseek(fd, keep, os.SEEK_SET)
+            return fd
+        except OSError as error:
+            raise IOFailure(f"cannot write output {path}: {error.strerror}") from None
+
+    def sync(self) -> None:
+        """Make everything written so far durable (a no-op for pipes and terminals)."""
+        if not self._regular:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as error:
+            raise IOFailure(f"cannot write output {self.name}: {error.strerror}") from None
 
     def write(self, data: memoryview | bytes) -> int:
         """Write all of `data`; return its length. A closed pipe raises BrokenPipe."""

@@ -26,3 +26,25 @@ def format_size(size: int) -> str:
         if size and size % 1024**power == 0:
             return f"{size // 1024**power}{unit}"
     return f"{size}B"
+
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`: `500ms`, `2s`, `1.5s`, `1m`, `1h`; a bare number is seconds.
+
+    Raises ValueError with a message fit for the user when the text is not a duration.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (try 500ms, 2s or 1m)")
+    return float(match["number"]) * _SECONDS[(match["unit"] or "s").lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a user would write it: 0.5 -> '500ms', 2.0 -> '2s', 90.0 -> '90s'."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"

@@ -1,0 +1,344 @@
+"""Checkpoints and resume: exactly-once output to files, refusals that touch nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wasmstream.errors import ExitStatus
+
+from conftest import REFERENCES, assert_clean_failure, fixture, per_frame, wasmstream
+
+HEX = REFERENCES["hexdump.wasm"]
+
+
+def start(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wasmstream", *args],
+        stdout=kwargs.pop("stdout", subprocess.DEVNULL),  # type: ignore[arg-type]
+        stderr=subprocess.PIPE,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def read_checkpoint(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_output(tmp_path: Path) -> None:
+    data = random.Random(11).randbytes(64 * 2**20)
+    source, out = tmp_path / "in.bin", tmp_path / "out.hex"
+    source.write_bytes(data)
+    args = [
+        "run",
+        fixture("hexdump.wasm"),
+        str(source),
+        "-o",
+        str(out),
+        "-j",
+        "2",
+        "--frame-size",
+        "16K",
+        "--checkpoint-interval",
+        "50ms",
+    ]
+    rng = random.Random(12)
+    kills, runs = 0, 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        process = start(*args, "--resume")
+        runs += 1
+        if kills < 10:
+            time.sleep(rng.uniform(0.15, 0.45))
+            if process.poll() is None:
+                process.kill()
+                kills += 1
+        _, stderr = process.communicate(timeout=60)
+        if process.returncode == 0:
+            if kills >= 10:
+                break
+            # finished before the kill came: start the job afresh to get more crashes in
+            out.unlink()
+            (tmp_path / "out.hex.ckpt.json").unlink()
+            continue
+        assert process.returncode == -signal.SIGKILL, stderr
+    assert kills >= 10, f"only {kills} kills in {runs} runs"
+    assert out.read_bytes() == per_frame(HEX, data, 16384)
+    assert read_checkpoint(tmp_path / "out.hex.ckpt.json")["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("sig", "status"),
+    [(signal.SIGINT, ExitStatus.INTERRUPTED), (signal.SIGTERM, ExitStatus.TERMINATED)],
+)
+def test_signal_saves_a_checkpoint_and_resume_completes(
+    sig: int, status: int, tmp_path: Path
+) -> None:
+    data = random.Random(13).randbytes(600_000)
+    out = tmp_path / "out"
+    args = ["run", fixture("hexdump.wasm"), "-", "-o", str(out), "-j", "2", "--frame-size", "4K"]
+    process = start(*args, stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write(data[:300_000])  # the rest never comes: the run waits for input
+    process.stdin.flush()
+    time.sleep(1.0)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == status, stderr
+    assert b"Traceback" not in stderr
+    saved = read_checkpoint(tmp_path / "out.ckpt.json")
+    assert saved["status"] == "running"
+    done = saved["position"]["input_bytes"]
+    assert 0 < done <= 300_000 and done % 4096 == 0
+    assert out.stat().st_size >= saved["position"]["output_bytes"] == 2 * done
+    # Resuming from a pipe: the processed prefix is read again and discarded, saying so.
+    resumed = wasmstream(*args, "--resume", input=data)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"discarding the first {done} bytes of <stdin>".encode() in resumed.stderr
+    assert out.read_bytes() == per_frame(HEX, data, 4096)
+
+
+def test_resume_from_seekable_stdin_seeks(tmp_path: Path) -> None:
+    data = b"a" * 70_000 + b"!" + b"b" * 9_999  # the bad byte lies beyond the first 64 KiB
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(data)
+    args = ["run", fixture("trap.wasm"), "-o", str(out), "--frame-size", "1000", "-j", "1"]
+    with open(source, "rb") as stdin:
+        failed = subprocess.run(
+            [sys.executable, "-m", "wasmstream", *args],
+            stdin=stdin,
+            capture_output=True,
+            check=False,
+        )
+    assert failed.returncode == ExitStatus.GUEST_ERROR
+    saved = read_checkpoint(tmp_path / "out.ckpt.json")
+    assert saved["status"] == "failed"
+    assert saved["failure"]["offset"] == 70_000 and saved["failure"]["frame"] == 70
+    assert saved["position"]["input_bytes"] == 70_000
+    assert saved["inputs"][0]["regular"] is True
+    # fix the bad byte in place (same file, same first 64 KiB), then resume: frame 10 is retried
+    with open(source, "r+b") as fix:
+        fix.seek(70_000)
+        fix.write(b"c")
+    with open(source, "rb") as stdin:
+        resumed = subprocess.run(
+            [sys.executable, "-m", "wasmstream", *args, "--resume"],
+            stdin=stdin,
+            capture_output=True,
+            check=False,
+        )
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"discarding" not in resumed.stderr
+    assert out.read_bytes() == source.read_bytes()
+
+
+def test_several_inputs_with_the_checkpoint_inside_the_second(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"1" * 5_000)
+    second.write_bytes(b"2" * 100_000 + b"!" + b"2" * 50_000)
+    out = tmp_path / "out"
+    args = [
+        "run",
+        fixture("trap.wasm"),
+        str(first),
+        str(second),
+        "-o",
+        str(out),
+        "--frame-size",
+        "1000",
+    ]
+    assert wasmstream(*args).returncode == ExitStatus.GUEST_ERROR
+    saved = read_checkpoint(tmp_path / "out.ckpt.json")
+    assert saved["position"]["per_input"] == [5_000, 100_000]
+    assert out.read_bytes() == b"1" * 5_000 + b"2" * 100_000
+    with open(second, "r+b") as fix:
+        fix.seek(100_000)
+        fix.write(b"2")
+    resumed = wasmstream(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == first.read_bytes() + second.read_bytes()
+
+
+def test_resume_command_with_and_without_overrides(tmp_path: Path) -> None:
+    data = b"hello world " * 20_000
+    source, out, ckpt = tmp_path / "in", tmp_path / "out", tmp_path / "job.ckpt"
+    source.write_bytes(data[:120_000] + b"!" + data[120_001:])
+    args = [
+        "run",
+        fixture("trap.wasm"),
+        str(source),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ckpt),
+        "--frame-size",
+        "10K",
+        "-j",
+        "2",
+    ]
+    assert wasmstream(*args).returncode == ExitStatus.GUEST_ERROR
+    assert wasmstream("resume", "--checkpoint", str(ckpt)).returncode == ExitStatus.GUEST_ERROR
+    with open(source, "r+b") as fix:
+        fix.seek(120_000)
+        fix.write(data[120_000:120_001])
+    resumed = wasmstream(
+        "resume",
+        "--checkpoint",
+        str(ckpt),
+        "-j",
+        "1",
+        "--queue-depth",
+        "1",
+        cwd=str(tmp_path.parent),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == data
+    assert read_checkpoint(ckpt)["status"] == "complete"
+    refused = wasmstream("resume", "--checkpoint", str(ckpt), "--frame-size", "1K")
+    assert refused.returncode == ExitStatus.USAGE
+
+
+def test_growing_input_is_processed_incrementally(tmp_path: Path) -> None:
+    log, out = tmp_path / "app.log", tmp_path / "out"
+    log.write_bytes(b"line one\n" * 10_000)
+    args = ["run", fixture("upper.wasm"), str(log), "-o", str(out), "--resume"]
+    assert wasmstream(*args).returncode == 0
+    nothing = wasmstream(*args)
+    assert nothing.returncode == 0
+    assert b"nothing new to process" in nothing.stderr
+    with open(log, "ab") as grow:
+        grow.write(b"line two\n" * 5_000)
+    assert wasmstream(*args).returncode == 0
+    assert out.read_bytes() == log.read_bytes().upper()
+
+
+class Refusal:
+    """A completed-then-failed job whose checkpoint and output must survive a refusal intact."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.module = tmp_path / "m.wasm"
+        shutil.copy(fixture("trap.wasm"), self.module)
+        self.input = tmp_path / "in"
+        self.input.write_bytes(b"x" * 200_000 + b"!" + b"x" * 99_999)
+        self.out = tmp_path / "out"
+        self.ckpt = tmp_path / "out.ckpt.json"
+        self.args = [
+            "run",
+            str(self.module),
+            str(self.input),
+            "-o",
+            str(self.out),
+            "--frame-size",
+            "4K",
+        ]
+        assert wasmstream(*self.args).returncode == ExitStatus.GUEST_ERROR
+        self.before = (self.ckpt.read_bytes(), self.out.read_bytes())
+
+    def refused(self, *extra: str, needle: str, args: list[str] | None = None) -> None:
+        result = wasmstream(*(args or self.args), "--resume", *extra)
+        assert_clean_failure(result, ExitStatus.CHECKPOINT, needle)
+        assert (self.ckpt.read_bytes(), self.out.read_bytes()) == self.before
+
+
+def test_refuses_changed_module(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    shutil.copy(fixture("identity.wasm"), job.module)
+    job.refused(needle="m.wasm changed since checkpoint")
+
+
+def test_refuses_changed_output_option(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    job.refused("--frame-size", "8K", needle="--frame-size changed since checkpoint")
+
+
+def test_refuses_shorter_input(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    os.truncate(job.input, 1000)
+    job.refused(needle="fewer than the 196608 already processed")
+
+
+def test_refuses_different_input_unless_forced(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    content = job.input.read_bytes()
+    job.input.unlink()
+    job.input.write_bytes(content.replace(b"!", b"x"))  # a new file (inode), same first block
+    job.refused(needle="not the file recorded")
+    forced = wasmstream(*job.args, "--resume", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert job.out.read_bytes() == job.input.read_bytes()
+
+
+def test_refuses_input_with_different_first_block(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    with open(job.input, "r+b") as change:
+        change.write(b"y")
+    job.refused(needle="does not start with the data recorded")
+
+
+def test_refuses_output_shorter_than_recorded(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    os.truncate(job.out, 100)
+    job.before = (job.ckpt.read_bytes(), job.out.read_bytes())
+    job.refused(needle="output was lost")
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda text: text[: len(text) // 2], "corrupt or truncated"),
+        (lambda text: text.replace('"version": 1', '"version": 99'), "format version 99"),
+        (lambda text: "[]", "corrupt or truncated"),
+        (lambda text: text.replace('"frames"', '"framez"'), "corrupt or truncated"),
+    ],
+)
+def test_refuses_damaged_checkpoint(tmp_path: Path, damage, needle: str) -> None:  # type: ignore[no-untyped-def]
+    job = Refusal(tmp_path)
+    job.ckpt.write_text(damage(job.ckpt.read_text()))
+    job.before = (job.ckpt.read_bytes(), job.out.read_bytes())
+    job.refused(needle=needle)
+
+
+def test_existing_checkpoint_is_not_overwritten_without_resume_or_restart(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    result = wasmstream(*job.args)
+    assert_clean_failure(result, ExitStatus.CHECKPOINT, "use --resume", "--restart")
+    assert (job.ckpt.read_bytes(), job.out.read_bytes()) == job.before
+    with open(job.input, "r+b") as fix:
+        fix.seek(200_000)
+        fix.write(b"x")
+    restarted = wasmstream(*job.args, "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    assert job.out.read_bytes() == job.input.read_bytes()
+
+
+def test_checkpoint_to_stdout_needs_the_flag_and_is_at_least_once(tmp_path: Path) -> None:
+    ckpt = tmp_path / "c.json"
+    data = b"abc" * 1000
+    plain = wasmstream("run", fixture("upper.wasm"), input=data)
+    assert plain.returncode == 0
+    assert not list(tmp_path.iterdir())
+    first = wasmstream("run", fixture("upper.wasm"), "--checkpoint", str(ckpt), input=data)
+    assert first.stdout == data.upper()
+    saved = read_checkpoint(ckpt)
+    assert saved["output"] is None and saved["position"]["output_bytes"] == len(data)
+
+
+def test_no_checkpoint_disables_the_sidecar(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert (
+        wasmstream(
+            "run", fixture("upper.wasm"), "-o", str(out), "--no-checkpoint", input=b"a"
+        ).returncode
+        == 0
+    )
+    assert not (tmp_path / "out.ckpt.json").exists()
