@@ -270,7 +270,7 @@ def test_refuses_shorter_input(tmp_path: Path) -> None:
 def test_refuses_different_input_unless_forced(tmp_path: Path) -> None:
     job = Refusal(tmp_path)
     content = job.input.read_bytes()
-    job.input.unlink()
+    job.input.rename(tmp_path / "in.1")  # rotated away, as logrotate does: the inode stays taken
     job.input.write_bytes(content.replace(b"!", b"x"))  # a new file (inode), same first block
     job.refused(needle="not the file recorded")
     forced = wasmstream(*job.args, "--resume", "--force")
