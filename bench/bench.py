@@ -43,14 +43,25 @@ def wall(command: str) -> float:
 
 
 def peak_rss(command: list[str], stdin_path: Path) -> int:
-    """Peak resident set size of `command` in bytes (its own process, from wait4)."""
+    """Peak resident set size of `command` in bytes, from /proc/PID/status's VmHWM.
+
+    (wait4's ru_maxrss would also count this script's memory from before the child's exec.)
+    """
+    peak = 0
     with open(stdin_path, "rb") as stdin:
         process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+        while process.poll() is None:
+            try:
+                with open(f"/proc/{process.pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            time.sleep(0.01)
     if process.returncode != 0:
         raise SystemExit(f"benchmark command failed: {command}")
-    return usage.ru_maxrss * 1024
+    return peak
 
 
 def medians(runs: int, *commands: str) -> list[float]:

@@ -99,3 +99,38 @@ def chunks(data: bytes, sizes: Sequence[int]) -> list[bytes]:
         start += size
         n += 1
     return pieces
+
+
+class PeakRSS:
+    """Peak resident memory of a child process, from /proc/PID/status's VmHWM.
+
+    Not from wait4's ru_maxrss: that also counts the memory of the forked parent (pytest, which
+    may be large) before the child exec'd. VmHWM belongs to the exec'd program alone; it only
+    grows, so the last value read before the process exits is its peak.
+    """
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.peak = 0
+        self._pid = pid
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        import time
+
+        while True:
+            try:
+                with open(f"/proc/{self._pid}/status") as status:
+                    hwm = [line for line in status if line.startswith("VmHWM:")]
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            if not hwm:  # a zombie: the process has exited
+                return
+            self.peak = max(self.peak, int(hwm[0].split()[1]) * 1024)
+            time.sleep(0.02)
+
+    def result(self) -> int:
+        self._thread.join(timeout=5)
+        return self.peak

@@ -16,6 +16,7 @@ from .errors import ModuleError
 WASI_MODULE = "wasi_snapshot_preview1"
 MEMORY_EXPORT = "memory"
 REACTOR_INIT = "_initialize"
+COMMAND_START = "_start"
 DEFAULT_TRANSFORM = "process_chunk"
 ALLOCATOR_NAMES = ("alloc", "allocate", "malloc")
 DEALLOCATOR_NAMES = ("dealloc", "free")
@@ -75,6 +76,7 @@ class AbiOptions:
     alloc: str | None = None
     free: str | None = None
     init: str | None = None
+    wasi_command: bool = False  # run the module's _start once per frame (WASI command mode)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class GuestAbi:
     transform: str
     result: ResultKind
     alloc: str
+    command: bool = False  # WASI command mode: _start per frame, stdin in, stdout out
     dealloc: str | None = None
     dealloc_takes_length: bool = False
     init: str | None = None
@@ -110,6 +113,10 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
     the export whose signature cannot be used (with the signature found and those accepted).
     """
     _check_imports(info, source)
+    if options.wasi_command or (
+        info.export(options.function) is None and info.export(COMMAND_START)
+    ):
+        return _command_abi(info, source)
     _require_memory(info, source)
     transform_sig = _require_func(
         info, options.function, "transform", tuple(TRANSFORM_SIGS), source
@@ -142,6 +149,14 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
         init_returns_status=init_sig is not None and bool(init_sig.results),
         reactor=reactor,
         wasi=any(imp.module == WASI_MODULE for imp in info.imports),
+    )
+
+
+def _command_abi(info: ModuleInfo, source: str) -> GuestAbi:
+    """A WASI program run once per frame: the frame is its stdin, its stdout the output."""
+    _require_func(info, COMMAND_START, "WASI command entry point", REACTOR_SIGS, source)
+    return GuestAbi(
+        transform=COMMAND_START, result=ResultKind.IN_PLACE, alloc="", command=True, wasi=True
     )
 
 

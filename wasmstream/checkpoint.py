@@ -44,6 +44,8 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     config_sha256: str
     frame_size: int
     framing: str = "fixed"
+    on_error: str = "fail"
+    wasi_command: bool = False
 
 
 class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -54,6 +56,13 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     queue_depth: int | None = None
     checkpoint_interval: float
     checkpoint_every: int | None = None
+    timeout: float | None = None
+    fuel: int | None = None
+    max_memory: int | None = None
+    max_output: int | None = None
+    env: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
+    dead_letter: str | None = None
 
 
 class InputRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -29,8 +29,9 @@ from .core import (
     default_jobs,
     run,
 )
-from .engines import DEFAULT_ENGINE, ENGINE_NAMES
+from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, Interrupted, WasmstreamError
+from .policy import POLICIES
 from .units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -80,6 +81,48 @@ def _duration_option(ctx: click.Context, param: click.Parameter, value: str | fl
     if seconds <= 0:
         raise click.BadParameter("must be longer than 0", ctx, param)
     return seconds
+
+
+def _optional_duration(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> float | None:
+    return None if value is None else _duration_option(ctx, param, value)
+
+
+def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A size, or none: `unlimited` (or `none`) lifts the limit."""
+    if value is None or value.lower() in ("unlimited", "none"):
+        return None
+    return _size_option(ctx, param, value)
+
+
+def _env_pairs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx, param)
+        pairs.append((key, text))
+    return tuple(pairs)
+
+
+def _dir_grants(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[DirGrant, ...]:
+    grants = []
+    for value in values:
+        parts = value.split(":")
+        mode = parts.pop() if len(parts) > 1 and parts[-1] in ("ro", "rw") else "ro"
+        if not 1 <= len(parts) <= 2 or not parts[0]:
+            raise click.BadParameter(f"{value!r} is not HOST[:GUEST][:ro|rw]", ctx, param)
+        host = parts[0]
+        if not os.path.isdir(host):
+            raise click.BadParameter(f"{host} is not a directory", ctx, param)
+        guest = parts[1] if len(parts) == 2 else host
+        grants.append(DirGrant(os.path.abspath(host), guest, writable=mode == "rw"))
+    return tuple(grants)
 
 
 jobs_option = click.option(
@@ -149,6 +192,65 @@ queue_depth_option = click.option(
     help="WebAssembly runtime.",
 )
 @click.option(
+    "--timeout",
+    metavar="DURATION",
+    callback=_optional_duration,
+    help="Wall-clock limit per frame: 500ms, 2s, 1m [default: none].",
+)
+@click.option(
+    "--fuel",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Instruction budget per frame (deterministic) [default: none].",
+)
+@click.option(
+    "--max-memory",
+    metavar="SIZE",
+    callback=_optional_size,
+    default=format_size(DEFAULT_MAX_MEMORY),
+    show_default=True,
+    help="Linear memory limit per instance.",
+)
+@click.option(
+    "--max-output",
+    metavar="SIZE",
+    callback=_optional_size,
+    help="Output limit per frame [default: 64MiB or 4 frames, the larger].",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(POLICIES),
+    default="fail",
+    show_default=True,
+    help="A failed frame stops the run, is skipped, or passes through unchanged.",
+)
+@click.option(
+    "--dead-letter",
+    metavar="FILE",
+    help="Append every failed frame to FILE as a JSON line (with its data, base64).",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    metavar="KEY=VALUE",
+    multiple=True,
+    callback=_env_pairs,
+    help="Give the guest an environment variable (repeatable) [default: none].",
+)
+@click.option(
+    "--dir",
+    "dir_grants",
+    metavar="HOST[:GUEST][:ro|rw]",
+    multiple=True,
+    callback=_dir_grants,
+    help="Give the guest a directory, read-only unless :rw (repeatable) [default: none].",
+)
+@click.option(
+    "--wasi-command",
+    is_flag=True,
+    help="Run the module's _start once per frame: frame on stdin, output from stdout.",
+)
+@click.option(
     "--checkpoint",
     metavar="FILE",
     help="Keep a checkpoint in FILE [default with -o OUT: OUT.ckpt.json].",
@@ -186,6 +288,15 @@ def run_command(
     init: str | None,
     config_arg: str | None,
     engine: str,
+    timeout: float | None,
+    fuel: int | None,
+    max_memory: int | None,
+    max_output: int | None,
+    on_error: str,
+    dead_letter: str | None,
+    env_pairs: tuple[tuple[str, str], ...],
+    dir_grants: tuple[DirGrant, ...],
+    wasi_command: bool,
     checkpoint: str | None,
     no_checkpoint: bool,
     checkpoint_interval: float,
@@ -220,9 +331,21 @@ def run_command(
         frame_size=frame_size,
         jobs=jobs,
         queue_depth=queue_depth,
-        abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
+        abi=AbiOptions(
+            function=function, alloc=alloc, free=free, init=init, wasi_command=wasi_command
+        ),
         config_arg=config_arg,
         engine=engine,
+        sandbox=Sandbox(
+            timeout=timeout,
+            fuel=fuel,
+            max_memory=max_memory,
+            max_output=max_output,
+            env=env_pairs,
+            dirs=dir_grants,
+        ),
+        on_error=on_error,
+        dead_letter=dead_letter,
         checkpoint=checkpoint_path,
         checkpoint_interval=checkpoint_interval,
         checkpoint_every=checkpoint_every,

@@ -17,11 +17,20 @@ from . import checkpoint
 from ._version import __version__
 from .abi import AbiOptions, GuestAbi, resolve_abi
 from .checkpoint import Checkpoint, Command, ModuleRecord, OutputOptions, Position
-from .engines import DEFAULT_ENGINE, CompiledModule, Engine, Instance, get_engine
-from .errors import CheckpointError, ModuleError, UsageError
+from .engines import (
+    DEFAULT_ENGINE,
+    CompiledModule,
+    DirGrant,
+    Engine,
+    Instance,
+    Sandbox,
+    get_engine,
+)
+from .errors import CheckpointError, FramesFailed, ModuleError, UsageError
 from .framing import Buffer, Frame, fixed_frames
 from .inputs import STDIN, ConcatenatedInput, check_inputs
 from .journal import Journal
+from .policy import DeadLetters, FailureHandler
 from .pool import Tally, run_frames
 from .sink import Sink
 
@@ -49,6 +58,9 @@ class RunConfig:
     abi: AbiOptions = field(default_factory=AbiOptions)
     config_arg: str | None = None  # --config as given: TEXT or @FILE
     engine: str = DEFAULT_ENGINE
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    on_error: str = "fail"
+    dead_letter: str | None = None
     checkpoint: str | None = None
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
     checkpoint_every: int | None = None
@@ -64,6 +76,7 @@ class RunConfig:
 @dataclass
 class RunSummary:
     tally: Tally
+    failures: FailureHandler = field(default_factory=FailureHandler)
     resumed_from: Position | None = None
     checkpoints_written: int = 0
     nothing_to_do: bool = False
@@ -93,24 +106,47 @@ def read_config_arg(arg: str | None) -> bytes:
 
 
 def load_module(
-    path: str, abi_options: AbiOptions, engine_name: str = DEFAULT_ENGINE
+    path: str,
+    abi_options: AbiOptions,
+    engine_name: str = DEFAULT_ENGINE,
+    sandbox: Sandbox | None = None,
 ) -> LoadedModule:
     try:
         with open(path, "rb") as module_file:
             wasm = module_file.read()
     except OSError as error:
         raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
-    engine = get_engine(engine_name)
-    compiled = engine.compile(wasm, path)
-    abi = resolve_abi(compiled.info, abi_options, path)
+    engine = get_engine(engine_name, sandbox)
+    try:
+        compiled = engine.compile(wasm, path)
+        abi = resolve_abi(compiled.info, abi_options, path)
+    except BaseException:
+        engine.close()
+        raise
     return LoadedModule(engine, compiled, abi, hashlib.sha256(wasm).hexdigest())
 
 
 def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
-    """Run the module over the inputs into the output. Raises WasmstreamError on failure."""
+    """Run the module over the inputs into the output. Raises WasmstreamError on failure.
+
+    Under --on-error skip|passthrough, a run whose frames partly failed completes (checkpoint
+    `complete`) and then raises FramesFailed, so the exit status still tells.
+    """
     check_inputs(config.inputs)
     config_bytes = read_config_arg(config.config_arg)
-    loaded = load_module(config.module, config.abi, config.engine)
+    loaded = load_module(config.module, config.abi, config.engine, config.sandbox)
+    try:
+        summary = _run_loaded(config, loaded, config_bytes, notify)
+    finally:
+        loaded.engine.close()
+    if summary.failures.failed:
+        raise FramesFailed(summary.failures.summary(summary.tally.frames))
+    return summary
+
+
+def _run_loaded(
+    config: RunConfig, loaded: LoadedModule, config_bytes: bytes, notify: Notify
+) -> RunSummary:
     record = _new_record(config, loaded, config_bytes) if config.checkpoint else None
     saved = _previous_checkpoint(config, record, notify) if record else None
     start = saved.position if saved else Position()
@@ -132,12 +168,18 @@ def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
 
     # Opened only now: the module is usable and the checkpoint agrees with this run.
     sink = Sink(config.output, keep=start.output_bytes if saved else None)
+    dead_letters = DeadLetters(config.dead_letter) if config.dead_letter else None
+    summary.failures = FailureHandler(config.on_error, dead_letters)
     journal = None
     if record is not None and config.checkpoint is not None:
         clock = checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every)
-        record = _with_position(record, saved)
         journal = Journal(
-            config.checkpoint, record, sink=sink, stream=stream, tally=summary.tally, clock=clock
+            config.checkpoint,
+            _with_position(record, saved),
+            syncs=[sink.sync, *([dead_letters.sync] if dead_letters else [])],
+            stream=stream,
+            tally=summary.tally,
+            clock=clock,
         )
         journal.save("running")  # from now on a crash leaves a resumable checkpoint
         summary.tally.on_frame_written.append(journal.frame_written)
@@ -150,6 +192,7 @@ def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
             jobs=config.jobs,
             queue_depth=config.effective_queue_depth,
             tally=summary.tally,
+            failures=summary.failures,
         )
     except BaseException as error:
         if journal is not None:
@@ -161,6 +204,8 @@ def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
     finally:
         stream.close()
         sink.close()
+        if dead_letters is not None:
+            dead_letters.close()
         summary.checkpoints_written = journal.saves if journal else 0
     return summary
 
@@ -168,6 +213,7 @@ def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
 def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> Checkpoint:
     """The checkpoint this run would write, at position zero."""
     stamp = checkpoint.now()
+    sandbox = config.sandbox
     output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))
     return Checkpoint(
         version=checkpoint.FORMAT_VERSION,
@@ -182,6 +228,8 @@ def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) ->
             init=config.abi.init,
             config_sha256=hashlib.sha256(config_bytes).hexdigest(),
             frame_size=config.frame_size,
+            on_error=config.on_error,
+            wasi_command=config.abi.wasi_command,
         ),
         command=Command(
             config_arg=config.config_arg,
@@ -189,6 +237,13 @@ def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) ->
             queue_depth=config.queue_depth,
             checkpoint_interval=config.checkpoint_interval,
             checkpoint_every=config.checkpoint_every,
+            timeout=sandbox.timeout,
+            fuel=sandbox.fuel,
+            max_memory=sandbox.max_memory,
+            max_output=sandbox.max_output,
+            env=list(sandbox.env),
+            dirs=[(d.host, d.guest, d.writable) for d in sandbox.dirs],
+            dead_letter=config.dead_letter and os.path.abspath(config.dead_letter),
         ),
         inputs=[checkpoint.describe_input(path) for path in (config.inputs or (STDIN,))],
         output=output,
@@ -279,10 +334,24 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
         jobs=jobs or command.jobs,
         queue_depth=queue_depth if queue_depth is not None else command.queue_depth,
         abi=AbiOptions(
-            function=options.function, alloc=options.alloc, free=options.free, init=options.init
+            function=options.function,
+            alloc=options.alloc,
+            free=options.free,
+            init=options.init,
+            wasi_command=options.wasi_command,
         ),
         config_arg=command.config_arg,
         engine=saved.engine,
+        sandbox=Sandbox(
+            timeout=command.timeout,
+            fuel=command.fuel,
+            max_memory=command.max_memory,
+            max_output=command.max_output,
+            env=tuple(command.env),
+            dirs=tuple(DirGrant(host, guest, writable) for host, guest, writable in command.dirs),
+        ),
+        on_error=options.on_error,
+        dead_letter=command.dead_letter,
         checkpoint=path,
         checkpoint_interval=command.checkpoint_interval,
         checkpoint_every=command.checkpoint_every,

@@ -17,9 +17,13 @@ class ExitStatus(enum.IntEnum):
     FAILURE = 1  # an unexpected internal error
     USAGE = 2  # bad command line (click uses 2 as well)
     INVALID_MODULE = 3  # missing, not wasm, invalid, wrong exports or signatures
-    GUEST_ERROR = 4  # trap, negative result, output outside guest memory
+    GUEST_ERROR = 4  # trap, negative result, output outside guest memory or too large
+    TIMEOUT = 5  # a frame ran past --timeout
+    OUT_OF_FUEL = 6  # a frame used up --fuel
+    MEMORY_LIMIT = 7  # an instance hit --max-memory
     IO_ERROR = 8  # input unreadable, output unwritable
     CHECKPOINT = 9  # checkpoint corrupt, or resuming from it would be wrong
+    FRAMES_FAILED = 10  # completed under --on-error skip|passthrough, but some frames failed
     BROKEN_PIPE = 141  # downstream closed the pipe: 128 + SIGPIPE, as coreutils exit
     INTERRUPTED = 130  # SIGINT: 128 + 2
     TERMINATED = 143  # SIGTERM: 128 + 15
@@ -59,6 +63,7 @@ class GuestError(WasmstreamError):
     """
 
     status = ExitStatus.GUEST_ERROR
+    kind = "guest-error"  # the failure class named in dead letters and stats
 
     def __init__(self, what: str, *, frame: int | None = None, offset: int | None = None) -> None:
         super().__init__(what)
@@ -81,12 +86,43 @@ class GuestError(WasmstreamError):
 class GuestTrap(GuestError):
     """The guest trapped (unreachable, out-of-bounds access, divide by zero, …)."""
 
+    kind = "trap"
+
+
+class GuestTimeout(GuestError):
+    status = ExitStatus.TIMEOUT
+    kind = "timeout"
+
+
+class GuestOutOfFuel(GuestError):
+    status = ExitStatus.OUT_OF_FUEL
+    kind = "fuel"
+
+
+class GuestMemoryLimit(GuestError):
+    status = ExitStatus.MEMORY_LIMIT
+    kind = "memory"
+
+
+class GuestExit(GuestError):
+    """A WASI command exited with a non-zero status."""
+
+    kind = "exit"
+
 
 class StartupError(GuestError):
     """An instance failed while starting (in `_initialize`, the allocator or the init function)."""
 
+    kind = "startup"
+
     def __str__(self) -> str:
         return f"while starting an instance: {self.what}"
+
+
+class FramesFailed(WasmstreamError):
+    """The run completed, but some frames failed and were skipped or passed through."""
+
+    status = ExitStatus.FRAMES_FAILED
 
 
 class BrokenPipe(WasmstreamError):

@@ -8,6 +8,8 @@ replaced. `finish` writes the final state: complete, failed (with where), or sti
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from . import checkpoint
@@ -16,7 +18,6 @@ from .errors import GuestError
 from .framing import Frame
 from .inputs import ConcatenatedInput
 from .pool import Tally
-from .sink import Sink
 
 
 class Journal:
@@ -25,7 +26,7 @@ class Journal:
         path: str,
         record: Checkpoint,
         *,
-        sink: Sink,
+        syncs: list[Callable[[], None]],
         stream: ConcatenatedInput,
         tally: Tally,
         clock: checkpoint.Clock,
@@ -33,7 +34,7 @@ class Journal:
         self.path = path
         self._record = record
         self._start = record.position
-        self._sink = sink
+        self._syncs = syncs
         self._stream = stream
         self._tally = tally
         self._clock = clock
@@ -44,7 +45,8 @@ class Journal:
             self.save("running")
 
     def save(self, status: Status, failure: Failure | None = None) -> None:
-        self._sink.sync()  # the invariant: never claim output that is not durable
+        for sync in self._syncs:  # the invariant: never claim output that is not durable
+            sync()
         input_bytes = self._start.input_bytes + self._tally.bytes_in
         position = Position(
             input_bytes=input_bytes,

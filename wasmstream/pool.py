@@ -23,6 +23,7 @@ from queue import SimpleQueue
 from .engines import Instance
 from .errors import GuestError
 from .framing import Buffer, Frame
+from .policy import FailureHandler
 
 Frames = Callable[[Callable[[], Buffer]], Iterator[Frame]]
 """Cuts the input into frames, filling buffers taken from the callable it is given."""
@@ -56,12 +57,20 @@ def run_frames(
     jobs: int,
     queue_depth: int,
     tally: Tally,
+    failures: FailureHandler,
 ) -> None:
-    """Transform every frame and write the outputs in order. Raises the first failure."""
+    """Transform every frame and write the outputs in order. Raises the first failure.
+
+    A frame that fails goes to `failures`, which raises (policy fail) or says what to write in
+    its place; the instance it failed in is replaced by a fresh one, its state being suspect.
+    """
     if jobs == 1:
-        _run_serial(frames, new_instance, write, frame_size, tally)
+        _run_serial(frames, new_instance, write, frame_size, tally, failures)
     else:
-        _ParallelRun(frames, new_instance, write, frame_size, jobs, queue_depth, tally).run()
+        run = _ParallelRun(
+            frames, new_instance, write, frame_size, jobs, queue_depth, tally, failures
+        )
+        run.run()
 
 
 def _run_serial(
@@ -70,15 +79,27 @@ def _run_serial(
     write: Write,
     frame_size: int,
     tally: Tally,
+    failures: FailureHandler,
 ) -> None:
     instance = new_instance()
+    # Frames are read straight into guest memory (one copy fewer) unless a failed frame's input
+    # must survive the guest, which may have changed it in place.
+    host_buffer = bytearray(frame_size) if failures.needs_input else None
+
+    def next_buffer() -> Buffer:
+        return host_buffer if host_buffer is not None else instance.input_buffer()
+
     try:
-        # Frames are read straight into guest memory: one copy fewer per frame.
-        for frame in frames(instance.input_buffer):
+        for frame in frames(next_buffer):
             try:
-                written = instance.transform_buffer(frame.length, write)
+                if host_buffer is None:
+                    written = instance.transform_buffer(frame.length, write)
+                else:  # the output is written only once the whole frame has succeeded
+                    written = write(instance.transform(frame.data, bytes))
             except GuestError as error:
-                raise error.at(frame.index, frame.offset) from None
+                written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
+                instance.close()
+                instance = new_instance()
             tally.record(frame, written)
     finally:
         instance.close()
@@ -109,8 +130,10 @@ class _ParallelRun:
         jobs: int,
         queue_depth: int,
         tally: Tally,
+        failures: FailureHandler,
     ) -> None:
         self._frames = frames
+        self._failures = failures
         self._new_instance = new_instance
         self._write = write
         self._tally = tally
@@ -225,7 +248,10 @@ class _ParallelRun:
     def _write_job(self, job: _Job) -> None:
         if isinstance(job.error, _Stop):
             return
-        if job.error is not None:
+        if isinstance(job.error, GuestError):
+            written = self._write(self._failures.handle(job.frame, job.error))
+        elif job.error is not None:
             raise job.error
-        written = self._write(job.output)
+        else:
+            written = self._write(job.output)
         self._tally.record(job.frame, written)

@@ -8,6 +8,7 @@ whole life (a wasmtime Store must never be used by two threads at once).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from ..abi import GuestAbi, ModuleInfo
@@ -17,6 +18,32 @@ T = TypeVar("T")
 
 ENGINE_NAMES = ("wasmtime",)
 DEFAULT_ENGINE = "wasmtime"
+DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB of linear memory per instance
+MIN_MAX_OUTPUT = 64 << 20  # the default --max-output is the larger of this and 4 frames
+
+
+@dataclass(frozen=True)
+class DirGrant:
+    host: str
+    guest: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What a guest may use: limits per frame and per instance; WASI grants (none by default)."""
+
+    timeout: float | None = None  # seconds of wall-clock time per frame
+    fuel: int | None = None  # instructions (roughly) per frame
+    max_memory: int | None = DEFAULT_MAX_MEMORY  # bytes of linear memory per instance
+    max_output: int | None = None  # bytes of output per frame; None: the default for the frame size
+    env: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[DirGrant, ...] = ()
+
+    def output_limit(self, frame_size: int) -> int:
+        return (
+            self.max_output if self.max_output is not None else max(MIN_MAX_OUTPUT, 4 * frame_size)
+        )
 
 
 class Instance(Protocol):
@@ -33,8 +60,8 @@ class Instance(Protocol):
         """Run the transform on the first `length` bytes of the input buffer.
 
         Returns `consume(output)`, where `output` is a view into guest memory valid only inside
-        `consume`: a packed output is freed right after it returns. Raises GuestError on a trap
-        or a bad result.
+        `consume`: a packed output is freed right after it returns. Raises GuestError (or a
+        subclass naming the limit hit) on a trap or a bad result.
         """
         ...
 
@@ -66,10 +93,14 @@ class Engine(Protocol):
         """Compile `wasm` (read from `source`, named in errors). Raises ModuleError."""
         ...
 
+    def close(self) -> None:
+        """Stop helper threads (the epoch ticker)."""
+        ...
 
-def get_engine(name: str) -> Engine:
+
+def get_engine(name: str, sandbox: Sandbox | None = None) -> Engine:
     if name == "wasmtime":
         from .wasmtime_engine import WasmtimeEngine
 
-        return WasmtimeEngine()
+        return WasmtimeEngine(sandbox or Sandbox())
     raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")

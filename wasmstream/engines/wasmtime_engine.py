@@ -5,18 +5,26 @@ several cores. Guest calls go through wasmtime's unchecked raw-call entry point,
 about 1.5 µs instead of the ~25 µs of `Func.__call__`'s per-call type checking and boxing; the
 signatures were already checked once, by `resolve_abi`. If a future wasmtime-py drops that
 private binding, calls fall back to `Func.__call__` (also forced with WASMSTREAM_SLOW_CALLS=1).
+
+Limits: `--timeout` uses epoch interruption with one ticker thread per engine; `--fuel` uses
+wasmtime's fuel; `--max-memory` uses store limits. All are armed afresh before every frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import math
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import wasmtime
 
 from ..abi import (
+    COMMAND_START,
+    MEMORY_EXPORT,
     REACTOR_INIT,
     ExportDesc,
     FuncSig,
@@ -25,10 +33,22 @@ from ..abi import (
     ModuleInfo,
     ResultKind,
 )
-from ..errors import GuestError, GuestTrap, ModuleError, StartupError
+from ..errors import (
+    GuestError,
+    GuestExit,
+    GuestMemoryLimit,
+    GuestOutOfFuel,
+    GuestTimeout,
+    GuestTrap,
+    ModuleError,
+    StartupError,
+)
+from ..units import format_duration, format_size
+from . import Sandbox
 
 T = TypeVar("T")
 WASM_MAGIC = b"\0asm"
+PAGE = 65536
 
 try:  # the raw call path; see the module docstring
     from wasmtime import _bindings as _ffi
@@ -53,11 +73,35 @@ TRAP_DESCRIPTIONS = {
 }
 
 
+class _EpochTicker:
+    """One thread per engine advancing the epoch; a frame's deadline is a number of ticks."""
+
+    def __init__(self, engine: wasmtime.Engine, timeout: float) -> None:
+        self.tick = min(0.1, timeout / 20)
+        self.deadline_ticks = math.ceil(timeout / self.tick) + 1
+        self._engine = engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wasmstream-epoch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            self._engine.increment_epoch()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class WasmtimeEngine:
     name = "wasmtime"
 
-    def __init__(self) -> None:
-        self._engine = wasmtime.Engine(wasmtime.Config())
+    def __init__(self, sandbox: Sandbox) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = sandbox.timeout is not None
+        config.consume_fuel = sandbox.fuel is not None
+        self._engine = wasmtime.Engine(config)
+        self._sandbox = sandbox
+        self._ticker = _EpochTicker(self._engine, sandbox.timeout) if sandbox.timeout else None
 
     def version(self) -> str:
         from importlib.metadata import version  # lazily: 20 ms of start-up otherwise
@@ -71,11 +115,83 @@ class WasmtimeEngine:
             module = wasmtime.Module(self._engine, wasm)
         except wasmtime.WasmtimeError as error:
             raise ModuleError(f"{source}: invalid WebAssembly: {_one_line(str(error))}") from None
-        return WasmtimeModule(self._engine, module, source)
+        return WasmtimeModule(self, module, source)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()
+
+    def new_store(self) -> tuple[wasmtime.Store, _Guard]:
+        store = wasmtime.Store(self._engine)
+        max_memory = self._sandbox.max_memory
+        if max_memory is not None:
+            store.set_limits(
+                memory_size=max_memory,
+                table_elements=1 << 20,
+                instances=16,
+                tables=16,
+                memories=16,
+            )
+        ticks = self._ticker.deadline_ticks if self._ticker else None
+        return store, _Guard(store, self._sandbox, ticks)
+
+
+class _Guard:
+    """Arms a store's per-frame limits and names the one a failed call ran into."""
+
+    def __init__(self, store: wasmtime.Store, sandbox: Sandbox, deadline_ticks: int | None) -> None:
+        self._store = store
+        self._sandbox = sandbox
+        self._deadline_ticks = deadline_ticks
+        self.memory: wasmtime.Memory | None = None
+
+    def call(
+        self, func: Callable[..., int | None], *args: int, exit_ok: bool = False
+    ) -> int | None:
+        """Call `func` with fresh limits, turning wasmtime's traps into GuestError subclasses.
+
+        `exit_ok`: a WASI proc_exit(0) is a normal return (a command's end), not an error.
+        """
+        if self._deadline_ticks is not None:
+            self._store.set_epoch_deadline(self._deadline_ticks)
+        if self._sandbox.fuel is not None:
+            self._store.set_fuel(self._sandbox.fuel)
+        try:
+            return func(*args)
+        except wasmtime.Trap as trap:
+            raise self._classify(trap) from None
+        except wasmtime.ExitTrap as exit_trap:
+            if exit_ok and exit_trap.code == 0:
+                return None
+            raise GuestExit(f"guest exited with status {exit_trap.code}") from None
+        except wasmtime.WasmtimeError as error:
+            raise GuestTrap(f"guest failed: {_one_line(str(error))}") from None
+
+    def _classify(self, trap: wasmtime.Trap) -> GuestError:
+        code = trap.trap_code
+        sandbox = self._sandbox
+        if code == wasmtime.TrapCode.INTERRUPT and sandbox.timeout is not None:
+            return GuestTimeout(f"timed out after {format_duration(sandbox.timeout)}")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL and sandbox.fuel is not None:
+            return GuestOutOfFuel(f"ran out of fuel ({sandbox.fuel})")
+        description = describe_trap(trap)
+        if self._at_memory_limit():
+            # memory.grow returns -1 at the limit; the guest then failed: blame the limit.
+            return GuestMemoryLimit(
+                f"memory limit {format_size(sandbox.max_memory or 0)} exceeded ({description})"
+            )
+        return GuestTrap(f"guest trapped: {description}")
+
+    def _at_memory_limit(self) -> bool:
+        limit = self._sandbox.max_memory
+        if limit is None or self.memory is None:
+            return False
+        # memory.grow's request is not known here: count "within an eighth of the cap" as at it
+        return self.memory.data_len(self._store) + max(PAGE, limit // 8) > limit
 
 
 class WasmtimeModule:
-    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, source: str) -> None:
+    def __init__(self, engine: WasmtimeEngine, module: wasmtime.Module, source: str) -> None:
         self._engine = engine
         self._module = module
         self._source = source
@@ -86,7 +202,11 @@ class WasmtimeModule:
             ),
         )
 
-    def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> WasmtimeInstance:
+    def instantiate(
+        self, abi: GuestAbi, buffer_size: int, config: bytes
+    ) -> WasmtimeInstance | WasmtimeCommand:
+        if abi.command:
+            return WasmtimeCommand(self._engine, self._module, self._source, buffer_size)
         return WasmtimeInstance(self._engine, self._module, self._source, abi, buffer_size, config)
 
 
@@ -95,23 +215,24 @@ class WasmtimeInstance:
 
     def __init__(
         self,
-        engine: wasmtime.Engine,
+        engine: WasmtimeEngine,
         module: wasmtime.Module,
         source: str,
         abi: GuestAbi,
         buffer_size: int,
         config: bytes,
     ) -> None:
-        self._store = wasmtime.Store(engine)
+        self._store, self._guard = engine.new_store()
         self._abi = abi
         self._buffer_size = buffer_size
-        instance = self._link(engine, module, source, abi.wasi)
-        exports = instance.exports(self._store)
-        memory = exports["memory"]
-        assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
-        self._memory = memory
+        self._max_output = engine._sandbox.output_limit(buffer_size)
         self._memory_view = memoryview(b"")
         self._memory_at = (0, 0)
+        instance = self._link(engine, module, source, abi.wasi)
+        exports = instance.exports(self._store)
+        memory = exports[MEMORY_EXPORT]
+        assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
+        self._memory = self._guard.memory = memory
 
         def func(name: str) -> Callable[..., int | None]:
             export = exports[name]
@@ -123,37 +244,46 @@ class WasmtimeInstance:
         self._start(func, config)
 
     def _link(
-        self, engine: wasmtime.Engine, module: wasmtime.Module, source: str, wasi: bool
+        self, engine: WasmtimeEngine, module: wasmtime.Module, source: str, wasi: bool
     ) -> wasmtime.Instance:
         try:
             if not wasi:
                 return wasmtime.Instance(self._store, module, [])
-            self._store.set_wasi(_sandboxed_wasi(source))
-            linker = wasmtime.Linker(engine)
+            self._store.set_wasi(_sandboxed_wasi(source, engine._sandbox, _to_stderr))
+            linker = wasmtime.Linker(engine._engine)
             linker.define_wasi()
             return linker.instantiate(self._store, module)
         except wasmtime.Trap as trap:
             raise StartupError(f"trapped while starting: {describe_trap(trap)}") from None
         except wasmtime.WasmtimeError as error:
-            raise ModuleError(f"{source}: cannot instantiate: {_one_line(str(error))}") from None
+            message = _one_line(str(error))
+            if "memory" in message and "limit" in message:
+                raise GuestMemoryLimit(f"cannot start an instance: {message}") from None
+            raise ModuleError(f"{source}: cannot instantiate: {message}") from None
 
     def _start(self, func: Callable[[str], Callable[..., int | None]], config: bytes) -> None:
         """Reactor initialiser, then the input buffer, then the init function, in that order."""
         abi = self._abi
         if abi.reactor:
-            _during_startup(REACTOR_INIT, func(REACTOR_INIT))
+            self._during_startup(REACTOR_INIT, func(REACTOR_INIT))
         alloc = func(abi.alloc)
         self._input_ptr = self._allocate(alloc, self._buffer_size, "the input buffer")
         if abi.init is None:
             return
         config_ptr = self._allocate(alloc, len(config), "the config") if config else 0
         self._memory_slice(config_ptr, len(config), "config buffer")[:] = config
-        status = _during_startup(abi.init, func(abi.init), config_ptr, len(config))
+        status = self._during_startup(abi.init, func(abi.init), config_ptr, len(config))
         if abi.init_returns_status and status is not None and status < 0:
             raise StartupError(f"init function {abi.init} returned error code {status}")
 
+    def _during_startup(self, name: str, func: Callable[..., int | None], *args: int) -> int | None:
+        try:
+            return self._guard.call(func, *args)
+        except GuestError as error:
+            raise StartupError(f"{name}: {error.what}") from None
+
     def _allocate(self, alloc: Callable[..., int | None], size: int, purpose: str) -> int:
-        ptr = _during_startup(self._abi.alloc, alloc, size)
+        ptr = self._during_startup(self._abi.alloc, alloc, size)
         assert ptr is not None
         ptr &= 0xFFFFFFFF  # i32 results are signed; addresses are not
         try:
@@ -170,7 +300,7 @@ class WasmtimeInstance:
         return self.transform_buffer(len(data), consume)
 
     def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
-        result = _as_guest_call(self._transform, self._input_ptr, length)
+        result = self._guard.call(self._transform, self._input_ptr, length)
         assert result is not None
         if result < 0:
             raise GuestError(f"guest returned error code {result}")
@@ -181,11 +311,17 @@ class WasmtimeInstance:
                 )
             return consume(self._refresh_memory()[self._input_ptr : self._input_ptr + result])
         out_ptr, out_len = result >> 32, result & 0xFFFFFFFF
-        output = consume(self._memory_slice(out_ptr, out_len, "output range"))
+        output = self._memory_slice(out_ptr, out_len, "output range")
+        if out_len > self._max_output:
+            raise GuestError(
+                f"output of {out_len} bytes exceeds the --max-output limit of "
+                f"{format_size(self._max_output)}"
+            )
+        consumed = consume(output)
         if self._dealloc is not None:
             args = (out_ptr, out_len) if self._abi.dealloc_takes_length else (out_ptr,)
-            _as_guest_call(self._dealloc, *args)
-        return output
+            self._guard.call(self._dealloc, *args)
+        return consumed
 
     def _refresh_memory(self) -> memoryview:
         """A view of all guest memory; rebuilt only when memory has grown or moved."""
@@ -209,6 +345,81 @@ class WasmtimeInstance:
     def close(self) -> None:
         self._memory_view.release()
         self._memory_at = (0, 0)
+
+
+class WasmtimeCommand:
+    """A WASI program run once per frame: the frame is its stdin, its stdout the frame's output.
+
+    Linking is done once (an InstancePre); each frame gets a fresh Store and instance, so no
+    state survives from one frame to the next and limits apply per frame.
+    """
+
+    def __init__(
+        self, engine: WasmtimeEngine, module: wasmtime.Module, source: str, buffer_size: int
+    ) -> None:
+        self._engine = engine
+        self._source = source
+        self._buffer = bytearray(buffer_size)
+        self._max_output = engine._sandbox.output_limit(buffer_size)
+        linker = wasmtime.Linker(engine._engine)
+        linker.define_wasi()
+        try:
+            self._pre = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as error:
+            raise ModuleError(f"{source}: cannot instantiate: {_one_line(str(error))}") from None
+
+    def input_buffer(self) -> memoryview:
+        return memoryview(self._buffer)
+
+    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
+        self._buffer[: len(data)] = data
+        return self.transform_buffer(len(data), consume)
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        store, guard = self._engine.new_store()
+        output = _CappedOutput(self._max_output)
+        config = _sandboxed_wasi(self._source, self._engine._sandbox, output.write)
+        stdin = os.memfd_create("wasmstream-frame", os.MFD_CLOEXEC)
+        try:
+            os.write(stdin, memoryview(self._buffer)[:length])
+            config.stdin_file = f"/proc/self/fd/{stdin}"
+        finally:
+            os.close(stdin)
+        store.set_wasi(config)
+        try:
+            instance = self._pre.instantiate(store)
+        except wasmtime.WasmtimeError as error:
+            raise StartupError(f"cannot start: {_one_line(str(error))}") from None
+        start = instance.exports(store)[COMMAND_START]
+        assert isinstance(start, wasmtime.Func)
+        memory = instance.exports(store).get(MEMORY_EXPORT)
+        guard.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        guard.call(lambda: start(store), exit_ok=True)
+        if output.overflowed:
+            raise GuestError(
+                f"output of more than {format_size(self._max_output)} exceeds --max-output"
+            )
+        return consume(memoryview(b"".join(output.chunks)))
+
+    def close(self) -> None:
+        pass
+
+
+class _CappedOutput:
+    """Collects a WASI command's stdout, up to a limit (a callback must not raise: see wasi.py)."""
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self._room = limit
+        self.overflowed = False
+
+    def write(self, data: bytes) -> None:
+        if len(data) > self._room:
+            self.overflowed = True
+            self._room = 0
+            return
+        self._room -= len(data)
+        self.chunks.append(data)
 
 
 def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | None]:
@@ -237,23 +448,6 @@ def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | N
     return call
 
 
-def _as_guest_call(func: Callable[..., int | None], *args: int) -> int | None:
-    """Call `func`, turning wasmtime's traps and errors into GuestTrap."""
-    try:
-        return func(*args)
-    except wasmtime.Trap as trap:
-        raise GuestTrap(f"guest trapped: {describe_trap(trap)}") from None
-    except wasmtime.WasmtimeError as error:
-        raise GuestTrap(f"guest failed: {_one_line(str(error))}") from None
-
-
-def _during_startup(name: str, func: Callable[..., int | None], *args: int) -> int | None:
-    try:
-        return _as_guest_call(func, *args)
-    except GuestError as error:
-        raise StartupError(f"{name}: {error.what}") from None
-
-
 def describe_trap(trap: wasmtime.Trap) -> str:
     code = trap.trap_code
     if code is not None and code in TRAP_DESCRIPTIONS:
@@ -268,17 +462,24 @@ def _one_line(message: str) -> str:
     return last.removeprefix("wasm trap: ")
 
 
-def _sandboxed_wasi(source: str) -> wasmtime.WasiConfig:
-    """A WASI context that grants nothing; the guest's stdout joins wasmstream's stderr."""
+def _sandboxed_wasi(
+    source: str, sandbox: Sandbox, stdout: Callable[[bytes], None]
+) -> wasmtime.WasiConfig:
+    """A WASI context granting only what the user granted (--env, --dir); nothing by default."""
     config = wasmtime.WasiConfig()
     config.argv = [os.path.basename(source)]
-    config.stdout_custom = _to_stderr
+    config.env = [list(pair) for pair in sandbox.env]
+    for grant in sandbox.dirs:
+        config.preopen_dir(grant.host, grant.guest, grant.writable)
+    config.stdout_custom = stdout
     config.inherit_stderr()
     return config
 
 
 def _to_stderr(data: bytes) -> None:
-    os.write(2, data)
+    """A reactor's stdout joins wasmstream's stderr: never the data stream."""
+    with contextlib.suppress(OSError):
+        os.write(2, data)
 
 
 def _kind(extern_type: object) -> str:

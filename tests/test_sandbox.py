@@ -1,0 +1,278 @@
+"""Hostile guests, limits, error policies and WASI: never a hang, a crash or a lost frame."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wasmstream.errors import ExitStatus
+
+from conftest import PeakRSS, assert_clean_failure, fixture, wasmstream
+
+HOSTILE = fixture("hostile.wasm")
+GOOD, BAD = b"good", b"ba!d"  # hostile.wasm misbehaves on frames holding '!'
+STREAM = GOOD + BAD + GOOD + GOOD  # four 4-byte frames, the second one bad
+STARTUP = 1.0  # generous allowance for interpreter start-up on a loaded CI machine
+
+
+def timed(*args: str, input: bytes = STREAM) -> tuple[subprocess.CompletedProcess[bytes], float]:
+    start = time.monotonic()
+    result = wasmstream(*args, input=input, timeout=60)
+    return result, time.monotonic() - start
+
+
+CASES = [
+    # (name, extra options, exit status, message, limit in seconds)
+    ("spin", ["--timeout", "1s"], ExitStatus.TIMEOUT, "timed out after 1s", 1.0),
+    ("spin", ["--fuel", "1000000"], ExitStatus.OUT_OF_FUEL, "ran out of fuel (1000000)", 0.0),
+    (
+        "grow_bomb",
+        ["--max-memory", "32MiB"],
+        ExitStatus.MEMORY_LIMIT,
+        "memory limit 32MiB exceeded",
+        0.0,
+    ),
+    ("recurse", [], ExitStatus.GUEST_ERROR, "guest trapped: stack overflow", 0.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "options", "status", "message", "limit"),
+    CASES,
+    ids=[c[0] + c[1][0] if c[1] else c[0] for c in CASES],
+)
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_hostile_guest_fails_cleanly_and_in_bounded_time(
+    function: str, options: list[str], status: int, message: str, limit: float, jobs: str
+) -> None:
+    result, elapsed = timed(
+        "run", HOSTILE, "--function", function, "--frame-size", "4", "-j", jobs, *options
+    )
+    assert_clean_failure(result, status, f"frame 1 at offset 4: {message}")
+    assert result.stdout == GOOD
+    assert elapsed < limit + 1 + STARTUP
+
+
+@pytest.mark.parametrize(
+    ("function", "options", "status", "message", "limit"),
+    CASES,
+    ids=[c[0] + c[1][0] if c[1] else c[0] for c in CASES],
+)
+def test_under_skip_the_good_frames_come_out(
+    function: str, options: list[str], status: int, message: str, limit: float
+) -> None:
+    result, elapsed = timed(
+        "run",
+        HOSTILE,
+        "--function",
+        function,
+        "--frame-size",
+        "4",
+        "-j",
+        "2",
+        "--on-error",
+        "skip",
+        *options,
+    )
+    assert_clean_failure(
+        result, ExitStatus.FRAMES_FAILED, "1 of 4 frames failed", "skipped", message
+    )
+    assert result.stdout == GOOD * 3
+    assert elapsed < limit + 1 + STARTUP
+
+
+def test_passthrough_writes_the_failed_input_unchanged_and_dead_letters_keep_it(
+    tmp_path: Path,
+) -> None:
+    letters = tmp_path / "dead.jsonl"
+    stream = GOOD + BAD + GOOD + BAD
+    result = wasmstream(
+        "run",
+        fixture("trap.wasm"),
+        "--frame-size",
+        "4",
+        "-j",
+        "1",
+        "--on-error",
+        "passthrough",
+        "--dead-letter",
+        str(letters),
+        input=stream,
+    )
+    assert_clean_failure(
+        result, ExitStatus.FRAMES_FAILED, "2 of 4 frames failed (2 trap)", "passed through"
+    )
+    assert result.stdout == stream
+    lines = [json.loads(line) for line in letters.read_text().splitlines()]
+    assert [(d["frame"], d["offset"], d["length"], d["kind"]) for d in lines] == [
+        (1, 4, 4, "trap"),
+        (3, 12, 4, "trap"),
+    ]
+    assert all(base64.b64decode(d["data"]) == BAD for d in lines)
+    assert lines[0]["message"] == "guest trapped: unreachable instruction executed"
+
+
+def test_dead_letter_under_fail_keeps_the_one_failed_frame(tmp_path: Path) -> None:
+    letters = tmp_path / "dead.jsonl"
+    result = wasmstream(
+        "run",
+        fixture("trap.wasm"),
+        "--frame-size",
+        "4",
+        "-j",
+        "2",
+        "--dead-letter",
+        str(letters),
+        input=STREAM,
+    )
+    assert result.returncode == ExitStatus.GUEST_ERROR
+    (line,) = letters.read_text().splitlines()
+    assert base64.b64decode(json.loads(line)["data"]) == BAD
+
+
+def test_output_range_and_allocator_errors_are_guest_errors_not_crashes() -> None:
+    for function in ("past_end", "near_4gib", "too_long"):
+        result = wasmstream(
+            "run",
+            fixture("broken.wasm"),
+            "--function",
+            function,
+            "--on-error",
+            "skip",
+            "--frame-size",
+            "10",
+            input=b"x" * 10,
+        )
+        assert_clean_failure(result, ExitStatus.FRAMES_FAILED, "1 of 1 frames failed")
+
+
+def test_traps_while_starting() -> None:
+    reactor = wasmstream("run", fixture("trapinit.wasm"), input=b"x")
+    assert_clean_failure(
+        reactor, ExitStatus.GUEST_ERROR, "while starting an instance: _initialize: guest trapped"
+    )
+    init = wasmstream(
+        "run", HOSTILE, "--function", "spin", "--init", "init_trap", "-j", "2", input=b"x"
+    )
+    assert_clean_failure(init, ExitStatus.GUEST_ERROR, "init_trap: guest trapped: unreachable")
+
+
+def test_output_hundreds_of_times_the_input_is_bounded_by_max_output() -> None:
+    refused = wasmstream(
+        "run", HOSTILE, "--function", "bloat", "--max-output", "1MiB", input=b"y" * 4096
+    )
+    assert_clean_failure(
+        refused,
+        ExitStatus.GUEST_ERROR,
+        "output of 2048000 bytes exceeds the --max-output limit of 1MiB",
+    )
+
+
+def test_output_hundreds_of_times_the_input_keeps_host_memory_bounded(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(os.urandom(4 << 20))  # 4 MiB in, 2000 MiB out at 500x
+    command = [
+        sys.executable,
+        "-m",
+        "wasmstream",
+        "run",
+        HOSTILE,
+        "--function",
+        "bloat",
+        "-j",
+        "2",
+        "--frame-size",
+        "16K",
+    ]
+    with open(source, "rb") as stdin:
+        process = subprocess.Popen(
+            command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        rss = PeakRSS(process.pid)
+        assert process.stdout is not None
+        total = 0
+        with process.stdout:
+            # read slowly at first: backpressure must hold the outputs back, not buffer them
+            time.sleep(0.5)
+            while chunk := process.stdout.read(1 << 20):
+                total += len(chunk)
+        # VmHWM is read while the process lives; wait for it after the poller has its last look
+        peak = rss.result()
+        assert process.wait(timeout=60) == 0
+    assert total == 500 * (4 << 20)
+    # 2 instances x (16 KiB x 500 output) + queued copies: tens of MiB, never the 2 GB stream
+    assert 0 < peak < 300 * 2**20, peak
+
+
+def test_the_sandbox_grants_nothing_by_default(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("top secret\n")
+    env = {"SECRET": "from the host environment"}
+    denied = wasmstream("run", fixture("c/sneaky.wasm"), input=b"x", env=env)
+    assert denied.returncode == 0, denied.stderr
+    assert denied.stdout == b"file=DENIED env=NONE\n"
+    granted = wasmstream(
+        "run",
+        fixture("c/sneaky.wasm"),
+        "--dir",
+        f"{tmp_path}:/data",
+        "--env",
+        "SECRET=given",
+        input=b"x",
+    )
+    assert granted.returncode == 0, granted.stderr
+    assert granted.stdout == b"file=top secret env=given\n"
+
+
+@pytest.mark.parametrize(
+    "args", [["--env", "NOEQUALS"], ["--dir", "/no/such/dir"], ["--dir", "a:b:c:d"]]
+)
+def test_bad_grants_are_usage_errors(args: list[str]) -> None:
+    assert_clean_failure(
+        wasmstream("run", fixture("identity.wasm"), *args, input=b""), ExitStatus.USAGE
+    )
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_wasi_command_program_as_a_filter(jobs: str) -> None:
+    lines = [f"line {n:03d} of tex".encode() for n in range(64)]  # 16 bytes each with \n
+    data = b"\n".join(lines) + b"\n"
+    result = wasmstream("run", fixture("c/rev.wasm"), "--frame-size", "64", "-j", jobs, input=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"".join(line[::-1] + b"\n" for line in lines)
+
+
+def test_wasi_command_failure_follows_the_policy() -> None:
+    data = b"abc\n" * 4 + b"a\0c\n" * 4 + b"xyz\n" * 4
+    failed = wasmstream(
+        "run", fixture("c/rev.wasm"), "--wasi-command", "--frame-size", "16", input=data
+    )
+    assert result_line(failed, ExitStatus.GUEST_ERROR) == (
+        "wasmstream: error: frame 1 at offset 16: guest exited with status 1"
+    )
+    assert failed.stdout == b"cba\n" * 4
+    skipped = wasmstream(
+        "run", fixture("c/rev.wasm"), "--frame-size", "16", "--on-error", "skip", input=data
+    )
+    assert skipped.returncode == ExitStatus.FRAMES_FAILED
+    assert skipped.stdout == b"cba\n" * 4 + b"zyx\n" * 4
+    assert b"rev: binary input" in skipped.stderr  # the program's stderr reaches ours
+
+
+def result_line(result: subprocess.CompletedProcess[bytes], status: int) -> str:
+    assert result.returncode == status, result.stderr
+    lines = [line for line in result.stderr.decode().splitlines() if line.startswith("wasmstream:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_wasi_command_timeout_applies_per_frame() -> None:
+    result, elapsed = timed("run", fixture("c/rev.wasm"), "--timeout", "2s", input=b"hello\n")
+    assert result.returncode == 0 and result.stdout == b"olleh\n"
+    assert elapsed < 2 + STARTUP

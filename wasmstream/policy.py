@@ -1,0 +1,100 @@
+"""What becomes of a frame that fails: `--on-error fail|skip|passthrough` and `--dead-letter`.
+
+Called in input order, by whichever thread writes the output, so dead letters are in order too.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import Counter
+
+import msgspec
+
+from .errors import GuestError, IOFailure
+from .framing import Frame
+
+POLICIES = ("fail", "skip", "passthrough")
+
+
+class DeadFrame(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the dead-letter file: enough to replay the frame later."""
+
+    frame: int
+    offset: int
+    length: int
+    kind: str  # trap, timeout, fuel, memory, exit, guest-error, startup
+    message: str
+    data: str  # base64
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class DeadLetters:
+    """An append-only JSON-lines file of failed frames."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as error:
+            raise IOFailure(f"cannot write dead letters {path}: {error.strerror}") from None
+
+    def append(self, frame: Frame, error: GuestError) -> None:
+        line = _encoder.encode(
+            DeadFrame(
+                frame=frame.index,
+                offset=frame.offset,
+                length=frame.length,
+                kind=error.kind,
+                message=error.what,
+                data=base64.b64encode(frame.data).decode("ascii"),
+            )
+        )
+        try:
+            os.write(self._fd, line + b"\n")  # O_APPEND: one write, one whole line
+        except OSError as error_:
+            raise IOFailure(f"cannot write dead letters {self.path}: {error_.strerror}") from None
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class FailureHandler:
+    """Applies the error policy to failed frames and counts them."""
+
+    def __init__(self, policy: str = "fail", dead_letters: DeadLetters | None = None) -> None:
+        assert policy in POLICIES
+        self.policy = policy
+        self.dead_letters = dead_letters
+        self.failed = 0
+        self.by_kind: Counter[str] = Counter()
+        self.first: GuestError | None = None
+
+    @property
+    def needs_input(self) -> bool:
+        """Whether a failed frame's original input must still be at hand after the guest ran."""
+        return self.policy != "fail" or self.dead_letters is not None
+
+    def handle(self, frame: Frame, error: GuestError) -> bytes | memoryview:
+        """The output to write in place of the failed frame's; raises `error` under `fail`."""
+        if self.dead_letters is not None:
+            self.dead_letters.append(frame, error)
+        if self.policy == "fail":
+            raise error
+        self.failed += 1
+        self.by_kind[error.kind] += 1
+        self.first = self.first or error
+        return b"" if self.policy == "skip" else frame.data
+
+    def summary(self, frames: int) -> str:
+        verb = "skipped" if self.policy == "skip" else "passed through unchanged"
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.by_kind.items()))
+        return (
+            f"{self.failed} of {frames} frames failed ({kinds}) and were {verb}; "
+            f"first: {self.first}"
+        )
