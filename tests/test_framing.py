@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -69,3 +70,107 @@ def test_first_offset_shifts_offsets() -> None:
     buffer = bytearray(4)
     frames = list(fixed_frames(io.BytesIO(b"abcdefgh"), lambda: buffer, first_offset=100))
     assert [f.offset for f in frames] == [100, 104]
+
+
+# Record framings -----------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from wasmstream.errors import FramingError  # noqa: E402
+from wasmstream.framing import (  # noqa: E402
+    Framing,
+    FramingSpec,
+    Oversize,
+    Skipped,
+    record_frames,
+)
+
+
+def cut_records(
+    data: bytes,
+    frame_size: int,
+    pieces: list[int],
+    spec: FramingSpec,
+    skipped: Skipped | None = None,
+) -> list[tuple[int, int, bytes]]:
+    stream = ShortReads(data, pieces)
+    buffer = bytearray(frame_size)
+    return [
+        (f.offset, f.span, bytes(f.data))
+        for f in record_frames(stream, lambda: buffer, spec, skipped=skipped)
+    ]
+
+
+lines_text = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30).map(
+    lambda records: b"\n".join(records)
+)
+
+
+@given(lines_text, st.integers(41, 200), st.lists(st.integers(1, 300), max_size=6))
+def test_line_frames_hold_whole_lines(data: bytes, frame_size: int, pieces: list[int]) -> None:
+    frames = cut_records(data, frame_size, pieces, FramingSpec(Framing.LINES))
+    assert b"".join(f for _, _, f in frames) == data
+    assert all(0 < len(f) <= frame_size for _, _, f in frames)
+    assert all(f.endswith(b"\n") for _, _, f in frames[:-1])  # no line is ever split
+    offsets = [o for o, _, _ in frames]
+    assert offsets == [sum(len(f) for _, _, f in frames[:n]) for n in range(len(frames))]
+    assert frames == cut_records(data, frame_size, [], FramingSpec(Framing.LINES))
+    # as many whole lines as fit: the next line would not have fitted
+    for (_, _, frame), (_, _, following) in itertools.pairwise(frames):
+        next_line = following.split(b"\n")[0] + (b"\n" if b"\n" in following else b"")
+        assert len(frame) + len(next_line) > frame_size
+
+
+@given(
+    st.lists(st.binary(max_size=30), max_size=20),
+    st.integers(34, 120),
+    st.lists(st.integers(1, 50), max_size=6),
+)
+def test_length_prefixed_frames_hold_whole_records(
+    records: list[bytes], frame_size: int, pieces: list[int]
+) -> None:
+    data = b"".join(len(r).to_bytes(4, "big") + r for r in records)
+    frames = cut_records(data, frame_size, pieces, FramingSpec(Framing.LENGTH_PREFIXED))
+    assert b"".join(f for _, _, f in frames) == data
+    for _, _, frame in frames:  # every frame parses into whole records, prefixes included
+        position = 0
+        while position < len(frame):
+            position += 4 + int.from_bytes(frame[position : position + 4], "big")
+        assert position == len(frame)
+        assert len(frame) <= frame_size
+    assert frames == cut_records(data, frame_size, [], FramingSpec(Framing.LENGTH_PREFIXED))
+
+
+@given(
+    st.lists(
+        st.binary(min_size=1, max_size=60).map(lambda b: b.replace(b"\x1e", b"")), max_size=25
+    ),
+    st.lists(st.integers(1, 70), max_size=6),
+)
+def test_oversize_skip_and_split(records: list[bytes], pieces: list[int]) -> None:
+    data = b"".join(r + b"\x1e" for r in records)
+    skip = FramingSpec(Framing.DELIMITER, delimiter=b"\x1e", oversize=Oversize.SKIP)
+    skipped = Skipped()
+    frames = cut_records(data, 20, pieces, skip, skipped)
+    kept = [r + b"\x1e" for r in records if len(r) + 1 <= 20]
+    assert b"".join(f for _, _, f in frames) == b"".join(kept)
+    assert skipped.records == len(records) - len(kept)
+    assert sum(span for _, span, _ in frames) + (skipped.bytes if not frames else 0) <= len(data)
+    assert all(len(f) <= 20 for _, _, f in frames)
+    split = FramingSpec(Framing.DELIMITER, delimiter=b"\x1e", oversize=Oversize.SPLIT)
+    assert b"".join(f for _, _, f in cut_records(data, 20, pieces, split)) == data
+
+
+def test_oversize_error_names_offset_and_length() -> None:
+    data = b"short\n" + b"x" * 50 + b"\nend\n"
+    with pytest.raises(
+        FramingError,
+        match=r"record at offset 6 is 51 bytes, larger than the frame size \(16 bytes\)",
+    ):
+        cut_records(data, 16, [7], FramingSpec(Framing.LINES))
+
+
+def test_spans_account_for_skipped_records() -> None:
+    data = b"a\n" + b"y" * 30 + b"\nb\n"
+    frames = cut_records(data, 8, [], FramingSpec(Framing.LINES, oversize=Oversize.SKIP))
+    assert [(o, s, f) for o, s, f in frames] == [(0, 2, b"a\n"), (33, 33, b"b\n")]

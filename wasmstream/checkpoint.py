@@ -44,6 +44,8 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     config_sha256: str
     frame_size: int
     framing: str = "fixed"
+    delimiter: str = "\n"  # latin-1: one byte, any value
+    oversize: str = "error"
     on_error: str = "fail"
     wasi_command: bool = False
 
@@ -63,6 +65,9 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     env: list[tuple[str, str]] = msgspec.field(default_factory=list)
     dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
     dead_letter: str | None = None
+    linger: float | None = None
+    overload: str = "block"
+    drop_log: str | None = None
 
 
 class InputRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

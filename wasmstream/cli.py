@@ -31,7 +31,9 @@ from .core import (
 )
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, Interrupted, WasmstreamError
+from .framing import Framing, FramingSpec, Oversize
 from .policy import POLICIES
+from .pool import Overload
 from .units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -125,6 +127,45 @@ def _dir_grants(
     return tuple(grants)
 
 
+_ESCAPES = {"\\0": b"\0", "\\n": b"\n", "\\t": b"\t", "\\r": b"\r", "\\\\": b"\\"}
+
+
+def _delimiter_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> bytes | None:
+    """One byte: given literally, or as \\0, \\n, \\t, \\r, \\\\ or \\xHH."""
+    if value is None:
+        return None
+    if value in _ESCAPES:
+        return _ESCAPES[value]
+    if len(value) == 4 and value.startswith("\\x"):
+        try:
+            return bytes([int(value[2:], 16)])
+        except ValueError:
+            pass
+    encoded = value.encode()
+    if len(encoded) == 1:
+        return encoded
+    raise click.BadParameter(
+        f"{value!r} is not one byte (try ',', '\\0', '\\t', '\\x1e')", ctx, param
+    )
+
+
+def _linger_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    if value.lower() in ("off", "0"):
+        return 0.0  # explicitly off (None would mean: the default for the input)
+    return _duration_option(ctx, param, value)
+
+
+def _overload_option(ctx: click.Context, param: click.Parameter, value: str) -> Overload:
+    try:
+        return Overload.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
 jobs_option = click.option(
     "-j",
     "--jobs",
@@ -190,6 +231,46 @@ queue_depth_option = click.option(
     show_default=True,
     envvar="WASMSTREAM_ENGINE",
     help="WebAssembly runtime.",
+)
+@click.option(
+    "--framing",
+    type=click.Choice([f.value for f in Framing]),
+    default=Framing.FIXED.value,
+    show_default=True,
+    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
+)
+@click.option(
+    "--delimiter",
+    metavar="D",
+    callback=_delimiter_option,
+    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\xHH.",
+)
+@click.option(
+    "--oversize",
+    type=click.Choice([o.value for o in Oversize]),
+    default=Oversize.ERROR.value,
+    show_default=True,
+    help="A record larger than the frame size stops the run, is split, or is skipped.",
+)
+@click.option(
+    "--linger",
+    metavar="DURATION|off",
+    callback=_linger_option,
+    help="Release a partial frame after the input is quiet this long "
+    "[default: 100ms for record framings on a pipe or terminal, else off].",
+)
+@click.option(
+    "--on-overload",
+    metavar="block|drop|sample:N",
+    callback=_overload_option,
+    default="block",
+    show_default=True,
+    help="When the queue is full: wait (backpressure), drop the frame, or keep one in N.",
+)
+@click.option(
+    "--drop-log",
+    metavar="FILE",
+    help="Append the offset and length of every dropped frame to FILE (JSON lines).",
 )
 @click.option(
     "--timeout",
@@ -297,6 +378,12 @@ def run_command(
     env_pairs: tuple[tuple[str, str], ...],
     dir_grants: tuple[DirGrant, ...],
     wasi_command: bool,
+    framing: str,
+    delimiter: bytes | None,
+    oversize: str,
+    linger: float | None,
+    on_overload: Overload,
+    drop_log: str | None,
     checkpoint: str | None,
     no_checkpoint: bool,
     checkpoint_interval: float,
@@ -317,6 +404,8 @@ def run_command(
     """
     if config_arg is not None and init is None:
         raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    if delimiter is not None and framing != Framing.DELIMITER.value:
+        raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
     checkpoint_path = _checkpoint_path(checkpoint, no_checkpoint, output)
@@ -346,6 +435,14 @@ def run_command(
         ),
         on_error=on_error,
         dead_letter=dead_letter,
+        framing=FramingSpec(
+            framing=Framing(framing),
+            delimiter=delimiter or b"\n",
+            oversize=Oversize(oversize),
+            linger=linger,
+        ),
+        overload=on_overload,
+        drop_log=drop_log,
         checkpoint=checkpoint_path,
         checkpoint_interval=checkpoint_interval,
         checkpoint_every=checkpoint_every,

@@ -6,8 +6,10 @@ messages and exit codes in one place, and reports notices through the `notify` c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,15 +29,25 @@ from .engines import (
     get_engine,
 )
 from .errors import CheckpointError, FramesFailed, ModuleError, UsageError
-from .framing import Buffer, Frame, fixed_frames
+from .framing import (
+    Buffer,
+    Frame,
+    Framing,
+    FramingSpec,
+    Oversize,
+    Skipped,
+    fixed_frames,
+    record_frames,
+)
 from .inputs import STDIN, ConcatenatedInput, check_inputs
 from .journal import Journal
-from .policy import DeadLetters, FailureHandler
-from .pool import Tally, run_frames
+from .policy import DeadLetters, DropLog, FailureHandler
+from .pool import Overload, PoolSettings, Tally, run_frames
 from .sink import Sink
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
+DEFAULT_LINGER = 0.1
 
 Notify = Callable[[str], None]
 
@@ -61,6 +73,9 @@ class RunConfig:
     sandbox: Sandbox = field(default_factory=Sandbox)
     on_error: str = "fail"
     dead_letter: str | None = None
+    framing: FramingSpec = field(default_factory=FramingSpec)
+    overload: Overload = field(default_factory=Overload)
+    drop_log: str | None = None
     checkpoint: str | None = None
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
     checkpoint_every: int | None = None
@@ -160,23 +175,30 @@ def _run_loaded(
         return loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes)
 
     stream = ConcatenatedInput(config.inputs, start.per_input, notify)
+    spec = _with_default_linger(config.framing, config.inputs)
+    skipped = Skipped()
 
     def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
-        return fixed_frames(
-            stream, next_buffer, first_index=start.frames, first_offset=start.input_bytes
-        )
+        first = {"first_index": start.frames, "first_offset": start.input_bytes}
+        if spec.record_based:
+            return record_frames(stream, next_buffer, spec, skipped=skipped, **first)
+        return fixed_frames(stream, next_buffer, linger=spec.linger, **first)
 
     # Opened only now: the module is usable and the checkpoint agrees with this run.
     sink = Sink(config.output, keep=start.output_bytes if saved else None)
     dead_letters = DeadLetters(config.dead_letter) if config.dead_letter else None
+    drop_log = DropLog(config.drop_log) if config.drop_log else None
     summary.failures = FailureHandler(config.on_error, dead_letters)
+    if drop_log is not None:
+        summary.tally.on_frame_dropped.append(drop_log.append)
+    syncs = [sink.sync] + [log.sync for log in (dead_letters, drop_log) if log is not None]
     journal = None
     if record is not None and config.checkpoint is not None:
         clock = checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every)
         journal = Journal(
             config.checkpoint,
             _with_position(record, saved),
-            syncs=[sink.sync, *([dead_letters.sync] if dead_letters else [])],
+            syncs=syncs,
             stream=stream,
             tally=summary.tally,
             clock=clock,
@@ -184,16 +206,14 @@ def _run_loaded(
         journal.save("running")  # from now on a crash leaves a resumable checkpoint
         summary.tally.on_frame_written.append(journal.frame_written)
     try:
-        run_frames(
-            frames,
-            new_instance,
-            sink.write,
+        settings = PoolSettings(
             frame_size=config.frame_size,
             jobs=config.jobs,
             queue_depth=config.effective_queue_depth,
-            tally=summary.tally,
-            failures=summary.failures,
+            direct_read=not spec.record_based,  # record framing carries bytes across frames
+            overload=config.overload,
         )
+        run_frames(frames, new_instance, sink.write, settings, summary.tally, summary.failures)
     except BaseException as error:
         if journal is not None:
             journal.finish(error)
@@ -204,10 +224,31 @@ def _run_loaded(
     finally:
         stream.close()
         sink.close()
-        if dead_letters is not None:
-            dead_letters.close()
+        for log in (dead_letters, drop_log):
+            if log is not None:
+                log.close()
         summary.checkpoints_written = journal.saves if journal else 0
+    _report_losses(summary.tally, skipped, notify)
     return summary
+
+
+def _report_losses(tally: Tally, skipped: Skipped, notify: Notify) -> None:
+    """Deliberate loss is accounted, never silent."""
+    if tally.dropped:
+        notify(f"dropped {tally.dropped} of {tally.frames} frames: the queue was full")
+    if skipped.records:
+        notify(f"skipped {skipped.records} oversized records ({skipped.bytes} bytes)")
+
+
+def _with_default_linger(spec: FramingSpec, inputs: tuple[str, ...]) -> FramingSpec:
+    """Record framings linger 100 ms by default when reading a pipe or a terminal: on a live
+    stream a frame may take minutes to fill. Fixed frames keep their exact size unless asked."""
+    if spec.linger is not None or not spec.record_based:
+        return spec
+    reads_stdin = not inputs or STDIN in inputs
+    if reads_stdin and not stat.S_ISREG(os.fstat(0).st_mode):
+        return dataclasses.replace(spec, linger=DEFAULT_LINGER)
+    return spec
 
 
 def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> Checkpoint:
@@ -228,6 +269,9 @@ def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) ->
             init=config.abi.init,
             config_sha256=hashlib.sha256(config_bytes).hexdigest(),
             frame_size=config.frame_size,
+            framing=config.framing.framing.value,
+            delimiter=config.framing.delimiter.decode("latin-1"),
+            oversize=config.framing.oversize.value,
             on_error=config.on_error,
             wasi_command=config.abi.wasi_command,
         ),
@@ -244,6 +288,9 @@ def _new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) ->
             env=list(sandbox.env),
             dirs=[(d.host, d.guest, d.writable) for d in sandbox.dirs],
             dead_letter=config.dead_letter and os.path.abspath(config.dead_letter),
+            linger=config.framing.linger,
+            overload=str(config.overload),
+            drop_log=config.drop_log and os.path.abspath(config.drop_log),
         ),
         inputs=[checkpoint.describe_input(path) for path in (config.inputs or (STDIN,))],
         output=output,
@@ -352,6 +399,14 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
         ),
         on_error=options.on_error,
         dead_letter=command.dead_letter,
+        framing=FramingSpec(
+            framing=Framing(options.framing),
+            delimiter=options.delimiter.encode("latin-1"),
+            oversize=Oversize(options.oversize),
+            linger=command.linger,
+        ),
+        overload=Overload.parse(command.overload),
+        drop_log=command.drop_log,
         checkpoint=path,
         checkpoint_interval=command.checkpoint_interval,
         checkpoint_every=command.checkpoint_every,

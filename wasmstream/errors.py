@@ -24,6 +24,7 @@ class ExitStatus(enum.IntEnum):
     IO_ERROR = 8  # input unreadable, output unwritable
     CHECKPOINT = 9  # checkpoint corrupt, or resuming from it would be wrong
     FRAMES_FAILED = 10  # completed under --on-error skip|passthrough, but some frames failed
+    FRAMING = 11  # a record larger than the frame size (--oversize error)
     BROKEN_PIPE = 141  # downstream closed the pipe: 128 + SIGPIPE, as coreutils exit
     INTERRUPTED = 130  # SIGINT: 128 + 2
     TERMINATED = 143  # SIGTERM: 128 + 15
@@ -47,6 +48,12 @@ class ModuleError(WasmstreamError):
 
 class IOFailure(WasmstreamError):
     status = ExitStatus.IO_ERROR
+
+
+class FramingError(WasmstreamError):
+    """The input cannot be cut as asked: a record larger than a frame under --oversize error."""
+
+    status = ExitStatus.FRAMING
 
 
 class CheckpointError(WasmstreamError):

@@ -1,33 +1,80 @@
-"""Cutting a byte stream into frames.
+"""Cutting a byte stream into frames: fixed-size, or whole records (lines, a delimiter, or
+length-prefixed records).
 
-Pure code: the only I/O is `readinto` on the stream it is given. A frame is filled completely
-across short reads (pipes hand data over in whatever pieces the kernel chose), so where frames
-are cut never depends on how the input arrived.
+Pure code: the only I/O is `readinto` on the stream it is given (and, with a linger, asking it
+whether more input is waiting). A frame is filled across short reads — pipes hand data over in
+whatever pieces the kernel chose — so where frames are cut never depends on how the input
+arrived (unless a linger is asked for: then a quiet input releases what is waiting).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
+
+from .errors import FramingError
 
 Buffer = bytearray | memoryview
 """Where a frame is read to: a host buffer, or the guest's own input buffer (saving a copy)."""
+
+LENGTH_PREFIX = 4  # length-prefixed records: a 4-byte big-endian length, then the payload
 
 
 class ReadableInto(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
+class Waitable(ReadableInto, Protocol):
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether input (or its end) arrives within `timeout` seconds."""
+        ...
+
+
+class Framing(enum.Enum):
+    FIXED = "fixed"
+    LINES = "lines"
+    DELIMITER = "delimiter"
+    LENGTH_PREFIXED = "length-prefixed"
+
+
+class Oversize(enum.Enum):
+    ERROR = "error"
+    SPLIT = "split"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class FramingSpec:
+    framing: Framing = Framing.FIXED
+    delimiter: bytes = b"\n"
+    oversize: Oversize = Oversize.ERROR
+    linger: float | None = None  # seconds; None: wait for a full frame
+
+    @property
+    def record_based(self) -> bool:
+        return self.framing is not Framing.FIXED
+
+
 class Frame:
-    """One frame of the input: `length` bytes at the start of `buffer`, found at `offset`."""
+    """One frame of the input: `length` bytes at the start of `buffer`, found at `offset`.
 
-    __slots__ = ("buffer", "index", "length", "offset")
+    `span` is how much of the input the frame accounts for: its length, plus any oversized
+    records skipped just before it (so checkpoint offsets stay exact).
+    """
 
-    def __init__(self, index: int, offset: int, buffer: Buffer, length: int) -> None:
+    __slots__ = ("buffer", "index", "length", "offset", "span")
+
+    def __init__(
+        self, index: int, offset: int, buffer: Buffer, length: int, span: int | None = None
+    ) -> None:
         self.index = index
         self.offset = offset
         self.buffer = buffer
         self.length = length
+        self.span = length if span is None else span
 
     @property
     def data(self) -> memoryview:
@@ -35,6 +82,14 @@ class Frame:
 
     def __repr__(self) -> str:
         return f"Frame(index={self.index}, offset={self.offset}, length={self.length})"
+
+
+@dataclass
+class Skipped:
+    """Oversized records skipped under `--oversize skip`."""
+
+    records: int = 0
+    bytes: int = 0
 
 
 def fill(stream: ReadableInto, buffer: memoryview) -> int:
@@ -52,26 +107,194 @@ def fill(stream: ReadableInto, buffer: memoryview) -> int:
     return filled
 
 
+def _fill_lingering(
+    stream: ReadableInto,
+    buffer: memoryview,
+    start: int,
+    linger: float | None,
+    ready: Callable[[int], bool],
+) -> tuple[int, bool]:
+    """Read into `buffer[start:]`; return (bytes now in buffer, whether the stream ended).
+
+    Stops when the buffer is full or the stream ends; with a linger, also when `ready(filled)`
+    says a frame could be released and no input has come for `linger` seconds.
+    """
+    filled, size = start, len(buffer)
+    while filled < size:
+        if linger is not None and ready(filled) and not _wait(stream, linger):
+            return filled, False
+        got = stream.readinto(buffer[filled:])
+        if not got:
+            return filled, True
+        filled += got
+    return filled, False
+
+
+def _wait(stream: ReadableInto, timeout: float) -> bool:
+    wait = getattr(stream, "wait_readable", None)
+    return True if wait is None else bool(wait(timeout))
+
+
 def fixed_frames(
     stream: ReadableInto,
     next_buffer: Callable[[], Buffer],
     *,
     first_index: int = 0,
     first_offset: int = 0,
+    linger: float | None = None,
 ) -> Iterator[Frame]:
     """Cut `stream` into frames the size of the buffers `next_buffer` hands out.
 
     Every frame is full except the last, which may be shorter; empty input yields nothing.
     `next_buffer` may block until a buffer is free: that is how backpressure reaches the reader.
-    A resumed run numbers its frames and offsets on from where the last run stopped.
+    A resumed run numbers its frames and offsets on from where the last run stopped. With a
+    linger, a partly filled frame is released once the input has been quiet that long.
     """
     index, offset = first_index, first_offset
     while True:
         buffer = next_buffer()
-        length = fill(stream, memoryview(buffer))
+        view = memoryview(buffer)
+        if linger is None:
+            length = fill(stream, view)
+            ended = length < len(view)
+        else:
+            length, ended = _fill_lingering(stream, view, 0, linger, lambda filled: filled > 0)
         if length:
             yield Frame(index, offset, buffer, length)
             index += 1
             offset += length
-        if length < len(buffer):
+        if ended:
             return
+
+
+def record_frames(
+    stream: ReadableInto,
+    next_buffer: Callable[[], Buffer],
+    spec: FramingSpec,
+    *,
+    first_index: int = 0,
+    first_offset: int = 0,
+    skipped: Skipped | None = None,
+) -> Iterator[Frame]:
+    """Cut `stream` into frames of as many whole records as fit in a buffer.
+
+    A record is never split (except under `--oversize split`); the last record may lack its
+    delimiter and is passed on as it is. Records larger than a buffer follow `spec.oversize`.
+    """
+    cut_of = _cutter(spec)
+    skipped = skipped if skipped is not None else Skipped()
+    index, offset = first_index, first_offset
+    carry = b""
+    skipped_before = 0
+    ended = False
+    while carry or not ended:
+        buffer = next_buffer()
+        view = memoryview(buffer)
+        size = len(view)
+        view[: len(carry)] = carry
+        filled = len(carry)
+        if not ended:
+            filled, ended = _fill_lingering(
+                stream, view, filled, spec.linger, partial(_has_record, cut_of, buffer)
+            )
+        cut = cut_of(buffer, filled, ended)
+        if cut == 0 and filled == size:  # one record larger than a whole frame
+            if spec.oversize is Oversize.ERROR:
+                raise _oversize_error(stream, buffer, filled, offset, spec)
+            if spec.oversize is Oversize.SKIP:
+                rest, gone, ended = _skip_record(stream, buffer, filled, spec, ended)
+                skipped.records += 1
+                skipped.bytes += gone
+                skipped_before += gone
+                offset += gone
+                carry = rest
+                continue
+            cut = filled  # split
+        if cut == 0:  # only part of a record so far: keep it and read on
+            carry = bytes(view[:filled])
+            continue
+        carry = bytes(view[cut:filled])  # taken before the buffer leaves with its frame
+        yield Frame(index, offset, buffer, cut, span=cut + skipped_before)
+        index += 1
+        offset += cut
+        skipped_before = 0
+
+
+def _has_record(cut_of: Callable[[Buffer, int, bool], int], buffer: Buffer, filled: int) -> bool:
+    return cut_of(buffer, filled, False) > 0
+
+
+def _cutter(spec: FramingSpec) -> Callable[[Buffer, int, bool], int]:
+    """For a framing: (buffer, bytes in it, stream ended) -> end of the last whole record."""
+    if spec.framing is Framing.LENGTH_PREFIXED:
+        return _length_prefixed_cut
+    delimiter = b"\n" if spec.framing is Framing.LINES else spec.delimiter
+
+    def cut(buffer: Buffer, filled: int, ended: bool) -> int:
+        if ended:
+            return filled  # the last record may lack its delimiter
+        return _rfind(buffer, delimiter, filled) + 1
+
+    return cut
+
+
+def _rfind(buffer: Buffer, delimiter: bytes, end: int) -> int:
+    if isinstance(buffer, bytearray):
+        return buffer.rfind(delimiter, 0, end)
+    return bytes(buffer[:end]).rfind(delimiter)
+
+
+def _length_prefixed_cut(buffer: Buffer, filled: int, ended: bool) -> int:
+    position = 0
+    while position + LENGTH_PREFIX <= filled:
+        length = int.from_bytes(buffer[position : position + LENGTH_PREFIX], "big")
+        if position + LENGTH_PREFIX + length > filled:
+            break
+        position += LENGTH_PREFIX + length
+    return filled if ended else position
+
+
+def _record_length(buffer: Buffer, filled: int, spec: FramingSpec) -> int | None:
+    """The length of the record starting the buffer, if its header says (length-prefixed)."""
+    if spec.framing is Framing.LENGTH_PREFIXED and filled >= LENGTH_PREFIX:
+        return LENGTH_PREFIX + int.from_bytes(buffer[:LENGTH_PREFIX], "big")
+    return None
+
+
+def _oversize_error(
+    stream: ReadableInto, buffer: Buffer, filled: int, offset: int, spec: FramingSpec
+) -> FramingError:
+    length = _record_length(buffer, filled, spec)
+    if length is None:  # measure it: read on to its delimiter, keeping nothing
+        _, gone, _ = _skip_record(stream, buffer, filled, spec, False)
+        length = gone
+    return FramingError(
+        f"record at offset {offset} is {length} bytes, larger than the frame size "
+        f"({len(buffer)} bytes); raise --frame-size, or use --oversize split|skip"
+    )
+
+
+def _skip_record(
+    stream: ReadableInto, buffer: Buffer, filled: int, spec: FramingSpec, ended: bool
+) -> tuple[bytes, int, bool]:
+    """Discard the record filling `buffer`; return (what follows it, bytes discarded, ended)."""
+    view = memoryview(buffer)
+    length = _record_length(buffer, filled, spec)
+    if length is not None:  # length-prefixed: skip exactly that many bytes
+        remaining = length - filled
+        while remaining > 0 and not ended:
+            got = stream.readinto(view[: min(remaining, len(view))]) or 0
+            ended = got == 0
+            remaining -= got
+        return b"", length - max(remaining, 0), ended
+    delimiter = b"\n" if spec.framing is Framing.LINES else spec.delimiter
+    gone = filled
+    while not ended:
+        got = stream.readinto(view) or 0
+        if not got:
+            return b"", gone, True
+        at = bytes(view[:got]).find(delimiter)
+        if at >= 0:
+            return bytes(view[at + 1 : got]), gone + at + 1, False
+        gone += got
+    return b"", gone, ended

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import stat
 import sys
 from collections.abc import Callable, Sequence
@@ -77,6 +78,14 @@ class ConcatenatedInput:
                 self._stream_position += got
                 return got
             self._close_current()
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether input (or its end) arrives within `timeout` seconds: for --linger."""
+        if self._current is None:
+            return True
+        poller = select.poll()
+        poller.register(self._current.fileno(), select.POLLIN | select.POLLHUP)
+        return bool(poller.poll(timeout * 1000))
 
     def progress(self, stream_offset: int) -> list[int]:
         """Bytes of each input consumed once the stream has been processed up to `stream_offset`."""

@@ -98,3 +98,35 @@ class FailureHandler:
             f"{self.failed} of {frames} frames failed ({kinds}) and were {verb}; "
             f"first: {self.first}"
         )
+
+
+class DroppedFrame(msgspec.Struct, frozen=True, kw_only=True):
+    frame: int
+    offset: int
+    length: int
+
+
+class DropLog:
+    """`--drop-log FILE`: one JSON line per frame dropped under --on-overload drop|sample."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as error:
+            raise IOFailure(f"cannot write drop log {path}: {error.strerror}") from None
+
+    def append(self, frame: Frame) -> None:
+        line = _encoder.encode(
+            DroppedFrame(frame=frame.index, offset=frame.offset, length=frame.length)
+        )
+        try:
+            os.write(self._fd, line + b"\n")
+        except OSError as error:
+            raise IOFailure(f"cannot write drop log {self.path}: {error.strerror}") from None
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)

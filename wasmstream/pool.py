@@ -3,14 +3,16 @@
 Two shapes, one contract (outputs leave strictly in input order; at most `queue_depth + jobs`
 frames exist at once; the first failure stops the run with everything before it written):
 
-- `jobs == 1`: one instance on the calling thread. Read, transform, write the output straight
-  from guest memory. No threads, queues or copies beyond the one into guest memory.
+- `jobs == 1` (and `--on-overload block`): one instance on the calling thread. Read,
+  transform, write the output straight from guest memory. No threads, no queues, and no
+  copies but the one into guest memory.
 - `jobs > 1`: the calling thread reads frames into a fixed set of recycled buffers; `jobs`
   worker threads each own one instance for their whole life (wasmtime Stores are not
   thread-safe) and copy each output out of guest memory; one writer thread waits for frames in
   input order and writes them. wasmtime releases the GIL during guest calls, so the workers run
   on separate cores. When the output is slow, buffers run out, the reader blocks, and so does
-  whoever feeds our standard input: backpressure with flat memory.
+  whoever feeds our standard input: backpressure with flat memory. Under `--on-overload
+  drop|sample:N` the reader does not wait: a frame with no free buffer is read and dropped.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 
 from .engines import Instance
-from .errors import GuestError
+from .errors import GuestError, WasmstreamError
 from .framing import Buffer, Frame
 from .policy import FailureHandler
 
@@ -33,29 +35,64 @@ Write = Callable[[memoryview | bytes], int]
 
 @dataclass
 class Tally:
-    """What has been written so far. Updated only after a frame's output is written."""
+    """What has been decided so far, in input order: frames written (or dropped, under an
+    overload policy). Updated only after a frame's output is written."""
 
-    frames: int = 0
+    frames: int = 0  # written + dropped
+    dropped: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     on_frame_written: list[Callable[[Frame, int], None]] = field(default_factory=list)
+    on_frame_dropped: list[Callable[[Frame], None]] = field(default_factory=list)
 
     def record(self, frame: Frame, written: int) -> None:
         self.frames += 1
-        self.bytes_in += frame.length
+        self.bytes_in += frame.span
         self.bytes_out += written
         for callback in self.on_frame_written:
             callback(frame, written)
+
+    def record_dropped(self, frame: Frame) -> None:
+        self.dropped += 1
+        for callback in self.on_frame_dropped:
+            callback(frame)
+        self.record(frame, 0)  # decided: a checkpoint after it does not read it again
+
+
+@dataclass(frozen=True)
+class Overload:
+    """What the reader does when every buffer is taken: `--on-overload block|drop|sample:N`."""
+
+    policy: str = "block"
+    keep_one_in: int = 1  # sample:N keeps one frame in N while the queue stays full
+
+    @classmethod
+    def parse(cls, text: str) -> Overload:
+        name, _, count = text.partition(":")
+        if name in ("block", "drop") and not count:
+            return cls(name)
+        if name == "sample" and count.isdigit() and int(count) >= 1:
+            return cls("sample", int(count))
+        raise ValueError(f"not an overload policy: {text!r} (block, drop or sample:N)")
+
+    def __str__(self) -> str:
+        return f"sample:{self.keep_one_in}" if self.policy == "sample" else self.policy
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    frame_size: int
+    jobs: int = 1
+    queue_depth: int = 2
+    direct_read: bool = True  # frames may be read straight into guest memory (jobs == 1)
+    overload: Overload = field(default_factory=Overload)
 
 
 def run_frames(
     frames: Frames,
     new_instance: Callable[[], Instance],
     write: Write,
-    *,
-    frame_size: int,
-    jobs: int,
-    queue_depth: int,
+    settings: PoolSettings,
     tally: Tally,
     failures: FailureHandler,
 ) -> None:
@@ -64,13 +101,11 @@ def run_frames(
     A frame that fails goes to `failures`, which raises (policy fail) or says what to write in
     its place; the instance it failed in is replaced by a fresh one, its state being suspect.
     """
-    if jobs == 1:
-        _run_serial(frames, new_instance, write, frame_size, tally, failures)
+    if settings.jobs == 1 and settings.overload.policy == "block":
+        direct = settings.direct_read and not failures.needs_input
+        _run_serial(frames, new_instance, write, settings.frame_size, tally, failures, direct)
     else:
-        run = _ParallelRun(
-            frames, new_instance, write, frame_size, jobs, queue_depth, tally, failures
-        )
-        run.run()
+        _ParallelRun(frames, new_instance, write, settings, tally, failures).run()
 
 
 def _run_serial(
@@ -80,11 +115,12 @@ def _run_serial(
     frame_size: int,
     tally: Tally,
     failures: FailureHandler,
+    direct: bool,
 ) -> None:
     instance = new_instance()
     # Frames are read straight into guest memory (one copy fewer) unless a failed frame's input
-    # must survive the guest, which may have changed it in place.
-    host_buffer = bytearray(frame_size) if failures.needs_input else None
+    # must survive the guest, which may change it in place, or the framing carries bytes over.
+    host_buffer = None if direct else bytearray(frame_size)
 
     def next_buffer() -> Buffer:
         return host_buffer if host_buffer is not None else instance.input_buffer()
@@ -94,8 +130,10 @@ def _run_serial(
             try:
                 if host_buffer is None:
                     written = instance.transform_buffer(frame.length, write)
-                else:  # the output is written only once the whole frame has succeeded
+                elif failures.needs_input:  # write only once the whole frame has succeeded
                     written = write(instance.transform(frame.data, bytes))
+                else:
+                    written = instance.transform(frame.data, write)
             except GuestError as error:
                 written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
                 instance.close()
@@ -106,10 +144,11 @@ def _run_serial(
 
 
 class _Job:
-    __slots__ = ("done", "error", "frame", "output")
+    __slots__ = ("done", "dropped", "error", "frame", "output")
 
-    def __init__(self, frame: Frame) -> None:
+    def __init__(self, frame: Frame, dropped: bool = False) -> None:
         self.frame = frame
+        self.dropped = dropped
         self.output: bytes = b""
         self.error: BaseException | None = None
         self.done = threading.Lock()
@@ -126,21 +165,24 @@ class _ParallelRun:
         frames: Frames,
         new_instance: Callable[[], Instance],
         write: Write,
-        frame_size: int,
-        jobs: int,
-        queue_depth: int,
+        settings: PoolSettings,
         tally: Tally,
         failures: FailureHandler,
     ) -> None:
+        jobs = settings.jobs
         self._frames = frames
+        self._overload = settings.overload
+        self._overflows = 0
+        # Under drop/sample, a frame with no buffer to go to is read here and let go.
+        self._scratch = bytearray(settings.frame_size)
         self._failures = failures
         self._new_instance = new_instance
         self._write = write
         self._tally = tally
         self._jobs = jobs
         self._free: SimpleQueue[Buffer] = SimpleQueue()
-        for _ in range(queue_depth + jobs):
-            self._free.put(bytearray(frame_size))
+        for _ in range(settings.queue_depth + jobs):
+            self._free.put(bytearray(settings.frame_size))
         self._work: SimpleQueue[_Job | None] = SimpleQueue()
         self._in_order: SimpleQueue[_Job | None] = SimpleQueue()
         self._failure: BaseException | None = None
@@ -163,7 +205,11 @@ class _ParallelRun:
             if self._failure is None:
                 self._writer.start()
                 self._feed()
-        except BaseException as error:  # Ctrl-C or an input error: stop everything
+        except WasmstreamError as error:  # unreadable input: first write what came before it
+            self._drain()
+            self._fail(error)
+            raise
+        except BaseException as error:  # Ctrl-C: stop everything now
             self._fail(error)
             raise
         finally:
@@ -172,17 +218,39 @@ class _ParallelRun:
             raise self._failure
 
     def _feed(self) -> None:
-        for frame in self._frames(self._free.get):
+        block = self._overload.policy == "block"
+        next_buffer = self._free.get if block else self._buffer_or_scratch
+        for frame in self._frames(next_buffer):
             if self._failure is not None:
                 return
+            if frame.buffer is self._scratch:
+                self._in_order.put(_Job(frame, dropped=True))
+                continue
             job = _Job(frame)
             self._work.put(job)
             self._in_order.put(job)
 
+    def _buffer_or_scratch(self) -> Buffer:
+        """A free buffer; when there is none, the scratch buffer (the frame is dropped) or,
+        one time in N under sample:N, a wait for a free one."""
+        try:
+            return self._free.get_nowait()
+        except Empty:
+            self._overflows += 1
+            overload = self._overload
+            if overload.policy == "sample" and self._overflows % overload.keep_one_in == 0:
+                return self._free.get()
+            return self._scratch
+
+    def _drain(self) -> None:
+        """Let the frames already read be transformed and written, in order."""
+        self._in_order.put(None)
+        self._writer.join()
+
     def _shut_down(self) -> None:
         for _ in self._workers:
             self._work.put(None)
-        self._in_order.put(None)
+        self._in_order.put(None)  # a second end marker after _drain is never read: harmless
         if self._writer.is_alive():
             self._writer.join()
         for worker in self._workers:
@@ -236,6 +304,10 @@ class _ParallelRun:
 
     def _write_loop(self) -> None:
         while (job := self._in_order.get()) is not None:
+            if job.dropped:
+                if self._failure is None:
+                    self._tally.record_dropped(job.frame)
+                continue
             job.done.acquire()
             try:
                 if self._failure is None:
