@@ -80,6 +80,12 @@ def assert_clean_failure(
     return lines[0]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_module_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compiled modules go to a cache of the test session's own, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def random_bytes() -> Callable[[int, int], bytes]:
     def make(size: int, seed: int = 0) -> bytes:

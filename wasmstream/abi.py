@@ -40,6 +40,7 @@ class ExportDesc:
     name: str
     kind: str  # "func", "memory", "table" or "global"
     sig: FuncSig | None = None
+    pages: tuple[int, int | None] | None = None  # a memory's minimum and maximum, in 64 KiB pages
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind} {self.sig})" if self.sig else f"{self.name} ({self.kind})"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
@@ -24,13 +26,14 @@ from .checkpoint import sidecar_for
 from .core import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_FRAME_SIZE,
+    ProgressFactory,
     RunConfig,
     config_from_checkpoint,
     default_jobs,
     run,
 )
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
-from .errors import BrokenPipe, ExitStatus, Interrupted, WasmstreamError
+from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
 from .framing import Framing, FramingSpec, Oversize
 from .policy import POLICIES
 from .pool import Overload
@@ -164,6 +167,64 @@ def _overload_option(ctx: click.Context, param: click.Parameter, value: str) -> 
         return Overload.parse(value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from None
+
+
+def operator_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Options that change what the person at the terminal sees, never the output."""
+    options = [
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="Show progress on stderr [default: when stderr is a terminal].",
+        ),
+        click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
+        click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
+        click.option(
+            "--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    """How the run talks to the person at the terminal."""
+
+    quiet: bool
+    progress: bool | None
+    stats: bool
+    stats_json: str | None
+
+    def notify(self, message: str) -> None:
+        if not self.quiet:
+            _notice(message)
+
+    def progress_factory(self) -> ProgressFactory | None:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not show or self.quiet:
+            return None
+        from .progress import ProgressDisplay  # rich is imported only when progress is shown
+
+        return ProgressDisplay
+
+
+def _run_as_operator(config: RunConfig, operator: Operator) -> None:
+    started = time.perf_counter()
+    summary = None
+    try:
+        summary = run(config, notify=operator.notify, progress=operator.progress_factory())
+    except FramesFailed as failed:
+        summary = failed.summary
+        raise
+    finally:
+        if summary is not None and (operator.stats or operator.stats_json):
+            from .progress import Stats, write_stats
+
+            stats = Stats.of(summary, time.perf_counter() - started)
+            write_stats(stats, operator.stats and not operator.quiet, operator.stats_json)
 
 
 jobs_option = click.option(
@@ -351,6 +412,7 @@ queue_depth_option = click.option(
     metavar="N",
     help="Also save the checkpoint every N frames.",
 )
+@operator_options
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint (none: start).")
 @click.option("--restart", is_flag=True, help="Start over, replacing an existing checkpoint.")
 @click.option(
@@ -391,6 +453,11 @@ def run_command(
     resume: bool,
     restart: bool,
     force: bool,
+    quiet: bool,
+    progress: bool | None,
+    stats: bool,
+    stats_json: str | None,
+    no_cache: bool,
 ) -> None:
     """Transform INPUT files (or stdin; '-' is stdin) through MODULE, in order.
 
@@ -449,8 +516,9 @@ def run_command(
         resume=resume,
         restart=restart,
         force=force,
+        cache=not no_cache,
     )
-    run(config, notify=_notice)
+    _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
 
 
 def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> str | None:
@@ -482,14 +550,129 @@ def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> s
 @click.option(
     "--force", is_flag=True, help="Resume even if an input's identity (inode, first block) changed."
 )
-def resume_command(checkpoint: str, jobs: int | None, queue_depth: int | None, force: bool) -> None:
+@operator_options
+def resume_command(
+    checkpoint: str,
+    jobs: int | None,
+    queue_depth: int | None,
+    force: bool,
+    quiet: bool,
+    progress: bool | None,
+    stats: bool,
+    stats_json: str | None,
+    no_cache: bool,
+) -> None:
     """Continue the run recorded in a checkpoint, with the same module, inputs and output.
 
     Only options that do not change the output may be overridden; anything else is refused, as
     is a checkpoint whose module, options or inputs no longer match.
     """
     config = config_from_checkpoint(checkpoint, jobs, queue_depth)
-    run(dataclasses.replace(config, force=force), notify=_notice)
+    config = dataclasses.replace(config, force=force, cache=not no_cache)
+    _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+
+
+@cli.command("inspect")
+@click.argument("module", type=click.Path(dir_okay=False))
+@click.option(
+    "--function",
+    metavar="NAME",
+    default=DEFAULT_TRANSFORM,
+    show_default=True,
+    help="The transform export to look for.",
+)
+@click.option("--alloc", metavar="NAME", help="The allocator export to look for.")
+@click.option("--free", metavar="NAME", help="The deallocator export to look for.")
+@click.option("--init", metavar="NAME", help="The init export to look for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_command(
+    module: str,
+    function: str,
+    alloc: str | None,
+    free: str | None,
+    init: str | None,
+    as_json: bool,
+) -> None:
+    """Show MODULE's exports and imports, and how wasmstream would run it (or what is missing).
+
+    Exits 0 when the module is ready to run, 3 when it is not.
+    """
+    from .inspect import format_module_report, inspect_module
+
+    options = AbiOptions(function=function, alloc=alloc, free=free, init=init)
+    report = inspect_module(module, options)
+    click.echo(json.dumps(report, indent=2) if as_json else format_module_report(report))
+    if report["abi"] is None:
+        raise SystemExit(ExitStatus.INVALID_MODULE)
+
+
+@cli.command("bench")
+@click.argument("module", type=click.Path(dir_okay=False))
+@click.argument("input", required=False, metavar="[INPUT]")
+@click.option(
+    "--sample",
+    "sample_size",
+    metavar="SIZE",
+    callback=_size_option,
+    default="32MiB",
+    show_default=True,
+    help="How much of INPUT to measure with (random bytes without INPUT).",
+)
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per setting."
+)
+@click.option(
+    "--function",
+    metavar="NAME",
+    default=DEFAULT_TRANSFORM,
+    show_default=True,
+    help="The transform export.",
+)
+def bench_command(
+    module: str, input: str | None, sample_size: int, runs: int, function: str
+) -> None:
+    """Measure MODULE's throughput for several frame sizes and job counts; recommend the best.
+
+    Runs the real pipeline on a sample of INPUT ('-' for stdin; random bytes without it) with
+    output to /dev/null, and prints the median of --runs runs for each setting.
+    """
+    from .tuning import Trial, bench
+
+    def show(trial: Trial) -> None:
+        click.echo(
+            f"  --frame-size {format_size(trial.frame_size):>7}  -j {trial.jobs:<3}"
+            f"{trial.mib_per_second:9.1f} MiB/s",
+            err=True,
+        )
+
+    base = RunConfig(module=module, abi=AbiOptions(function=function))
+    click.echo(f"wasmstream: measuring {module} ({runs} runs per setting)…", err=True)
+    trials = bench(base, input, sample_size, runs, show)
+    if not trials:
+        raise click.UsageError("the input is empty: nothing to measure")
+    best = max(trials, key=lambda trial: trial.mib_per_second)
+    slowest = min(trials, key=lambda trial: trial.mib_per_second)
+    click.echo(
+        f"fastest: --frame-size {format_size(best.frame_size)} -j {best.jobs} "
+        f"({best.mib_per_second:.1f} MiB/s; the slowest setting measured "
+        f"{slowest.mib_per_second:.1f} MiB/s)"
+    )
+
+
+@cli.group("checkpoint")
+def checkpoint_group() -> None:
+    """Look at checkpoint files."""
+
+
+@checkpoint_group.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report and the record as JSON.")
+def checkpoint_show_command(file: str, as_json: bool) -> None:
+    """Show a checkpoint: module, inputs, percent done, output offset, age, status, last error."""
+    from .inspect import checkpoint_report, format_checkpoint_report
+
+    report = checkpoint_report(file)
+    click.echo(json.dumps(report, indent=2) if as_json else format_checkpoint_report(report))
 
 
 def _notice(message: str) -> None:
@@ -515,7 +698,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def _run_cli(argv: Sequence[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="wasmstream", standalone_mode=False)
+        # Every option can also come from the environment: WASMSTREAM_RUN_JOBS=4 and so on.
+        cli.main(
+            args=argv,
+            prog_name="wasmstream",
+            standalone_mode=False,
+            auto_envvar_prefix="WASMSTREAM",
+        )
     except click.exceptions.UsageError as error:
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
         _error(f"{error.format_message()}{hint}")

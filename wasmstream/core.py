@@ -11,7 +11,9 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import msgspec
 
@@ -82,6 +84,7 @@ class RunConfig:
     resume: bool = False
     restart: bool = False
     force: bool = False
+    cache: bool = True  # keep compiled modules in the user's cache directory
 
     @property
     def effective_queue_depth(self) -> int:
@@ -94,6 +97,7 @@ class RunSummary:
     failures: FailureHandler = field(default_factory=FailureHandler)
     resumed_from: Position | None = None
     checkpoints_written: int = 0
+    skipped_records: int = 0
     nothing_to_do: bool = False
 
 
@@ -125,13 +129,14 @@ def load_module(
     abi_options: AbiOptions,
     engine_name: str = DEFAULT_ENGINE,
     sandbox: Sandbox | None = None,
+    cache: bool = True,
 ) -> LoadedModule:
     try:
         with open(path, "rb") as module_file:
             wasm = module_file.read()
     except OSError as error:
         raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
-    engine = get_engine(engine_name, sandbox)
+    engine = get_engine(engine_name, sandbox, cache)
     try:
         compiled = engine.compile(wasm, path)
         abi = resolve_abi(compiled.info, abi_options, path)
@@ -141,7 +146,15 @@ def load_module(
     return LoadedModule(engine, compiled, abi, hashlib.sha256(wasm).hexdigest())
 
 
-def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
+ProgressFactory = Callable[[Tally, "int | None", int], AbstractContextManager[object]]
+"""Called with (tally, total input bytes if known, bytes already done) around the run."""
+
+
+def run(
+    config: RunConfig,
+    notify: Notify = lambda message: None,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
     """Run the module over the inputs into the output. Raises WasmstreamError on failure.
 
     Under --on-error skip|passthrough, a run whose frames partly failed completes (checkpoint
@@ -149,18 +162,24 @@ def run(config: RunConfig, notify: Notify = lambda message: None) -> RunSummary:
     """
     check_inputs(config.inputs)
     config_bytes = read_config_arg(config.config_arg)
-    loaded = load_module(config.module, config.abi, config.engine, config.sandbox)
+    loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
-        summary = _run_loaded(config, loaded, config_bytes, notify)
+        summary = _run_loaded(config, loaded, config_bytes, notify, progress)
     finally:
         loaded.engine.close()
     if summary.failures.failed:
-        raise FramesFailed(summary.failures.summary(summary.tally.frames))
+        failed = FramesFailed(summary.failures.summary(summary.tally.frames))
+        failed.summary = summary
+        raise failed
     return summary
 
 
 def _run_loaded(
-    config: RunConfig, loaded: LoadedModule, config_bytes: bytes, notify: Notify
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    notify: Notify,
+    progress: ProgressFactory | None,
 ) -> RunSummary:
     record = _new_record(config, loaded, config_bytes) if config.checkpoint else None
     saved = _previous_checkpoint(config, record, notify) if record else None
@@ -175,14 +194,15 @@ def _run_loaded(
         return loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes)
 
     stream = ConcatenatedInput(config.inputs, start.per_input, notify)
+    timed_stream = _TimedInput(stream, summary.tally)
     spec = _with_default_linger(config.framing, config.inputs)
     skipped = Skipped()
 
     def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
         first = {"first_index": start.frames, "first_offset": start.input_bytes}
         if spec.record_based:
-            return record_frames(stream, next_buffer, spec, skipped=skipped, **first)
-        return fixed_frames(stream, next_buffer, linger=spec.linger, **first)
+            return record_frames(timed_stream, next_buffer, spec, skipped=skipped, **first)
+        return fixed_frames(timed_stream, next_buffer, linger=spec.linger, **first)
 
     # Opened only now: the module is usable and the checkpoint agrees with this run.
     sink = Sink(config.output, keep=start.output_bytes if saved else None)
@@ -213,7 +233,20 @@ def _run_loaded(
             direct_read=not spec.record_based,  # record framing carries bytes across frames
             overload=config.overload,
         )
-        run_frames(frames, new_instance, sink.write, settings, summary.tally, summary.failures)
+        tally = summary.tally
+
+        def write(data: memoryview | bytes) -> int:
+            started = perf_counter()
+            written = sink.write(data)
+            tally.output_seconds += perf_counter() - started
+            return written
+
+        with (
+            progress(tally, _total_input(config.inputs), start.input_bytes)
+            if progress
+            else nullcontext()
+        ):
+            run_frames(frames, new_instance, write, settings, tally, summary.failures)
     except BaseException as error:
         if journal is not None:
             journal.finish(error)
@@ -228,8 +261,42 @@ def _run_loaded(
             if log is not None:
                 log.close()
         summary.checkpoints_written = journal.saves if journal else 0
+    summary.skipped_records = skipped.records
     _report_losses(summary.tally, skipped, notify)
     return summary
+
+
+class _TimedInput:
+    """The input stream, counting the time spent waiting for it (for --stats)."""
+
+    def __init__(self, stream: ConcatenatedInput, tally: Tally) -> None:
+        self._stream = stream
+        self._tally = tally
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        started = perf_counter()
+        try:
+            return self._stream.readinto(buffer)
+        finally:
+            self._tally.input_seconds += perf_counter() - started
+
+    def wait_readable(self, timeout: float) -> bool:
+        started = perf_counter()
+        try:
+            return self._stream.wait_readable(timeout)
+        finally:
+            self._tally.input_seconds += perf_counter() - started
+
+
+def _total_input(inputs: tuple[str, ...]) -> int | None:
+    """The input's size when every part is a regular file (for percent and ETA), else None."""
+    total = 0
+    for path in inputs or (STDIN,):
+        info = os.fstat(0) if path == STDIN else os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        total += info.st_size
+    return total
 
 
 def _report_losses(tally: Tally, skipped: Skipped, notify: Notify) -> None:

@@ -8,6 +8,7 @@ the input byte offset of the frame.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ExitStatus(enum.IntEnum):
@@ -130,6 +131,7 @@ class FramesFailed(WasmstreamError):
     """The run completed, but some frames failed and were skipped or passed through."""
 
     status = ExitStatus.FRAMES_FAILED
+    summary: Any = None  # the run's summary, for --stats
 
 
 class BrokenPipe(WasmstreamError):

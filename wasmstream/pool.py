@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
+from time import perf_counter
 
 from .engines import Instance
 from .errors import GuestError, WasmstreamError
@@ -40,8 +41,14 @@ class Tally:
 
     frames: int = 0  # written + dropped
     dropped: int = 0
+    failed: int = 0  # skipped or passed through under --on-error
     bytes_in: int = 0
     bytes_out: int = 0
+    # where the time went (--stats): reading input, running guests (summed), writing output
+    input_seconds: float = 0.0
+    guest_seconds: float = 0.0
+    output_seconds: float = 0.0
+    queue_fill: Callable[[], tuple[int, int]] = lambda: (0, 1)  # frames in flight, capacity
     on_frame_written: list[Callable[[Frame, int], None]] = field(default_factory=list)
     on_frame_dropped: list[Callable[[Frame], None]] = field(default_factory=list)
 
@@ -125,8 +132,10 @@ def _run_serial(
     def next_buffer() -> Buffer:
         return host_buffer if host_buffer is not None else instance.input_buffer()
 
+    tally.queue_fill = lambda: (1, 1)
     try:
         for frame in frames(next_buffer):
+            started, writing_before = perf_counter(), tally.output_seconds
             try:
                 if host_buffer is None:
                     written = instance.transform_buffer(frame.length, write)
@@ -136,8 +145,11 @@ def _run_serial(
                     written = instance.transform(frame.data, write)
             except GuestError as error:
                 written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
+                tally.failed += 1
                 instance.close()
                 instance = new_instance()
+            writing = tally.output_seconds - writing_before  # writes happen inside the call
+            tally.guest_seconds += perf_counter() - started - writing
             tally.record(frame, written)
     finally:
         instance.close()
@@ -195,6 +207,9 @@ class _ParallelRun:
         self._writer = threading.Thread(
             target=self._write_loop, name="wasmstream-writer", daemon=True
         )
+        capacity = settings.queue_depth + jobs
+        tally.queue_fill = lambda: (capacity - self._free.qsize(), capacity)
+        self._guest_seconds_lock = threading.Lock()
 
     def run(self) -> None:
         for worker in self._workers:
@@ -269,12 +284,17 @@ class _ParallelRun:
             self._fail(error)
             instance = None
         self._ready.release()
+        in_guest = 0.0
         try:
             while (job := self._work.get()) is not None:
+                started = perf_counter()
                 instance = self._run_job(job, instance)
+                in_guest += perf_counter() - started
         finally:
             if instance is not None:
                 instance.close()
+            with self._guest_seconds_lock:
+                self._tally.guest_seconds += in_guest
 
     def _run_job(self, job: _Job, instance: Instance | None) -> Instance | None:
         """Run one job; returns the instance to use next (a fresh one after a guest failure)."""
@@ -322,6 +342,7 @@ class _ParallelRun:
             return
         if isinstance(job.error, GuestError):
             written = self._write(self._failures.handle(job.frame, job.error))
+            self._tally.failed += 1
         elif job.error is not None:
             raise job.error
         else:

@@ -98,9 +98,11 @@ class Engine(Protocol):
         ...
 
 
-def get_engine(name: str, sandbox: Sandbox | None = None) -> Engine:
+def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) -> Engine:
+    """The engine `name`; `cache`: keep compiled modules in the user's cache directory."""
     if name == "wasmtime":
+        from ..cache import ModuleCache
         from .wasmtime_engine import WasmtimeEngine
 
-        return WasmtimeEngine(sandbox or Sandbox())
+        return WasmtimeEngine(sandbox or Sandbox(), ModuleCache() if cache else None)
     raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")

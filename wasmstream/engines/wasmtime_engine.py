@@ -33,6 +33,7 @@ from ..abi import (
     ModuleInfo,
     ResultKind,
 )
+from ..cache import ModuleCache, entry_name
 from ..errors import (
     GuestError,
     GuestExit,
@@ -73,6 +74,10 @@ TRAP_DESCRIPTIONS = {
 }
 
 
+def config_flag(value: object) -> str:
+    return "on" if value is not None else "off"
+
+
 class _EpochTicker:
     """One thread per engine advancing the epoch; a frame's deadline is a number of ticks."""
 
@@ -95,11 +100,16 @@ class _EpochTicker:
 class WasmtimeEngine:
     name = "wasmtime"
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, cache: ModuleCache | None = None) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = sandbox.timeout is not None
         config.consume_fuel = sandbox.fuel is not None
+        # The settings that change compiled code, for the cache key.
+        self._code_settings = (
+            f"epoch={config_flag(sandbox.timeout)},fuel={config_flag(sandbox.fuel)}"
+        )
         self._engine = wasmtime.Engine(config)
+        self._cache = cache
         self._sandbox = sandbox
         self._ticker = _EpochTicker(self._engine, sandbox.timeout) if sandbox.timeout else None
 
@@ -111,11 +121,32 @@ class WasmtimeEngine:
     def compile(self, wasm: bytes, source: str) -> WasmtimeModule:
         if not wasm.startswith(WASM_MAGIC):
             raise ModuleError(f"{source}: not a WebAssembly binary (no \\0asm header)")
-        try:
-            module = wasmtime.Module(self._engine, wasm)
-        except wasmtime.WasmtimeError as error:
-            raise ModuleError(f"{source}: invalid WebAssembly: {_one_line(str(error))}") from None
+        module = self._from_cache(wasm)
+        if module is None:
+            try:
+                module = wasmtime.Module(self._engine, wasm)
+            except wasmtime.WasmtimeError as error:
+                message = _one_line(str(error))
+                raise ModuleError(f"{source}: invalid WebAssembly: {message}") from None
+            if self._cache is not None:
+                self._cache.store(self._cache_name(wasm), bytes(module.serialize()))
         return WasmtimeModule(self, module, source)
+
+    def _cache_name(self, wasm: bytes) -> str:
+        return entry_name(wasm, self.name, self.version(), self._code_settings)
+
+    def _from_cache(self, wasm: bytes) -> wasmtime.Module | None:
+        if self._cache is None:
+            return None
+        name = self._cache_name(wasm)
+        artifact = self._cache.load(name)
+        if artifact is None:
+            return None
+        try:  # wasmtime checks the artifact's header: engine version, settings, integrity
+            return wasmtime.Module.deserialize(self._engine, artifact)
+        except wasmtime.WasmtimeError:
+            self._cache.discard(name)  # corrupt or stale: compile afresh and replace it
+            return None
 
     def close(self) -> None:
         if self._ticker is not None:
@@ -500,4 +531,7 @@ def _describe_export(name: str, extern_type: object) -> ExportDesc:
             tuple(str(t) for t in extern_type.params), tuple(str(t) for t in extern_type.results)
         )
         return ExportDesc(name, "func", sig)
+    if isinstance(extern_type, wasmtime.MemoryType):
+        limits = extern_type.limits
+        return ExportDesc(name, "memory", pages=(limits.min, limits.max))
     return ExportDesc(name, _kind(extern_type))

@@ -1,0 +1,221 @@
+"""What the person at the terminal sees: progress, stats, inspect, checkpoint show, cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from wasmstream.errors import ExitStatus
+
+from conftest import assert_clean_failure, fixture, wasmstream
+
+
+def test_progress_in_a_real_terminal_updates_and_leaves_stdout_clean(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wasmstream",
+            "run",
+            fixture("upper.wasm"),
+            "-j",
+            "2",
+            "--frame-size",
+            "16K",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(secondary)
+    assert process.stdin is not None and process.stdout is not None
+    screen = b""
+    output = bytearray()
+    for n in range(0, len(data), 256 << 10):  # feed slowly: ~1.5 s, several refreshes
+        process.stdin.write(data[n : n + (256 << 10)])
+        process.stdin.flush()
+        time.sleep(0.1)
+        while select.select([primary], [], [], 0)[0]:
+            screen += os.read(primary, 65536)
+        while select.select([process.stdout], [], [], 0)[0]:
+            chunk = os.read(process.stdout.fileno(), 1 << 20)
+            if not chunk:
+                break
+            output += chunk
+    process.stdin.close()
+    output += process.stdout.read()
+    process.stdout.close()
+    assert process.wait(timeout=30) == 0
+    while select.select([primary], [], [], 0.2)[0]:
+        try:
+            screen += os.read(primary, 65536)
+        except OSError:
+            break
+    os.close(primary)
+    text = screen.decode(errors="replace")
+    assert "wasmstream" in text
+    assert text.count("frames") >= 3, text  # it was redrawn as the run went on
+    assert "queue" in text
+    assert bytes(output) == data.upper()  # progress never touched stdout
+
+
+def test_no_progress_when_stderr_is_not_a_terminal_unless_forced() -> None:
+    quiet = wasmstream("run", fixture("upper.wasm"), input=b"abc")
+    assert quiet.stderr == b""
+    forced = wasmstream("run", fixture("upper.wasm"), "--progress", input=b"abc")
+    assert forced.stdout == b"ABC"
+    assert b"wasmstream" in forced.stderr and b"frames" in forced.stderr
+
+
+def test_quiet_silences_notices_but_not_errors(tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"data")
+    args = [
+        "run",
+        fixture("upper.wasm"),
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "out"),
+        "--resume",
+    ]
+    assert wasmstream(*args).returncode == 0
+    assert b"nothing new" in wasmstream(*args).stderr
+    assert wasmstream(*args, "-q").stderr == b""
+    failed = wasmstream("run", fixture("trap.wasm"), "-q", input=b"!")
+    assert_clean_failure(failed, ExitStatus.GUEST_ERROR, "guest trapped")
+
+
+def test_stats_on_stderr_and_as_json(tmp_path: Path) -> None:
+    stats_file = tmp_path / "stats.json"
+    data = b"x" * 300_000
+    result = wasmstream(
+        "run",
+        fixture("hexdump.wasm"),
+        "--stats",
+        "--stats-json",
+        str(stats_file),
+        "--frame-size",
+        "64K",
+        input=data,
+    )
+    assert result.returncode == 0
+    text = result.stderr.decode()
+    for label in (
+        "frames",
+        "bytes",
+        "elapsed",
+        "input wait",
+        "in guest",
+        "output wait",
+        "checkpoints",
+    ):
+        assert f"wasmstream: {label}" in text
+    stats = json.loads(stats_file.read_text())
+    assert stats["frames"] == 5 and stats["bytes_in"] == 300_000 and stats["bytes_out"] == 600_000
+    assert stats["in_guest_seconds"] > 0 and stats["throughput_mib_s"] > 0
+
+
+def test_stats_count_failures_under_skip(tmp_path: Path) -> None:
+    stats_file = tmp_path / "stats.json"
+    result = wasmstream(
+        "run",
+        fixture("trap.wasm"),
+        "--frame-size",
+        "2",
+        "--on-error",
+        "skip",
+        "--stats-json",
+        str(stats_file),
+        input=b"ok!!ok",
+    )
+    assert result.returncode == ExitStatus.FRAMES_FAILED
+    assert json.loads(stats_file.read_text())["failed_frames"] == 1
+
+
+def test_inspect_a_ready_module() -> None:
+    result = wasmstream("inspect", fixture("hexdump.wasm"))
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    assert "process_chunk (func (i32, i32) -> i64)" in text
+    assert "memory (memory: 128KiB initial, 16MiB)" in text
+    assert "deallocator dealloc" in text and "ready to run" in text
+
+
+def test_inspect_says_what_is_missing() -> None:
+    result = wasmstream("inspect", fixture("noexports.wasm"), "--json")
+    assert result.returncode == ExitStatus.INVALID_MODULE
+    report = json.loads(result.stdout)
+    assert report["abi"] is None
+    assert "allocator: one of alloc, allocate, malloc" in report["missing"]
+
+
+def test_inspect_wasi_command_and_reactor() -> None:
+    command = json.loads(wasmstream("inspect", fixture("c/rev.wasm"), "--json").stdout)
+    assert command["wasi"] and command["abi"]["mode"].startswith("WASI command")
+    reactor = json.loads(wasmstream("inspect", fixture("chatty.wasm"), "--json").stdout)
+    assert reactor["abi"]["mode"].startswith("reactor")
+    assert "wasi_snapshot_preview1.fd_write (func)" in reactor["imports"]
+
+
+def test_checkpoint_show(tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(b"a" * 10_000 + b"!" + b"a" * 9_999)
+    wasmstream("run", fixture("trap.wasm"), str(source), "-o", str(out), "--frame-size", "1000")
+    shown = wasmstream("checkpoint", "show", str(tmp_path / "out.ckpt.json"))
+    assert shown.returncode == 0
+    text = shown.stdout.decode()
+    assert "status      failed" in text
+    assert "done        10000 bytes of 20000 (50.0%), 10 frames" in text
+    assert "last error  frame 10 at offset 10000: guest trapped" in text
+    report = json.loads(
+        wasmstream("checkpoint", "show", str(tmp_path / "out.ckpt.json"), "--json").stdout
+    )
+    assert report["percent_done"] == 50.0 and report["record"]["position"]["output_bytes"] == 10_000
+    missing = wasmstream("checkpoint", "show", str(tmp_path / "nope.json"))
+    assert_clean_failure(missing, ExitStatus.CHECKPOINT, "no checkpoint at")
+
+
+def test_every_option_can_come_from_the_environment() -> None:
+    result = wasmstream(
+        "run", fixture("trap.wasm"), input=b"abcdefgh!", env={"WASMSTREAM_RUN_FRAME_SIZE": "4"}
+    )
+    assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 2 at offset 8")
+    assert result.stdout == b"abcdefgh"
+
+
+def test_compiled_modules_are_cached_and_bad_entries_replaced(tmp_path: Path) -> None:
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    cache = tmp_path / "wasmstream"
+    assert (
+        wasmstream("run", fixture("upper.wasm"), "--no-cache", input=b"a", env=env).stdout == b"A"
+    )
+    assert not cache.exists()
+    assert wasmstream("run", fixture("upper.wasm"), input=b"a", env=env).stdout == b"A"
+    (entry,) = cache.iterdir()
+    good = entry.read_bytes()
+    entry.write_bytes(b"corrupt" * 100)
+    assert wasmstream("run", fixture("upper.wasm"), input=b"b", env=env).stdout == b"B"
+    assert entry.read_bytes() == good  # replaced by a fresh compile
+
+
+def test_rich_is_imported_only_when_progress_is_shown() -> None:
+    probe = "import sys, wasmstream.cli, wasmstream.core; print('rich' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    assert result.stdout == b"False\n"
+
+
+def test_bench_command_measures_and_recommends(tmp_path: Path) -> None:
+    result = wasmstream(
+        "bench", fixture("upper.wasm"), "--sample", "1MiB", "--runs", "1", timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"fastest: --frame-size ")
+    assert result.stderr.count(b"MiB/s") >= 8  # every setting tried is shown with its number

@@ -1,0 +1,167 @@
+"""`wasmstream inspect` and `wasmstream checkpoint show`: plain reports for people and scripts.
+
+Each report is built as data (a dict that `--json` prints as it is) and rendered as text by a
+separate small function, so what the JSON says and what the text says cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from . import checkpoint
+from .abi import (
+    ALLOCATOR_NAMES,
+    COMMAND_START,
+    MEMORY_EXPORT,
+    WASI_MODULE,
+    AbiOptions,
+    ExportDesc,
+    ModuleInfo,
+    ResultKind,
+    resolve_abi,
+)
+from .engines import get_engine
+from .errors import CheckpointError, ModuleError
+from .units import format_size
+
+PAGE = 65536
+RESULT_FORMS = {
+    ResultKind.IN_PLACE: "i32: the output is in place",
+    ResultKind.PACKED: "i64: the output is elsewhere, packed (ptr << 32 | len)",
+}
+
+
+def inspect_module(path: str, options: AbiOptions) -> dict[str, Any]:
+    """What MODULE exports and imports, the ABI wasmstream would use, and what is missing."""
+    try:
+        with open(path, "rb") as module_file:
+            wasm = module_file.read()
+    except OSError as error:
+        raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
+    engine = get_engine("wasmtime", cache=False)
+    try:
+        info = engine.compile(wasm, path).info
+    finally:
+        engine.close()
+    report: dict[str, Any] = {
+        "module": path,
+        "size": len(wasm),
+        "exports": [_export(e) for e in info.exports],
+        "imports": [f"{i.module}.{i.name} ({i.kind})" for i in info.imports],
+        "wasi": any(i.module == WASI_MODULE for i in info.imports),
+    }
+    try:
+        abi = resolve_abi(info, options, path)
+    except ModuleError as error:
+        report["abi"] = None
+        report["problem"] = str(error).removeprefix(f"{path}: ")
+        report["missing"] = _missing(info, options)
+        return report
+    if abi.command:
+        mode = "WASI command: _start runs once per frame, frame on stdin, output from stdout"
+        report["abi"] = {"mode": mode}
+    else:
+        report["abi"] = {
+            "mode": "reactor (_initialize first)" if abi.reactor else "library",
+            "transform": f"{abi.transform} -> {RESULT_FORMS[abi.result]}",
+            "allocator": abi.alloc,
+            "deallocator": abi.dealloc or "none",
+            "init": abi.init or "none",
+        }
+    report["missing"] = []
+    return report
+
+
+def _export(export: ExportDesc) -> str:
+    if export.pages is not None:
+        low, high = export.pages
+        top = format_size(high * PAGE) if high is not None else "no maximum"
+        return f"{export.name} (memory: {format_size(low * PAGE)} initial, {top})"
+    return str(export)
+
+
+def _missing(info: ModuleInfo, options: AbiOptions) -> list[str]:
+    wanted = {
+        MEMORY_EXPORT: [MEMORY_EXPORT],
+        "allocator": [options.alloc] if options.alloc else list(ALLOCATOR_NAMES),
+        "transform": [options.function, COMMAND_START],
+    }
+    if options.init:
+        wanted["init function"] = [options.init]
+    return [
+        f"{role}: one of {', '.join(names)}"
+        for role, names in wanted.items()
+        if not any(info.export(name) for name in names)
+    ]
+
+
+def format_module_report(report: dict[str, Any]) -> str:
+    lines = [f"module   {report['module']} ({report['size']} bytes)", "exports"]
+    lines += [f"  {export}" for export in report["exports"]] or ["  (none)"]
+    lines.append("imports")
+    lines += [f"  {imp}" for imp in report["imports"]] or ["  (none)"]
+    if report["wasi"]:
+        lines.append("  WASI: linked to a sandbox granting nothing but --dir and --env")
+    if report["abi"] is None:
+        lines.append(f"cannot run: {report['problem']}")
+        lines += [f"  missing {what}" for what in report["missing"]]
+    else:
+        lines.append("guest ABI")
+        lines += [f"  {key:<12}{value}" for key, value in report["abi"].items()]
+        lines.append("ready to run")
+    return "\n".join(lines)
+
+
+def checkpoint_report(path: str) -> dict[str, Any]:
+    saved = checkpoint.load(path)
+    if saved is None:
+        raise CheckpointError(f"no checkpoint at {path}")
+    sizes = [i.size for i in saved.inputs]
+    total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
+    done = saved.position.input_bytes
+    updated = datetime.fromisoformat(saved.updated).timestamp()
+    return {
+        "checkpoint": path,
+        "status": saved.status,
+        "module": saved.module.path,
+        "inputs": [i.path for i in saved.inputs],
+        "output": saved.output or "<stdout>",
+        "input_bytes_done": done,
+        "input_bytes_total": total,
+        "percent_done": round(100 * done / total, 1) if total else None,
+        "frames_done": saved.position.frames,
+        "output_bytes": saved.position.output_bytes,
+        "age_seconds": round(time.time() - updated, 1),
+        "last_error": saved.failure.message if saved.failure else None,
+        "record": msgspec.to_builtins(saved),
+    }
+
+
+def format_checkpoint_report(report: dict[str, Any]) -> str:
+    percent = report["percent_done"]
+    progress = f"{report['input_bytes_done']} bytes"
+    if percent is not None:
+        progress += f" of {report['input_bytes_total']} ({percent}%)"
+    lines = [
+        f"checkpoint  {report['checkpoint']}",
+        f"status      {report['status']}",
+        f"module      {report['module']}",
+        f"inputs      {', '.join(report['inputs'])}",
+        f"done        {progress}, {report['frames_done']} frames",
+        f"output      {report['output']}: {report['output_bytes']} bytes written",
+        f"updated     {_age(report['age_seconds'])} ago",
+    ]
+    if report["last_error"]:
+        lines.append(f"last error  {report['last_error']}")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
