@@ -83,7 +83,7 @@ def assert_clean_failure(
 @pytest.fixture(autouse=True, scope="session")
 def private_module_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Compiled modules go to a cache of the test session's own, not the user's."""
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["WASMSTREAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def test_every_option_can_come_from_the_environment() -> None:
 
 
 def test_compiled_modules_are_cached_and_bad_entries_replaced(tmp_path: Path) -> None:
-    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    env = {"WASMSTREAM_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path)}
     cache = tmp_path / "wasmstream"
     assert (
         wasmstream("run", fixture("upper.wasm"), "--no-cache", input=b"a", env=env).stdout == b"A"

@@ -1,9 +1,10 @@
 """A cache of compiled modules, so a large module starts in milliseconds instead of seconds.
 
-Entries live in `$XDG_CACHE_HOME/wasmstream` (or `~/.cache/wasmstream`), named by the sha256 of
-the module, the engine's name and version, and the engine settings that change the compiled
-code. A corrupt or stale entry is ignored and replaced; entries are written to a temp file and
-renamed into place, so runs starting at once never see half an entry.
+Entries live in `$WASMSTREAM_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmstream` (or
+`~/.cache/wasmstream`), named by the sha256 of the module, the engine's name and version, and
+the engine settings that change the compiled code. A corrupt or stale entry is ignored and
+replaced; entries are written to a temp file and renamed into place, so runs starting at once
+never see half an entry.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
+    """$WASMSTREAM_CACHE_DIR, else $XDG_CACHE_HOME/wasmstream, else ~/.cache/wasmstream."""
+    if chosen := os.environ.get("WASMSTREAM_CACHE_DIR"):
+        return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "wasmstream"
 
