@@ -4,8 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The wasmer engine's tests run under Python 3.10 (wasmer 1.1 has no wheels for newer Pythons):
+# python3.10 on PATH, or pyenv's.
+PY310 := $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
+	$$c -c 'import sys' >/dev/null 2>&1 && echo $$c && break; done)
+VENV_WASMER := .venv-wasmer
+STAMP_WASMER := $(VENV_WASMER)/.installed
 
-.PHONY: demo test lint bench fixtures man clean
+.PHONY: demo test test-wasmer lint bench fixtures man clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +22,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(BIN)/python examples/demo.py
 
+$(STAMP_WASMER): pyproject.toml
+	$(PY310) -m venv $(VENV_WASMER)
+	$(VENV_WASMER)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_WASMER)/bin/python -m pip install --quiet -e '.[dev,wasmer]'
+	touch $(STAMP_WASMER)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	@$(MAKE) --no-print-directory test-wasmer
+
+# The engine-independent tests again, with the wasmer engine (WASMSTREAM_ENGINE=wasmer).
+test-wasmer:
+ifeq ($(PY310),)
+	@echo "SKIPPED the wasmer engine's tests: they need Python 3.10 and none was found"
+else
+	@$(MAKE) --no-print-directory $(STAMP_WASMER)
+	WASMSTREAM_ENGINE=wasmer $(VENV_WASMER)/bin/python -m pytest -q -m "not wasmtime_only"
+endif
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +56,4 @@ man: $(STAMP)
 	man ./man/wasmstream.1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_WASMER) .pytest_cache .mypy_cache .ruff_cache

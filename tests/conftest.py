@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINE = os.environ.get("WASMSTREAM_ENGINE", "wasmtime")  # `make test-wasmer` sets wasmer
 FIXTURES = ROOT / "fixtures"
 
 
@@ -78,6 +79,15 @@ def assert_clean_failure(
     for needle in needles:
         assert needle in lines[0], stderr
     return lines[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ENGINE == "wasmtime":
+        return
+    skip = pytest.mark.skip(reason=f"needs a wasmtime feature the {ENGINE} engine lacks")
+    for item in items:
+        if "wasmtime_only" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

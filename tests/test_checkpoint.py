@@ -342,3 +342,13 @@ def test_no_checkpoint_disables_the_sidecar(tmp_path: Path) -> None:
         == 0
     )
     assert not (tmp_path / "out.ckpt.json").exists()
+
+
+def test_resuming_with_another_engine_is_refused(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    record = json.loads(job.ckpt.read_text())
+    other = "wasmer" if record["engine"] == "wasmtime" else "wasmtime"
+    record["engine"] = other  # as if the job had been started with the other engine
+    job.ckpt.write_text(json.dumps(record))
+    job.before = (job.ckpt.read_bytes(), job.out.read_bytes())
+    job.refused(needle=f"written by the {other} engine: resume it with --engine {other}")

@@ -228,3 +228,14 @@ def test_signals_stop_cleanly(sig: signal.Signals, status: int, jobs: str, tmp_p
     assert b"Traceback" not in stderr
     written = out.read_bytes()
     assert written == (b"abc" * 100_000).upper()[: len(written)]
+
+
+def test_wasmer_engine_unavailable_says_why() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wasmer") is not None:
+        pytest.skip("wasmer is importable here")
+    result = wasmstream("run", fixture("upper.wasm"), "--engine", "wasmer", input=b"x")
+    assert_clean_failure(
+        result, USAGE, "the wasmer engine is not available on Python", "wasmstream[wasmer]"
+    )

@@ -18,6 +18,7 @@ from wasmstream.errors import ExitStatus
 from conftest import assert_clean_failure, fixture, wasmstream
 
 
+@pytest.mark.wasmtime_only  # rev.wasm is a WASI command
 def test_lines_framing_never_splits_a_line_for_a_line_based_program() -> None:
     # rev.wasm reverses each line of its stdin: a line cut in two would come out scrambled.
     rng = random.Random(4)

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from wasmstream.errors import ExitStatus
 
 from conftest import assert_clean_failure, fixture, wasmstream
@@ -191,6 +193,7 @@ def test_every_option_can_come_from_the_environment() -> None:
     assert result.stdout == b"abcdefgh"
 
 
+@pytest.mark.wasmtime_only  # the cache holds wasmtime's serialized modules
 def test_compiled_modules_are_cached_and_bad_entries_replaced(tmp_path: Path) -> None:
     env = {"WASMSTREAM_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path)}
     cache = tmp_path / "wasmstream"

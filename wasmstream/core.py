@@ -385,6 +385,13 @@ def _previous_checkpoint(
             f"checkpoint {path} exists (status {saved.status}, {saved.position.input_bytes} input "
             "bytes done): use --resume to continue it or --restart to start over"
         )
+    if saved.engine != record.engine:
+        # Deterministic wasm gives the same bytes on any engine, except where engines may differ:
+        # NaN bit patterns and how limits are enforced. Exactly-once must not rest on "usually".
+        raise CheckpointError(
+            f"checkpoint {path} was written by the {saved.engine} engine: resume it with "
+            f"--engine {saved.engine} (another engine is not guaranteed to give identical output)"
+        )
     output_size = _size_or_none(record.output)
     checkpoint.check_resumable(
         saved,

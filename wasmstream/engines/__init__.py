@@ -16,7 +16,7 @@ from ..errors import UsageError
 
 T = TypeVar("T")
 
-ENGINE_NAMES = ("wasmtime",)
+ENGINE_NAMES = ("wasmtime", "wasmer")
 DEFAULT_ENGINE = "wasmtime"
 DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB of linear memory per instance
 MIN_MAX_OUTPUT = 64 << 20  # the default --max-output is the larger of this and 4 frames
@@ -105,4 +105,8 @@ def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) ->
         from .wasmtime_engine import WasmtimeEngine
 
         return WasmtimeEngine(sandbox or Sandbox(), ModuleCache() if cache else None)
+    if name == "wasmer":
+        from .wasmer_engine import WasmerEngine
+
+        return WasmerEngine(sandbox or Sandbox())
     raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")

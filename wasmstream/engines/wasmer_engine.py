@@ -1,0 +1,294 @@
+"""The wasmer engine (1.1, Cranelift), behind the same interface as wasmtime.
+
+wasmer's Python objects panic when used from a thread other than their creator's, and guest
+calls hold the GIL, so threads give no parallel speed-up. Every instance therefore lives in a
+worker process of its own (`wasmer_worker`), driven over two pipes with frames and outputs in
+shared memory; the thread pool above is unchanged (each of its threads owns one worker), and
+the workers run on separate cores.
+
+Limits, since wasmer's Python API has none: `--timeout` is a watchdog — a frame that overruns
+has its worker process killed, and a fresh worker takes its place; `--max-memory` is checked
+after every guest call (a guest may exceed it inside a call; it cannot continue past it);
+`--fuel`, read-only `--dir` grants and WASI command mode are refused with an error naming the
+option. wasmer wheels exist only for Python <= 3.10.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..abi import ExportDesc, FuncSig, GuestAbi, ImportDesc, ModuleInfo
+from ..errors import (
+    GuestError,
+    GuestMemoryLimit,
+    GuestTimeout,
+    GuestTrap,
+    ModuleError,
+    StartupError,
+    UsageError,
+)
+from ..units import format_duration, format_size
+from . import Sandbox
+from .wasmer_worker import (
+    GUEST_ERROR,
+    MEMORY_LIMIT,
+    MODULE,
+    OK,
+    REPLY,
+    REQUEST,
+    STARTUP,
+    TRAP,
+    read_exactly,
+)
+
+T = TypeVar("T")
+STARTUP_GRACE = 30.0  # seconds for a worker to start Python, compile and initialise
+
+
+def _import_wasmer() -> Any:
+    try:
+        import wasmer
+        import wasmer_compiler_cranelift
+    except ImportError as error:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise UsageError(
+            f"the wasmer engine is not available on Python {version} ({error}): wasmer 1.1 has "
+            "wheels only for Python <= 3.10; install wasmstream[wasmer] under Python 3.10, or "
+            "use --engine wasmtime"
+        ) from None
+    return wasmer, wasmer_compiler_cranelift
+
+
+def refuse_unsupported(sandbox: Sandbox) -> None:
+    if sandbox.fuel is not None:
+        raise UsageError("--fuel is not supported by the wasmer engine; use --engine wasmtime")
+    for grant in sandbox.dirs:
+        if not grant.writable:
+            raise UsageError(
+                f"--dir {grant.host}: the wasmer engine cannot grant a directory read-only; "
+                "add :rw, or use --engine wasmtime"
+            )
+
+
+class WasmerEngine:
+    name = "wasmer"
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        refuse_unsupported(sandbox)
+        self._wasmer, compiler = _import_wasmer()
+        self._store = self._wasmer.Store(self._wasmer.engine.Universal(compiler.Compiler))
+        self._sandbox = sandbox
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("wasmer")
+
+    def compile(self, wasm: bytes, source: str) -> WasmerModule:
+        if not wasm.startswith(b"\0asm"):
+            raise ModuleError(f"{source}: not a WebAssembly binary (no \\0asm header)")
+        try:  # compiled here to check it and read its exports; each worker compiles its own
+            module = self._wasmer.Module(self._store, wasm)
+        except Exception as error:
+            first = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise ModuleError(f"{source}: invalid WebAssembly: {first}") from None
+        return WasmerModule(wasm, _module_info(self._wasmer, module), self._sandbox, source)
+
+    def close(self) -> None:
+        pass
+
+
+class WasmerModule:
+    def __init__(self, wasm: bytes, info: ModuleInfo, sandbox: Sandbox, source: str) -> None:
+        self._wasm = wasm
+        self.info = info
+        self._sandbox = sandbox
+        self._source = source
+
+    def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> WasmerWorker:
+        if abi.command:
+            raise UsageError(
+                "WASI command mode is not supported by the wasmer engine (its WASI cannot "
+                "capture a program's stdout); use --engine wasmtime"
+            )
+        return WasmerWorker(self._wasm, abi, buffer_size, config, self._sandbox, self._source)
+
+
+class WasmerWorker:
+    """An instance in a worker process; frames and outputs cross through shared memory."""
+
+    def __init__(
+        self,
+        wasm: bytes,
+        abi: GuestAbi,
+        buffer_size: int,
+        config: bytes,
+        sandbox: Sandbox,
+        source: str,
+    ) -> None:
+        self._timeout = sandbox.timeout
+        max_output = sandbox.output_limit(buffer_size)
+        self._input, input_fd = _shared_region("wasmstream-input", buffer_size)
+        self._output, output_fd = _shared_region("wasmstream-output", max_output)
+        requests_read, self._requests = os.pipe()
+        self._replies, replies_write = os.pipe()
+        fds = (requests_read, replies_write, input_fd, output_fd)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "wasmstream.engines.wasmer_worker", *map(str, fds)],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno(),  # what the guest prints must never reach the data
+        )
+        for fd in fds:
+            os.close(fd)
+        spec = {
+            "wasm": wasm.hex(),
+            "name": os.path.basename(source),
+            "abi": {
+                "transform": abi.transform,
+                "result": abi.result.value,
+                "alloc": abi.alloc,
+                "dealloc": abi.dealloc,
+                "dealloc_takes_length": abi.dealloc_takes_length,
+                "init": abi.init,
+                "init_returns_status": abi.init_returns_status,
+                "reactor": abi.reactor,
+                "wasi": abi.wasi,
+            },
+            "buffer_size": buffer_size,
+            "config": config.hex(),
+            "max_memory": sandbox.max_memory,
+            "max_memory_text": format_size(sandbox.max_memory or 0),
+            "max_output": max_output,
+            "max_output_text": format_size(max_output),
+            "env": list(sandbox.env),
+            "dirs": [(grant.host, grant.guest) for grant in sandbox.dirs],
+        }
+        message = json.dumps(spec).encode()
+        try:
+            os.write(self._requests, struct.pack("<I", len(message)))
+            _write_all(self._requests, message)
+            self._await(STARTUP_GRACE + (self._timeout or 0), starting=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def input_buffer(self) -> memoryview:
+        return memoryview(self._input)
+
+    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
+        self._input[: len(data)] = data
+        return self.transform_buffer(len(data), consume)
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        os.write(self._requests, REQUEST.pack(b"T", length))
+        out_len = self._await(self._timeout)
+        return consume(memoryview(self._output)[:out_len])
+
+    def _await(self, timeout: float | None, starting: bool = False) -> int:
+        ready, _, _ = select.select([self._replies], [], [], timeout)
+        if not ready:
+            self._process.kill()  # the watchdog: the only way to stop a wasmer guest
+            assert timeout is not None
+            if starting:
+                raise StartupError(f"did not start within {format_duration(timeout)}")
+            raise GuestTimeout(f"timed out after {format_duration(timeout)}")
+        try:
+            status, value, size = REPLY.unpack(read_exactly(self._replies, REPLY.size))
+            message = read_exactly(self._replies, size).decode(errors="replace")
+        except EOFError:
+            code = self._process.wait()
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            raise GuestTrap(f"the wasmer worker process died ({how})") from None
+        if status == OK:
+            return int(value)
+        raise _error(status, message, starting)
+
+    def close(self) -> None:
+        for fd in (self._requests, self._replies):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        try:
+            self._process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        for region in (self._input, self._output):
+            with contextlib.suppress(BufferError):  # a frame still viewing it: freed with it
+                region.close()
+
+
+def _error(status: int, message: str, starting: bool) -> Exception:
+    if status == MODULE:
+        return ModuleError(message)
+    if status == STARTUP or starting:
+        return StartupError(message)
+    if status == MEMORY_LIMIT:
+        return GuestMemoryLimit(message)
+    if status == TRAP:
+        return GuestTrap(message)
+    assert status == GUEST_ERROR
+    return GuestError(message)
+
+
+def _shared_region(name: str, size: int) -> tuple[mmap.mmap, int]:
+    fd = os.memfd_create(name)  # inherited by the worker through pass_fds; sparse until used
+    os.ftruncate(fd, size)
+    return mmap.mmap(fd, size), fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _module_info(wasmer: Any, module: Any) -> ModuleInfo:
+    names = {
+        wasmer.Type.I32: "i32",
+        wasmer.Type.I64: "i64",
+        wasmer.Type.F32: "f32",
+        wasmer.Type.F64: "f64",
+        wasmer.Type.V128: "v128",
+        wasmer.Type.EXTERN_REF: "externref",
+        wasmer.Type.FUNC_REF: "funcref",
+    }
+
+    def describe(name: str, kind: Any) -> ExportDesc:
+        if isinstance(kind, wasmer.FunctionType):
+            sig = FuncSig(
+                tuple(names[t] for t in kind.params), tuple(names[t] for t in kind.results)
+            )
+            return ExportDesc(name, "func", sig)
+        if isinstance(kind, wasmer.MemoryType):
+            return ExportDesc(name, "memory", pages=(kind.minimum, kind.maximum))
+        return ExportDesc(name, _kind(wasmer, kind))
+
+    return ModuleInfo(
+        exports=tuple(describe(e.name, e.type) for e in module.exports),
+        imports=tuple(ImportDesc(i.module, i.name, _kind(wasmer, i.type)) for i in module.imports),
+    )
+
+
+def _kind(wasmer: Any, kind: Any) -> str:
+    for cls, name in (
+        (wasmer.FunctionType, "func"),
+        (wasmer.MemoryType, "memory"),
+        (wasmer.TableType, "table"),
+        (wasmer.GlobalType, "global"),
+    ):
+        if isinstance(kind, cls):
+            return name
+    return type(kind).__name__
