@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
-from pathlib import Path
 
 
-def cache_dir() -> Path:
-    """$WASMSTREAM_CACHE_DIR, else $XDG_CACHE_HOME/wasmstream, else ~/.cache/wasmstream."""
+def cache_dir() -> str:
+    """$WASMSTREAM_CACHE_DIR, else $XDG_CACHE_HOME/wasmstream, else ~/.cache/wasmstream.
+
+    (os.path, not pathlib: this runs at every start, and pathlib costs milliseconds to import.)
+    """
     if chosen := os.environ.get("WASMSTREAM_CACHE_DIR"):
-        return Path(chosen)
+        return chosen
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wasmstream"
+    return os.path.join(base, "wasmstream")
 
 
 def entry_name(wasm: bytes, engine: str, version: str, settings: str) -> str:
@@ -31,28 +32,29 @@ def entry_name(wasm: bytes, engine: str, version: str, settings: str) -> str:
 
 
 class ModuleCache:
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: str | None = None) -> None:
         self.directory = directory or cache_dir()
 
-    def load(self, name: str) -> bytes | None:
-        try:
-            return (self.directory / name).read_bytes()
-        except OSError:
-            return None
+    def find(self, name: str) -> str | None:
+        """The entry's path if it exists (engines map it rather than read it: it may be large)."""
+        path = os.path.join(self.directory, name)
+        return path if os.path.isfile(path) else None
 
     def store(self, name: str, artifact: bytes) -> None:
         """Best effort: a cache that cannot be written only costs the next run some time."""
+        import tempfile
+
         with contextlib.suppress(OSError):
-            self.directory.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.directory, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(artifact)
-                os.replace(temp, self.directory / name)
+                os.replace(temp, os.path.join(self.directory, name))
             except OSError:
                 os.unlink(temp)
                 raise
 
     def discard(self, name: str) -> None:
         with contextlib.suppress(OSError):
-            (self.directory / name).unlink()
+            os.unlink(os.path.join(self.directory, name))

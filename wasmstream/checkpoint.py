@@ -284,10 +284,6 @@ def head_sha256(path: str, length: int) -> str:
             os.close(fd)
 
 
-def sidecar_for(output: str) -> str:
-    return f"{output}.ckpt.json"
-
-
 class Clock:
     """When to save: at most every `interval` seconds, or every `every` frames if given."""
 

@@ -22,15 +22,14 @@ import click
 
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
-from .checkpoint import sidecar_for
 from .core import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_FRAME_SIZE,
     ProgressFactory,
     RunConfig,
-    config_from_checkpoint,
     default_jobs,
     run,
+    sidecar_for,
 )
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
@@ -567,6 +566,8 @@ def resume_command(
     Only options that do not change the output may be overridden; anything else is refused, as
     is a checkpoint whose module, options or inputs no longer match.
     """
+    from .resume import config_from_checkpoint
+
     config = config_from_checkpoint(checkpoint, jobs, queue_depth)
     config = dataclasses.replace(config, force=force, cache=not no_cache)
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))

@@ -6,10 +6,9 @@ Called in input order, by whichever thread writes the output, so dead letters ar
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections import Counter
-
-import msgspec
 
 from .errors import GuestError, IOFailure
 from .framing import Frame
@@ -17,18 +16,9 @@ from .framing import Frame
 POLICIES = ("fail", "skip", "passthrough")
 
 
-class DeadFrame(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of the dead-letter file: enough to replay the frame later."""
-
-    frame: int
-    offset: int
-    length: int
-    kind: str  # trap, timeout, fuel, memory, exit, guest-error, startup
-    message: str
-    data: str  # base64
-
-
-_encoder = msgspec.json.Encoder()
+def _json_line(record: dict[str, object]) -> bytes:
+    # json, not msgspec: runs without a checkpoint never import msgspec (start-up time)
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 class DeadLetters:
@@ -42,18 +32,20 @@ class DeadLetters:
             raise IOFailure(f"cannot write dead letters {path}: {error.strerror}") from None
 
     def append(self, frame: Frame, error: GuestError) -> None:
-        line = _encoder.encode(
-            DeadFrame(
-                frame=frame.index,
-                offset=frame.offset,
-                length=frame.length,
-                kind=error.kind,
-                message=error.what,
-                data=base64.b64encode(frame.data).decode("ascii"),
-            )
+        # One line: enough to replay the frame later. kind: trap, timeout, fuel, memory, exit,
+        # guest-error or startup.
+        line = _json_line(
+            {
+                "frame": frame.index,
+                "offset": frame.offset,
+                "length": frame.length,
+                "kind": error.kind,
+                "message": error.what,
+                "data": base64.b64encode(frame.data).decode("ascii"),
+            }
         )
         try:
-            os.write(self._fd, line + b"\n")  # O_APPEND: one write, one whole line
+            os.write(self._fd, line)  # O_APPEND: one write, one whole line
         except OSError as error_:
             raise IOFailure(f"cannot write dead letters {self.path}: {error_.strerror}") from None
 
@@ -100,12 +92,6 @@ class FailureHandler:
         )
 
 
-class DroppedFrame(msgspec.Struct, frozen=True, kw_only=True):
-    frame: int
-    offset: int
-    length: int
-
-
 class DropLog:
     """`--drop-log FILE`: one JSON line per frame dropped under --on-overload drop|sample."""
 
@@ -117,11 +103,9 @@ class DropLog:
             raise IOFailure(f"cannot write drop log {path}: {error.strerror}") from None
 
     def append(self, frame: Frame) -> None:
-        line = _encoder.encode(
-            DroppedFrame(frame=frame.index, offset=frame.offset, length=frame.length)
-        )
+        line = _json_line({"frame": frame.index, "offset": frame.offset, "length": frame.length})
         try:
-            os.write(self._fd, line + b"\n")
+            os.write(self._fd, line)
         except OSError as error:
             raise IOFailure(f"cannot write drop log {self.path}: {error.strerror}") from None
 

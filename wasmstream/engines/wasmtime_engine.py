@@ -74,6 +74,17 @@ TRAP_DESCRIPTIONS = {
 }
 
 
+def _build_id() -> str:
+    """Which wasmtime this is, for cache keys: its library's size and mtime. (The package
+    version would do too, but importlib.metadata costs 12 ms of start-up; and wasmtime checks
+    an artifact's version itself when loading it, so a stale entry is only ever recompiled.)"""
+    try:
+        info = os.stat(str(wasmtime._ffi.filename))
+    except (AttributeError, OSError):  # pragma: no cover - a wasmtime-py laid out differently
+        return "unknown"
+    return f"{info.st_size}-{info.st_mtime_ns}"
+
+
 def config_flag(value: object) -> str:
     return "on" if value is not None else "off"
 
@@ -133,17 +144,17 @@ class WasmtimeEngine:
         return WasmtimeModule(self, module, source)
 
     def _cache_name(self, wasm: bytes) -> str:
-        return entry_name(wasm, self.name, self.version(), self._code_settings)
+        return entry_name(wasm, self.name, _build_id(), self._code_settings)
 
     def _from_cache(self, wasm: bytes) -> wasmtime.Module | None:
         if self._cache is None:
             return None
         name = self._cache_name(wasm)
-        artifact = self._cache.load(name)
+        artifact = self._cache.find(name)
         if artifact is None:
             return None
         try:  # wasmtime checks the artifact's header: engine version, settings, integrity
-            return wasmtime.Module.deserialize(self._engine, artifact)
+            return wasmtime.Module.deserialize_file(self._engine, str(artifact))
         except wasmtime.WasmtimeError:
             self._cache.discard(name)  # corrupt or stale: compile afresh and replace it
             return None
