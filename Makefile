@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	@if [ -n "$(PY310)" ]; then $(MAKE) --no-print-directory $(STAMP_WASMER); fi
 	$(BIN)/python bench/bench.py
 
 fixtures: $(STAMP)

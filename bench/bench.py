@@ -182,6 +182,109 @@ def b5_checkpoint_cost(table: Table, big: Path, size: int, runs: int, scratch: P
     )
 
 
+def b6_warm_start(table: Table, scratch: Path, runs: int) -> None:
+    """A ~6 MB module on a tiny input: compiled once, then loaded from the cache."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bigmodule import big_module
+
+    module = scratch / "big.wasm"
+    module.write_bytes(big_module())
+    tiny = scratch / "tiny.txt"
+    tiny.write_bytes(b"hello\n")
+    cache = scratch / "cache"
+    env = f"WASMSTREAM_CACHE_DIR={cache}"
+    cold_command = f"{env} {WASMSTREAM} run {module} --no-cache -j 1 {tiny} > /dev/null"
+    warm_command = f"{env} {WASMSTREAM} run {module} -j 1 {tiny} > /dev/null"
+    wall(warm_command)  # fills the cache
+    warm, cold = medians(runs, warm_command, cold_command)
+    size = module.stat().st_size / MiB
+    table.add(
+        f"B6 warm start, {size:.1f} MiB module, tiny input",
+        f"{warm:.3f} s",
+        f"cold {cold:.3f} s",
+        f"{cold / warm:.1f}x faster",
+        verdict(warm <= 0.2, "<= 0.2 s"),
+    )
+
+
+MINIMAL = """
+import sys, wasmtime
+e = wasmtime.Engine(); s = wasmtime.Store(e)
+i = wasmtime.Instance(s, wasmtime.Module.from_file(e, sys.argv[1]), [])
+x = i.exports(s); m = x["memory"]; p = x["alloc"](s, 65536)
+d = sys.stdin.buffer.read(65536); m.write(s, d, p); n = x["process_chunk"](s, p, len(d))
+sys.stdout.buffer.write(m.read(s, p, p + n))
+"""
+
+
+def b7_tiny_input(table: Table, scratch: Path, runs: int) -> None:
+    """The whole start-up on a tiny input, against the least a Python user could write."""
+    script = scratch / "minimal.py"
+    script.write_text(MINIMAL)
+    upper = FIXTURES / "upper.wasm"
+    tiny = scratch / "tiny.txt"
+    tiny.write_bytes(b"hello\n")
+    ws, minimal = medians(
+        runs,
+        f"{WASMSTREAM} run {upper} < {tiny} > /dev/null",
+        f"{shlex.quote(PYTHON)} {script} {upper} < {tiny} > /dev/null",
+    )
+    ratio = ws / minimal
+    table.add(
+        "B7 tiny input, small module, wall time",
+        f"{ws:.3f} s",
+        f"minimal script {minimal:.3f} s",
+        f"{ratio:.2f}x",
+        verdict(ratio <= 1.5, "<= 1.5x"),
+    )
+
+
+def wasmer_side_by_side(table: Table, path: Path, heavy_input: Path, runs: int) -> None:
+    """Both engines on the same files (wasmer runs under Python 3.10, from .venv-wasmer)."""
+    wasmer_python = ROOT / ".venv-wasmer" / "bin" / "python"
+    if not wasmer_python.exists():
+        print("  (wasmer: no .venv-wasmer with Python 3.10; skipped)", file=sys.stderr)
+        table.add("   wasmer engine", "skipped", "no Python 3.10 venv", "-", "info")
+        return
+    engines = {
+        "wasmtime": WASMSTREAM,
+        "wasmer": f"{shlex.quote(str(wasmer_python))} -m wasmstream",
+    }
+    for module, source in (
+        ("identity.wasm", path),
+        ("upper.wasm", path),
+        ("heavy.wasm", heavy_input),
+    ):
+        size = source.stat().st_size
+        for jobs in ("1", "2"):
+            commands = [
+                f"{command} run {FIXTURES / module} --engine {name} -j {jobs} {source} -o /dev/null"
+                for name, command in engines.items()
+            ]
+            wasmtime_time, wasmer_time = medians(runs, *commands)
+            table.add(
+                f"   {module} -j{jobs}: wasmer vs wasmtime",
+                rate(size, wasmer_time),
+                f"wasmtime {rate(size, wasmtime_time)}",
+                f"{wasmtime_time / wasmer_time:.2f}x",
+                "info",
+            )
+    heavy = FIXTURES / "heavy.wasm"
+    one, two = medians(
+        runs,
+        f"{engines['wasmer']} run {heavy} --engine wasmer -j 1 {heavy_input} -o /dev/null",
+        f"{engines['wasmer']} run {heavy} --engine wasmer -j 2 {heavy_input} -o /dev/null",
+    )
+    size = heavy_input.stat().st_size
+    table.add(
+        "B8 wasmer heavy -j2 vs -j1",
+        rate(size, two),
+        f"-j1 {rate(size, one)}",
+        f"{one / two:.2f}x",
+        verdict(one / two >= 1.6, ">= 1.6x"),
+    )
+
+
 def extra_throughput(table: Table, path: Path, size: int, runs: int) -> None:
     """For the record: each fixture at -j1 and -j2, file to /dev/null."""
     for module in ("identity.wasm", "upper.wasm", "hexdump.wasm"):
@@ -218,6 +321,9 @@ def main(argv: list[str]) -> int:
             lambda: b3_flat_memory(table, big, small),
             lambda: b4_against_plain_loop(table, big, big_size, runs),
             lambda: b5_checkpoint_cost(table, big, big_size, runs, directory),
+            lambda: b6_warm_start(table, directory, runs),
+            lambda: b7_tiny_input(table, directory, runs),
+            lambda: wasmer_side_by_side(table, small, medium, runs),
             lambda: extra_throughput(table, small, small_size, runs),
         ]
         for step in steps:

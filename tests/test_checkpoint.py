@@ -352,3 +352,14 @@ def test_resuming_with_another_engine_is_refused(tmp_path: Path) -> None:
     job.ckpt.write_text(json.dumps(record))
     job.before = (job.ckpt.read_bytes(), job.out.read_bytes())
     job.refused(needle=f"written by the {other} engine: resume it with --engine {other}")
+
+
+def test_no_default_checkpoint_beside_a_device_or_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.DEVNULL)
+    assert wasmstream("run", fixture("upper.wasm"), "-o", str(fifo), input=b"abc").returncode == 0
+    reader.wait(timeout=10)
+    assert not (tmp_path / "fifo.ckpt.json").exists()
+    assert wasmstream("run", fixture("upper.wasm"), "-o", os.devnull, input=b"abc").returncode == 0
+    assert not Path(os.devnull + ".ckpt.json").exists()

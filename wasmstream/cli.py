@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -527,7 +528,17 @@ def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> s
         return None
     if given is not None:
         return given
-    return sidecar_for(output) if output not in (None, "-") else None
+    if output in (None, "-") or not _is_or_will_be_regular(output):
+        return None  # -o /dev/null, a FIFO, a terminal: nothing to resume exactly
+    return sidecar_for(output)
+
+
+def _is_or_will_be_regular(path: str | None) -> bool:
+    assert path is not None
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
 
 
 @cli.command("resume")

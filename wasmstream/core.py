@@ -200,7 +200,11 @@ def _run_loaded(
     stream = ConcatenatedInput(config.inputs, start.per_input, notify)
     frames, skipped = _framer(config, _TimedInput(stream, summary.tally), start)
     # Opened only now: the module is usable and the checkpoint agrees with this run.
-    sink = Sink(config.output, keep=start.output_bytes if plan and plan.saved else None)
+    sink = Sink(
+        config.output,
+        keep=start.output_bytes if plan and plan.saved else None,
+        durable=plan is not None,
+    )
     logs = _Logs(config, summary)
     journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally) if plan else None
     try:

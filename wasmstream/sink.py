@@ -6,10 +6,12 @@ only add a copy, and every frame leaves as soon as it is done (which live stream
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
 import sys
+from collections.abc import Callable
 
 from .errors import BrokenPipe, IOFailure
 from .pipes import enlarge_pipe
@@ -17,10 +19,30 @@ from .pipes import enlarge_pipe
 STDOUT = "-"
 
 
-class Sink:
-    """The output. `keep`: resume after that many bytes of an existing file (None: truncate)."""
+WRITEBACK_STRIDE = 8 << 20
+SYNC_FILE_RANGE_WRITE = 2
 
-    def __init__(self, path: str | None, keep: int | None = None) -> None:
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which Python does not wrap; None where it is missing."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+class Sink:
+    """The output. `keep`: resume after that many bytes of an existing file (None: truncate).
+
+    `durable`: the output will be fsynced at checkpoints. Writeback of a regular file is then
+    started every few MiB (sync_file_range, asynchronous), so that a checkpoint's fsync finds
+    little left to write instead of stalling the run while the whole backlog reaches the disk.
+    """
+
+    def __init__(self, path: str | None, keep: int | None = None, durable: bool = False) -> None:
         self.path = path if path not in (None, STDOUT) else None
         self.name = self.path or "<stdout>"
         if self.path is None:
@@ -31,6 +53,9 @@ class Sink:
             self._fd = self._open(self.path, keep)
             self._owned = True
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._writeback = _sync_file_range() if durable and self._regular else None
+        self._position = os.lseek(self._fd, 0, os.SEEK_CUR) if self._writeback else 0
+        self._pushed = self._position
 
     def _open(self, path: str, keep: int | None) -> int:
         try:
@@ -50,7 +75,7 @@ class Sink:
         if not self._regular:
             return
         try:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)  # the data and its size; other metadata need not wait
         except OSError as error:
             raise IOFailure(f"cannot write output {self.name}: {error.strerror}") from None
 
@@ -65,6 +90,13 @@ class Sink:
             if error.errno == errno.EPIPE:
                 raise BrokenPipe("output pipe closed") from None
             raise IOFailure(f"cannot write output {self.name}: {error.strerror}") from None
+        if self._writeback is not None:
+            self._position += total
+            if self._position - self._pushed >= WRITEBACK_STRIDE:
+                self._writeback(
+                    self._fd, self._pushed, self._position - self._pushed, SYNC_FILE_RANGE_WRITE
+                )
+                self._pushed = self._position
         return total
 
     def close(self) -> None:
