@@ -222,3 +222,19 @@ def test_bench_command_measures_and_recommends(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"fastest: --frame-size ")
     assert result.stderr.count(b"MiB/s") >= 8  # every setting tried is shown with its number
+
+
+@pytest.mark.wasmtime_only
+def test_runs_starting_at_once_share_the_cache_safely(tmp_path: Path) -> None:
+    env = {**os.environ, "WASMSTREAM_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "wasmstream", "run", fixture("hexdump.wasm"), "-j", "1"]
+    runs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        for _ in range(6)
+    ]
+    outputs = [run.communicate(input=b"same", timeout=60)[0] for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert outputs == [b"73616d65"] * 6
+    (entry,) = (tmp_path / "cache").iterdir()  # one entry, whole: no temp files left behind
+    again = subprocess.run(command, input=b"same", capture_output=True, env=env, check=True)
+    assert again.stdout == b"73616d65" and entry.stat().st_size > 0

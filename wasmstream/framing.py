@@ -27,12 +27,6 @@ class ReadableInto(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
-class Waitable(ReadableInto, Protocol):
-    def wait_readable(self, timeout: float) -> bool:
-        """Whether input (or its end) arrives within `timeout` seconds."""
-        ...
-
-
 class Framing(enum.Enum):
     FIXED = "fixed"
     LINES = "lines"

@@ -191,7 +191,6 @@ class _ParallelRun:
         self._new_instance = new_instance
         self._write = write
         self._tally = tally
-        self._jobs = jobs
         self._free: SimpleQueue[Buffer] = SimpleQueue()
         for _ in range(settings.queue_depth + jobs):
             self._free.put(bytearray(settings.frame_size))

@@ -29,6 +29,7 @@ class ProgressDisplay:
             BarColumn,
             DownloadColumn,
             Progress,
+            TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
@@ -39,6 +40,7 @@ class ProgressDisplay:
         self._progress = Progress(
             TextColumn("[bold]wasmstream"),
             BarColumn(),
+            TaskProgressColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
