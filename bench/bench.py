@@ -169,7 +169,7 @@ def b5_checkpoint_cost(table: Table, big: Path, size: int, runs: int, scratch: P
     out = scratch / "out.bin"
     with_ckpt, without = medians(
         runs,
-        f"{WASMSTREAM} run {upper} -j 1 {big} -o {out} --restart",
+        f"rm -f {out}.ckpt.json; {WASMSTREAM} run {upper} -j 1 {big} -o {out}",  # a fresh job
         f"{WASMSTREAM} run {upper} -j 1 {big} -o {out} --no-checkpoint",
     )
     ratio = without / with_ckpt

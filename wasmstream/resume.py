@@ -56,7 +56,9 @@ class CheckpointPlan:
     def open_journal(
         self, syncs: list[Callable[[], None]], stream: ConcatenatedInput, tally: Tally
     ) -> Journal:
-        """The journal, with a first checkpoint saved: from now on a crash is resumable."""
+        """The journal. Under --restart a first checkpoint replaces the old one at once (it
+        describes output this run has just truncated); otherwise what is on disk already
+        describes where this run starts (a resumed checkpoint, or none: start afresh)."""
         config = self.config
         assert config.checkpoint is not None
         journal = Journal(
@@ -67,7 +69,8 @@ class CheckpointPlan:
             tally=tally,
             clock=checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every),
         )
-        journal.save("running")
+        if config.restart:
+            journal.save("running")
         tally.on_frame_written.append(journal.frame_written)
         return journal
 
