@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,11 @@ def wasmstream(
         check=False,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """The real CLI in a child process, for tests that talk to it while it runs."""
+    return subprocess.Popen([sys.executable, "-m", "wasmstream", *args], **kwargs)
 
 
 def per_frame(transform: Callable[[bytes], bytes], data: bytes, frame_size: int) -> bytes:

@@ -16,14 +16,14 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import REFERENCES, assert_clean_failure, fixture, per_frame, wasmstream
+from conftest import REFERENCES, assert_clean_failure, fixture, per_frame, spawn, wasmstream
 
 HEX = REFERENCES["hexdump.wasm"]
 
 
 def start(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "wasmstream", *args],
+    return spawn(
+        [*args],
         stdout=kwargs.pop("stdout", subprocess.DEVNULL),  # type: ignore[arg-type]
         stderr=subprocess.PIPE,
         **kwargs,  # type: ignore[arg-type]

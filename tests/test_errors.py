@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import assert_clean_failure, fixture, wasmstream
+from conftest import assert_clean_failure, fixture, spawn, wasmstream
 
 INVALID, GUEST, IO, USAGE = (
     ExitStatus.INVALID_MODULE,
@@ -203,11 +202,8 @@ def test_unknown_import_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_signals_stop_cleanly(sig: signal.Signals, status: int, jobs: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = subprocess.Popen(
+    process = spawn(
         [
-            sys.executable,
-            "-m",
-            "wasmstream",
             "run",
             fixture("upper.wasm"),
             "-j",

@@ -7,7 +7,6 @@ import os
 import random
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import assert_clean_failure, fixture, wasmstream
+from conftest import assert_clean_failure, fixture, spawn, wasmstream
 
 
 @pytest.mark.wasmtime_only  # rev.wasm is a WASI command
@@ -155,11 +154,8 @@ def read_line_within(stream: int, timeout: float) -> bytes:
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_live_stream_latency_is_under_linger_plus_100ms(jobs: str) -> None:
     """A writer sends one line and waits: the line comes out within linger + 100 ms."""
-    process = subprocess.Popen(
+    process = spawn(
         [
-            sys.executable,
-            "-m",
-            "wasmstream",
             "run",
             fixture("upper.wasm"),
             "--framing",
@@ -195,11 +191,8 @@ def test_live_stream_latency_is_under_linger_plus_100ms(jobs: str) -> None:
 
 
 def test_fixed_framing_on_a_pipe_waits_for_full_frames_unless_asked() -> None:
-    process = subprocess.Popen(
+    process = spawn(
         [
-            sys.executable,
-            "-m",
-            "wasmstream",
             "run",
             fixture("upper.wasm"),
             "--linger",

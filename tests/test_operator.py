@@ -15,17 +15,14 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import assert_clean_failure, fixture, wasmstream
+from conftest import assert_clean_failure, fixture, spawn, wasmstream
 
 
 def test_progress_in_a_real_terminal_updates_and_leaves_stdout_clean(tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     primary, secondary = pty.openpty()
-    process = subprocess.Popen(
+    process = spawn(
         [
-            sys.executable,
-            "-m",
-            "wasmstream",
             "run",
             fixture("upper.wasm"),
             "-j",

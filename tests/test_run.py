@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REFERENCES, chunks, fixture, per_frame, wasmstream
+from conftest import REFERENCES, chunks, fixture, per_frame, spawn, wasmstream
 
 FRAME = 4096
 SIZES = [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME, 5 * FRAME + 123, 40_000]
@@ -54,11 +54,8 @@ def test_order_is_kept_when_frames_finish_out_of_order() -> None:
 @pytest.mark.parametrize("jobs", [1, 3])
 def test_odd_sized_pipe_writes_do_not_change_output(jobs: int, tmp_path: Path) -> None:
     data = random.Random(3).randbytes(300_000)
-    process = subprocess.Popen(
+    process = spawn(
         [
-            sys.executable,
-            "-m",
-            "wasmstream",
             "run",
             fixture("hexdump.wasm"),
             "-j",
@@ -203,11 +200,8 @@ def test_head_closing_the_pipe_is_quiet() -> None:
 def test_backpressure_bounds_what_is_read_ahead() -> None:
     """With nobody reading stdout, wasmstream stops reading stdin after a bounded amount."""
     frame, jobs, depth = 65536, 2, 2
-    process = subprocess.Popen(
+    process = spawn(
         [
-            sys.executable,
-            "-m",
-            "wasmstream",
             "run",
             fixture("identity.wasm"),
             "-j",

@@ -16,25 +16,41 @@ from .framing import Frame
 POLICIES = ("fail", "skip", "passthrough")
 
 
-def _json_line(record: dict[str, object]) -> bytes:
-    # json, not msgspec: runs without a checkpoint never import msgspec (start-up time)
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+class JsonLines:
+    """An append-only file of JSON lines (json, not msgspec: runs without a checkpoint never
+    import msgspec, which costs start-up time)."""
 
-
-class DeadLetters:
-    """An append-only JSON-lines file of failed frames."""
+    what = "log"
 
     def __init__(self, path: str) -> None:
         self.path = path
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         except OSError as error:
-            raise IOFailure(f"cannot write dead letters {path}: {error.strerror}") from None
+            raise IOFailure(f"cannot write {self.what} {path}: {error.strerror}") from None
+
+    def write_record(self, record: dict[str, object]) -> None:
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        try:
+            os.write(self._fd, line)  # O_APPEND: one write, one whole line
+        except OSError as error:
+            raise IOFailure(f"cannot write {self.what} {self.path}: {error.strerror}") from None
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class DeadLetters(JsonLines):
+    """`--dead-letter FILE`: every failed frame, with enough to replay it later."""
+
+    what = "dead letters"
 
     def append(self, frame: Frame, error: GuestError) -> None:
-        # One line: enough to replay the frame later. kind: trap, timeout, fuel, memory, exit,
-        # guest-error or startup.
-        line = _json_line(
+        # kind: trap, timeout, fuel, memory, exit, guest-error or startup
+        self.write_record(
             {
                 "frame": frame.index,
                 "offset": frame.offset,
@@ -44,16 +60,15 @@ class DeadLetters:
                 "data": base64.b64encode(frame.data).decode("ascii"),
             }
         )
-        try:
-            os.write(self._fd, line)  # O_APPEND: one write, one whole line
-        except OSError as error_:
-            raise IOFailure(f"cannot write dead letters {self.path}: {error_.strerror}") from None
 
-    def sync(self) -> None:
-        os.fsync(self._fd)
 
-    def close(self) -> None:
-        os.close(self._fd)
+class DropLog(JsonLines):
+    """`--drop-log FILE`: every frame dropped under --on-overload drop|sample."""
+
+    what = "drop log"
+
+    def append(self, frame: Frame) -> None:
+        self.write_record({"frame": frame.index, "offset": frame.offset, "length": frame.length})
 
 
 class FailureHandler:
@@ -90,27 +105,3 @@ class FailureHandler:
             f"{self.failed} of {frames} frames failed ({kinds}) and were {verb}; "
             f"first: {self.first}"
         )
-
-
-class DropLog:
-    """`--drop-log FILE`: one JSON line per frame dropped under --on-overload drop|sample."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        except OSError as error:
-            raise IOFailure(f"cannot write drop log {path}: {error.strerror}") from None
-
-    def append(self, frame: Frame) -> None:
-        line = _json_line({"frame": frame.index, "offset": frame.offset, "length": frame.length})
-        try:
-            os.write(self._fd, line)
-        except OSError as error:
-            raise IOFailure(f"cannot write drop log {self.path}: {error.strerror}") from None
-
-    def sync(self) -> None:
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        os.close(self._fd)
