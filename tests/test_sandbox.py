@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import PeakRSS, assert_clean_failure, fixture, wasmstream
+from conftest import PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
 
 HOSTILE = fixture("hostile.wasm")
 GOOD, BAD = b"good", b"ba!d"  # hostile.wasm misbehaves on frames holding '!'
@@ -287,3 +288,30 @@ def test_wasi_command_timeout_applies_per_frame() -> None:
     result, elapsed = timed("run", fixture("c/rev.wasm"), "--timeout", "2s", input=b"hello\n")
     assert result.returncode == 0 and result.stdout == b"olleh\n"
     assert elapsed < 2 + STARTUP
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_a_guest_stuck_in_a_loop(jobs: str, tmp_path: Path) -> None:
+    """Even with no --timeout, and even at -j 1 where the main thread is inside the guest."""
+    out = tmp_path / "out"
+    process = spawn(
+        ["run", HOSTILE, "--function", "spin", "--frame-size", "4", "-j", jobs, "-o", str(out)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(GOOD + BAD)  # the second frame spins forever
+    process.stdin.close()
+    time.sleep(1.5)
+    assert process.poll() is None
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert process.stderr is not None
+    with process.stderr:
+        stderr = process.stderr.read()
+    assert process.wait(timeout=30) == ExitStatus.INTERRUPTED, stderr
+    assert time.monotonic() - sent < 5
+    assert b"Traceback" not in stderr
+    saved = json.loads((tmp_path / "out.ckpt.json").read_text())
+    assert saved["status"] == "running" and saved["position"]["input_bytes"] == 4
+    assert out.read_bytes() == GOOD

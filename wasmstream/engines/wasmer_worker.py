@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import signal
 import struct
 import sys
 from typing import Any
@@ -189,6 +190,9 @@ def reply(fd: int, status: int, value: int = 0, message: str = "") -> None:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C at a terminal reaches the whole process group: the parent decides what to do
+    # (save a checkpoint, then stop its workers), so the worker does not die on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, replies, input_fd, output_fd = (int(arg) for arg in argv)
     (length,) = struct.unpack("<I", read_exactly(requests, 4))
     spec = json.loads(read_exactly(requests, length))

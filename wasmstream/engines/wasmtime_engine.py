@@ -6,7 +6,8 @@ about 1.5 µs instead of the ~25 µs of `Func.__call__`'s per-call type checking
 signatures were already checked once, by `resolve_abi`. If a future wasmtime-py drops that
 private binding, calls fall back to `Func.__call__` (also forced with WASMSTREAM_SLOW_CALLS=1).
 
-Limits: `--timeout` uses epoch interruption with one ticker thread per engine; `--fuel` uses
+Limits: `--timeout` uses epoch interruption with one ticker thread per engine (and Ctrl-C
+advances the epoch too: see interrupts.py); `--fuel` uses
 wasmtime's fuel; `--max-memory` uses store limits. All are armed afresh before every frame.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 import wasmtime
 
+from .. import interrupts
 from ..abi import (
     COMMAND_START,
     MEMORY_EXPORT,
@@ -41,6 +43,7 @@ from ..errors import (
     GuestOutOfFuel,
     GuestTimeout,
     GuestTrap,
+    Interrupted,
     ModuleError,
     StartupError,
 )
@@ -115,16 +118,25 @@ class WasmtimeEngine:
 
     def __init__(self, sandbox: Sandbox, cache: ModuleCache | None = None) -> None:
         config = wasmtime.Config()
-        config.epoch_interruption = sandbox.timeout is not None
+        # Always on: it is how --timeout and Ctrl-C stop a guest (no cost measurable here).
+        config.epoch_interruption = True
         config.consume_fuel = sandbox.fuel is not None
         # The settings that change compiled code, for the cache key.
-        self._code_settings = (
-            f"epoch={config_flag(sandbox.timeout)},fuel={config_flag(sandbox.fuel)}"
-        )
+        self._code_settings = f"epoch=on,fuel={config_flag(sandbox.fuel)}"
         self._engine = wasmtime.Engine(config)
         self._cache = cache
         self._sandbox = sandbox
         self._ticker = _EpochTicker(self._engine, sandbox.timeout) if sandbox.timeout else None
+        # Without a timeout the epoch only moves on Ctrl-C, so a deadline of one tick suffices.
+        self._deadline_ticks = self._ticker.deadline_ticks if self._ticker else 1
+        self.interrupted = False
+        self._remove_hook = interrupts.on_interrupt(self._interrupt)
+
+    def _interrupt(self) -> None:
+        """Past every store's deadline at once: each running guest traps, and returns."""
+        self.interrupted = True
+        for _ in range(self._deadline_ticks + 1):
+            self._engine.increment_epoch()
 
     def version(self) -> str:
         from importlib.metadata import version  # lazily: 20 ms of start-up otherwise
@@ -162,6 +174,7 @@ class WasmtimeEngine:
             return None
 
     def close(self) -> None:
+        self._remove_hook()
         if self._ticker is not None:
             self._ticker.stop()
 
@@ -176,14 +189,16 @@ class WasmtimeEngine:
                 tables=16,
                 memories=16,
             )
-        ticks = self._ticker.deadline_ticks if self._ticker else None
-        return store, _Guard(store, self._sandbox, ticks)
+        return store, _Guard(store, self._sandbox, self._deadline_ticks, self)
 
 
 class _Guard:
     """Arms a store's per-frame limits and names the one a failed call ran into."""
 
-    def __init__(self, store: wasmtime.Store, sandbox: Sandbox, deadline_ticks: int | None) -> None:
+    def __init__(
+        self, store: wasmtime.Store, sandbox: Sandbox, deadline_ticks: int, engine: WasmtimeEngine
+    ) -> None:
+        self._engine = engine
         self._store = store
         self._sandbox = sandbox
         self._deadline_ticks = deadline_ticks
@@ -196,8 +211,7 @@ class _Guard:
 
         `exit_ok`: a WASI proc_exit(0) is a normal return (a command's end), not an error.
         """
-        if self._deadline_ticks is not None:
-            self._store.set_epoch_deadline(self._deadline_ticks)
+        self._store.set_epoch_deadline(self._deadline_ticks)
         if self._sandbox.fuel is not None:
             self._store.set_fuel(self._sandbox.fuel)
         try:
@@ -211,9 +225,11 @@ class _Guard:
         except wasmtime.WasmtimeError as error:
             raise GuestTrap(f"guest failed: {_one_line(str(error))}") from None
 
-    def _classify(self, trap: wasmtime.Trap) -> GuestError:
+    def _classify(self, trap: wasmtime.Trap) -> GuestError | Interrupted:
         code = trap.trap_code
         sandbox = self._sandbox
+        if code == wasmtime.TrapCode.INTERRUPT and self._engine.interrupted:
+            return Interrupted()  # Ctrl-C: not the guest's failure, no policy applies
         if code == wasmtime.TrapCode.INTERRUPT and sandbox.timeout is not None:
             return GuestTimeout(f"timed out after {format_duration(sandbox.timeout)}")
         if code == wasmtime.TrapCode.OUT_OF_FUEL and sandbox.fuel is not None:

@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM reach a guest stuck in a loop.
+
+Python runs signal handlers only between bytecodes of the main thread; a main thread inside a
+guest call (`-j 1`) would not see Ctrl-C until the guest returned, which may be never. The C
+part of Python's handler does run at once, though, and writes the signal's number to the
+wakeup fd. A small thread waits on that fd and calls the registered hooks — the engines, which
+interrupt their guests (wasmtime: by advancing the epoch). The guest call then returns, and the
+Python handler raises KeyboardInterrupt (or Interrupted) as usual: the run saves its checkpoint
+and exits 130 (143).
+
+Installed by the CLI only, which owns the process; a library caller keeps its own signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+_hooks: list[Callable[[], None]] = []
+_lock = threading.Lock()
+
+
+def on_interrupt(hook: Callable[[], None]) -> Callable[[], None]:
+    """Call `hook` (from another thread) when SIGINT or SIGTERM arrives; returns a remover."""
+    with _lock:
+        _hooks.append(hook)
+
+    def remove() -> None:
+        with _lock:
+            if hook in _hooks:
+                _hooks.remove(hook)
+
+    return remove
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM to the hooks as well. Call from the main thread."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(
+        target=_watch, args=(read_end,), name="wasmstream-signals", daemon=True
+    ).start()
+
+
+def _watch(read_end: int) -> None:
+    while signals := os.read(read_end, 64):
+        if any(number in (signal.SIGINT, signal.SIGTERM) for number in signals):
+            with _lock:
+                hooks = list(_hooks)
+            for hook in hooks:
+                hook()
