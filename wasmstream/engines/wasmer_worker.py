@@ -16,6 +16,7 @@ wasmstream's stderr, so whatever the guest prints through WASI never reaches the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -189,10 +190,23 @@ def reply(fd: int, status: int, value: int = 0, message: str = "") -> None:
     os.write(fd, REPLY.pack(status, value, len(encoded)) + encoded)
 
 
+def _die_with_parent() -> None:
+    """A worker must not outlive wasmstream: if the parent ends without stopping it (killed,
+    or interrupted while this worker's guest spins), the kernel kills the worker too."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no such safety net
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     # Ctrl-C at a terminal reaches the whole process group: the parent decides what to do
     # (save a checkpoint, then stop its workers), so the worker does not die on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     requests, replies, input_fd, output_fd = (int(arg) for arg in argv)
     (length,) = struct.unpack("<I", read_exactly(requests, 4))
     spec = json.loads(read_exactly(requests, length))
