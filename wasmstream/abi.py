@@ -11,7 +11,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import ModuleError
+from .errors import GuestError, ModuleError
+from .units import format_size
 
 WASI_MODULE = "wasi_snapshot_preview1"
 MEMORY_EXPORT = "memory"
@@ -208,3 +209,39 @@ def _require_func(
 def _missing(info: ModuleInfo, name: str, role: str, source: str) -> ModuleError:
     exported = ", ".join(str(export) for export in info.exports) or "nothing"
     return ModuleError(f"{source}: missing export {name} ({role}); the module exports: {exported}")
+
+
+def output_range(
+    result: int,
+    kind: ResultKind,
+    input_ptr: int,
+    buffer_size: int,
+    memory_size: int,
+    max_output: int,
+) -> tuple[int, int]:
+    """Where a frame's output lies in guest memory, from the transform's result.
+
+    Shared by every engine, so that all read a result the same way and refuse the same things:
+    a negative result (the guest's own error), an in-place length beyond the input buffer, a
+    range outside guest memory (never read it), an output over --max-output.
+    """
+    if result < 0:
+        raise GuestError(f"guest returned error code {result}")
+    if kind is ResultKind.IN_PLACE:
+        if result > buffer_size:
+            raise GuestError(
+                f"guest returned length {result}, beyond its {buffer_size}-byte buffer"
+            )
+        start, length = input_ptr, result
+    else:
+        start, length = result >> 32, result & 0xFFFFFFFF
+    if start + length > memory_size:
+        raise GuestError(
+            f"output range {start:#x}..{start + length:#x} ({length} bytes) is outside guest "
+            f"memory ({memory_size} bytes)"
+        )
+    if length > max_output:
+        raise GuestError(
+            f"output of {length} bytes exceeds the --max-output limit of {format_size(max_output)}"
+        )
+    return start, length

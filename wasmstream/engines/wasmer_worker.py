@@ -25,6 +25,9 @@ import struct
 import sys
 from typing import Any
 
+from ..abi import ResultKind, output_range
+from ..errors import GuestError
+
 REPLY = struct.Struct("<BQI")
 REQUEST = struct.Struct("<cI")
 OK, TRAP, GUEST_ERROR, MEMORY_LIMIT, STARTUP, MODULE = range(6)
@@ -143,31 +146,17 @@ class Guest:
         start = self.input_ptr
         self.view()[start : start + length] = self.input[:length]
         result = int(self.call(self.transform, start, length))
-        if result < 0:
-            raise Failure(GUEST_ERROR, f"guest returned error code {result}")
-        if self.abi["result"] == "i32":
-            if result > self.spec["buffer_size"]:
-                raise Failure(
-                    GUEST_ERROR,
-                    f"guest returned length {result}, beyond its "
-                    f"{self.spec['buffer_size']}-byte buffer",
-                )
-            out_ptr, out_len = start, result
-        else:
-            out_ptr, out_len = result >> 32, result & 0xFFFFFFFF
-        size = self.memory.data_size
-        if out_ptr + out_len > size:
-            raise Failure(
-                GUEST_ERROR,
-                f"output range {out_ptr:#x}..{out_ptr + out_len:#x} ({out_len} bytes) is outside "
-                f"guest memory ({size} bytes)",
+        try:
+            out_ptr, out_len = output_range(
+                result,
+                ResultKind(self.abi["result"]),
+                start,
+                self.spec["buffer_size"],
+                self.memory.data_size,
+                len(self.output),
             )
-        if out_len > len(self.output):
-            raise Failure(
-                GUEST_ERROR,
-                f"output of {out_len} bytes exceeds the --max-output limit of "
-                f"{self.spec['max_output_text']}",
-            )
+        except GuestError as error:
+            raise Failure(GUEST_ERROR, error.what) from None
         self.output[:out_len] = self.view()[out_ptr : out_ptr + out_len]
         if self.dealloc is not None and self.abi["result"] == "i64":
             args = (out_ptr, out_len) if self.abi["dealloc_takes_length"] else (out_ptr,)

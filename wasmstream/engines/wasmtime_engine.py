@@ -33,7 +33,7 @@ from ..abi import (
     GuestAbi,
     ImportDesc,
     ModuleInfo,
-    ResultKind,
+    output_range,
 )
 from ..cache import ModuleCache, entry_name
 from ..errors import (
@@ -361,24 +361,18 @@ class WasmtimeInstance:
     def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
         result = self._guard.call(self._transform, self._input_ptr, length)
         assert result is not None
-        if result < 0:
-            raise GuestError(f"guest returned error code {result}")
-        if self._abi.result is ResultKind.IN_PLACE:
-            if result > self._buffer_size:
-                raise GuestError(
-                    f"guest returned length {result}, beyond its {self._buffer_size}-byte buffer"
-                )
-            return consume(self._refresh_memory()[self._input_ptr : self._input_ptr + result])
-        out_ptr, out_len = result >> 32, result & 0xFFFFFFFF
-        output = self._memory_slice(out_ptr, out_len, "output range")
-        if out_len > self._max_output:
-            raise GuestError(
-                f"output of {out_len} bytes exceeds the --max-output limit of "
-                f"{format_size(self._max_output)}"
-            )
-        consumed = consume(output)
-        if self._dealloc is not None:
-            args = (out_ptr, out_len) if self._abi.dealloc_takes_length else (out_ptr,)
+        memory = self._refresh_memory()  # the call may have grown (and moved) memory
+        start, size = output_range(
+            result,
+            self._abi.result,
+            self._input_ptr,
+            self._buffer_size,
+            len(memory),
+            self._max_output,
+        )
+        consumed = consume(memory[start : start + size])
+        if self._dealloc is not None:  # set for packed results only
+            args = (start, size) if self._abi.dealloc_takes_length else (start,)
             self._guard.call(self._dealloc, *args)
         return consumed
 
