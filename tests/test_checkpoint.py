@@ -96,14 +96,18 @@ def test_signal_saves_a_checkpoint_and_resume_completes(
     assert process.returncode == status, stderr
     assert b"Traceback" not in stderr
     saved = read_checkpoint(tmp_path / "out.ckpt.json")
-    assert saved["status"] == "running"
+    assert saved["status"] == "interrupted"
     done = saved["position"]["input_bytes"]
+    assert stderr.decode().splitlines() == [
+        f"wasmstream: interrupted at {done} input bytes; continue with: "
+        f"wasmstream resume --checkpoint {tmp_path / 'out.ckpt.json'}"
+    ]
     assert 0 < done <= 300_000 and done % 4096 == 0
     assert out.stat().st_size >= saved["position"]["output_bytes"] == 2 * done
     # Resuming from a pipe: the processed prefix is read again and discarded, saying so.
     resumed = wasmstream(*args, "--resume", input=data)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"discarding the first {done} bytes of <stdin>".encode() in resumed.stderr
+    assert f"discarding the first {done} bytes of standard input".encode() in resumed.stderr
     assert out.read_bytes() == per_frame(HEX, data, 4096)
 
 
@@ -298,7 +302,10 @@ def test_refuses_output_shorter_than_recorded(tmp_path: Path) -> None:
         (lambda text: text[: len(text) // 2], "corrupt or truncated"),
         (lambda text: text.replace('"version": 1', '"version": 99'), "format version 99"),
         (lambda text: "[]", "corrupt or truncated"),
-        (lambda text: text.replace('"frames"', '"framez"'), "corrupt or truncated"),
+        (
+            lambda text: text.replace('"frames"', '"framez"'),
+            "invalid: Object contains unknown field `framez`",
+        ),
     ],
 )
 def test_refuses_damaged_checkpoint(tmp_path: Path, damage, needle: str) -> None:  # type: ignore[no-untyped-def]

@@ -167,7 +167,7 @@ def test_oversize_error_names_offset_and_length() -> None:
     data = b"short\n" + b"x" * 50 + b"\nend\n"
     with pytest.raises(
         FramingError,
-        match=r"record at offset 6 is 51 bytes, larger than the frame size \(16 bytes\)",
+        match=r"record at offset 6 is at least 17 bytes, larger than the frame size \(16 bytes\)",
     ):
         cut_records(data, 16, [7], FramingSpec(Framing.LINES))
 

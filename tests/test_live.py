@@ -69,7 +69,7 @@ def test_oversized_record_is_an_error_naming_offset_and_length() -> None:
     assert_clean_failure(
         result,
         ExitStatus.FRAMING,
-        "record at offset 3 is 5001 bytes, larger than the frame size (1024 bytes)",
+        "record at offset 3 is at least 1025 bytes, larger than the frame size (1024 bytes)",
     )
     assert result.stdout == b"OK\n"
 

@@ -313,5 +313,5 @@ def test_ctrl_c_stops_a_guest_stuck_in_a_loop(jobs: str, tmp_path: Path) -> None
     assert time.monotonic() - sent < 5
     assert b"Traceback" not in stderr
     saved = json.loads((tmp_path / "out.ckpt.json").read_text())
-    assert saved["status"] == "running" and saved["position"]["input_bytes"] == 4
+    assert saved["status"] == "interrupted" and saved["position"]["input_bytes"] == 4
     assert out.read_bytes() == GOOD

@@ -5,6 +5,12 @@ Entries live in `$WASMSTREAM_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmstream` (or
 the engine settings that change the compiled code. A corrupt or stale entry is ignored and
 replaced; entries are written to a temp file and renamed into place, so runs starting at once
 never see half an entry.
+
+A compiled artifact is machine code that the engine loads without checking it (wasmtime's
+deserialize trusts its input), so the cache is guarded: its folder is made private (0700), a
+folder that another user owns or may write to is not used at all, and each entry starts with
+the sha256 of the module it was compiled from and of its own bytes, checked before it is used,
+so that an entry copied or renamed to another module's name never runs as that module.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
+
+MAGIC = b"wasmstream-artifact 1\n"
+HEADER = len(MAGIC) + 2 * 65  # two hex sha256 digests, each with its newline
 
 
 def cache_dir() -> str:
@@ -31,24 +41,52 @@ def entry_name(wasm: bytes, engine: str, version: str, settings: str) -> str:
     return f"{digest}-{tag}.{engine}"
 
 
+def _header(wasm: bytes, artifact: bytes) -> bytes:
+    module_digest = hashlib.sha256(wasm).hexdigest()
+    artifact_digest = hashlib.sha256(artifact).hexdigest()
+    return MAGIC + f"{module_digest}\n{artifact_digest}\n".encode()
+
+
 class ModuleCache:
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory or cache_dir()
 
-    def find(self, name: str) -> str | None:
-        """The entry's path if it exists (engines map it rather than read it: it may be large)."""
-        path = os.path.join(self.directory, name)
-        return path if os.path.isfile(path) else None
+    def trusted(self) -> bool:
+        """Whether the folder is ours alone: owned by us, writable by nobody else."""
+        try:
+            info = os.stat(self.directory)
+        except OSError:
+            return False
+        ours = info.st_uid == os.geteuid()
+        return stat.S_ISDIR(info.st_mode) and ours and not info.st_mode & 0o022
 
-    def store(self, name: str, artifact: bytes) -> None:
+    def load(self, name: str, wasm: bytes) -> bytes | None:
+        """The artifact compiled from `wasm`, if the entry exists, is trusted and checks out."""
+        if not self.trusted():
+            return None
+        try:
+            with open(os.path.join(self.directory, name), "rb") as entry:
+                data = entry.read()
+        except OSError:
+            return None
+        artifact = data[HEADER:]
+        if data[:HEADER] != _header(wasm, artifact):
+            self.discard(name)  # another module's, damaged, or of an older layout
+            return None
+        return artifact
+
+    def store(self, name: str, wasm: bytes, artifact: bytes) -> None:
         """Best effort: a cache that cannot be written only costs the next run some time."""
         import tempfile
 
         with contextlib.suppress(OSError):
-            os.makedirs(self.directory, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            if not self.trusted():
+                return
             fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as out:
+                    out.write(_header(wasm, artifact))
                     out.write(artifact)
                 os.replace(temp, os.path.join(self.directory, name))
             except OSError:

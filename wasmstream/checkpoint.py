@@ -10,6 +10,7 @@ Everything here is plain data and checks on it; `core` decides when to save.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -18,20 +19,64 @@ import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from .errors import CheckpointError
+from .errors import CheckpointError, IOFailure
 
 FORMAT_VERSION = 1
 HEAD_BYTES = 64 * 1024  # inputs are identified by the hash of their first 64 KiB
-Status = Literal["running", "complete", "failed"]
+WINDOW = 64 * 1024  # streams and outputs are recognised by digests of this many bytes
+# "interrupted": stopped by a signal or a closed output pipe, resumable as it is. Files of
+# older versions said "running" for that: it still loads, and means the same.
+Status = Literal["running", "interrupted", "complete", "failed"]
+
+# Every number is checked when a checkpoint is loaded: a hand-edited `"jobs": 0` made resume
+# hang forever, a negative offset overwrote data. A checkpoint that breaks a rule is refused.
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+FrameSize = Annotated[int, msgspec.Meta(ge=1, le=1 << 32)]
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+OneByte = Annotated[str, msgspec.Meta(min_length=1, max_length=1)]
+OverloadText = Annotated[str, msgspec.Meta(pattern="^(block|drop|sample:[1-9][0-9]*)$")]
+FramingName = Literal["fixed", "lines", "delimiter", "length-prefixed"]
+OversizeName = Literal["error", "split", "skip"]
+PolicyName = Literal["fail", "skip", "passthrough"]
+
+# Paths are kept as text when they are UTF-8 (nearly always); a name that is not (Linux allows
+# any bytes) is kept as NUL + base64 of its bytes, which no real path can start with.
+_BYTES_PATH = "\0"
+
+
+def path_text(path: str) -> str:
+    """A path as JSON can hold it (see `text_path`)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _BYTES_PATH + base64.b64encode(os.fsencode(path)).decode("ascii")
+    return path
+
+
+def text_path(text: str) -> str:
+    """The path `path_text` stored."""
+    if text.startswith(_BYTES_PATH):
+        return os.fsdecode(base64.b64decode(text[len(_BYTES_PATH) :]))
+    return text
+
+
+def optional_path_text(path: str | None) -> str | None:
+    return None if path is None else path_text(path)
+
+
+def optional_text_path(text: str | None) -> str | None:
+    return None if text is None else text_path(text)
 
 
 class ModuleRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str
-    sha256: str
+    sha256: Sha256
 
 
 class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,12 +86,12 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     alloc: str | None
     free: str | None
     init: str | None
-    config_sha256: str
-    frame_size: int
-    framing: str = "fixed"
-    delimiter: str = "\n"  # latin-1: one byte, any value
-    oversize: str = "error"
-    on_error: str = "fail"
+    config_sha256: Sha256
+    frame_size: FrameSize
+    framing: FramingName = "fixed"
+    delimiter: OneByte = "\n"  # latin-1: one byte, any value
+    oversize: OversizeName = "error"
+    on_error: PolicyName = "fail"
     wasi_command: bool = False
 
 
@@ -54,38 +99,64 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """How to re-run the job (`wasmstream resume`); options here do not change the output."""
 
     config_arg: str | None = None  # --config as given: TEXT or @FILE
-    jobs: int
-    queue_depth: int | None = None
-    checkpoint_interval: float
-    checkpoint_every: int | None = None
-    timeout: float | None = None
-    fuel: int | None = None
-    max_memory: int | None = None
-    max_output: int | None = None
+    jobs: Positive
+    queue_depth: Positive | None = None
+    checkpoint_interval: Seconds
+    checkpoint_every: Positive | None = None
+    timeout: Seconds | None = None
+    fuel: Positive | None = None
+    max_memory: Positive | None = None
+    max_output: Positive | None = None
     env: list[tuple[str, str]] = msgspec.field(default_factory=list)
     dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
     dead_letter: str | None = None
-    linger: float | None = None
-    overload: str = "block"
+    linger: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    overload: OverloadText = "block"
     drop_log: str | None = None
 
 
 class InputRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str  # absolute, or "-" for standard input
     regular: bool
-    size: int | None = None
+    size: Count | None = None
     mtime_ns: int | None = None
     device: int | None = None
     inode: int | None = None
-    head_length: int = 0
-    head_sha256: str | None = None
+    head_length: Count = 0
+    head_sha256: Sha256 | None = None
+
+
+class Digest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The sha256 of `length` bytes at a known place (a stream's head, the bytes before an
+    offset): how a resumed run recognises data it cannot identify by inode."""
+
+    length: Annotated[int, msgspec.Meta(ge=0, le=WINDOW)]
+    sha256: Sha256
+
+    @classmethod
+    def of(cls, data: bytes | bytearray | memoryview) -> Digest:
+        return cls(length=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 class Position(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    input_bytes: int = 0  # of the input stream, always at a frame boundary
-    per_input: list[int] = msgspec.field(default_factory=list)
-    frames: int = 0
-    output_bytes: int = 0
+    input_bytes: Count = 0  # of the input stream, always at a frame boundary
+    per_input: list[Count] = msgspec.field(default_factory=list)
+    frames: Count = 0
+    output_bytes: Count = 0
+    # For a stream (stdin, a pipe or FIFO): its first bytes, and the bytes just before
+    # input_bytes. A resumed run reads past them and checks both before writing anything.
+    stream_head: Digest | None = None
+    stream_tail: Digest | None = None
+    # The output's last bytes before output_bytes: a resumed run checks them before it cuts
+    # the output there, so it never keeps (or truncates) a file that is not this run's output.
+    output_tail: Digest | None = None
+
+
+class OutputFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Which file the output was: a resume refuses another one (replaced, or a link swapped in)."""
+
+    device: int
+    inode: int
 
 
 class Failure(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -104,6 +175,7 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     command: Command
     inputs: list[InputRecord]
     output: str | None  # absolute path, or None for standard output
+    output_file: OutputFile | None = None
     position: Position
     status: Status = "running"
     failure: Failure | None = None
@@ -125,10 +197,19 @@ def now() -> str:
 
 
 def describe_input(path: str) -> InputRecord:
-    """The identity of an input as it is now: enough to tell later whether it is the same data."""
+    """The identity of an input as it is now: enough to tell later whether it is the same data.
+
+    Only regular files are opened: opening a FIFO and closing it again would end the stream
+    for its writer (and opening it may block until one comes).
+    """
     if path == "-":
         return _describe_fd("-", 0)
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return InputRecord(path=os.path.abspath(path), regular=False)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise IOFailure(f"cannot read input {path}: {error.strerror}") from None
     try:
         return _describe_fd(os.path.abspath(path), fd)
     finally:
@@ -153,7 +234,8 @@ def _describe_fd(path: str, fd: int) -> InputRecord:
 
 
 def load(path: str) -> Checkpoint | None:
-    """The checkpoint at `path`, or None if there is none. Raises CheckpointError if corrupt."""
+    """The checkpoint at `path`, or None if there is none. Raises CheckpointError if corrupt,
+    or if its values break a rule or contradict each other."""
     try:
         with open(path, "rb") as data:
             raw = data.read()
@@ -171,15 +253,66 @@ def load(path: str) -> Checkpoint | None:
             f"{FORMAT_VERSION}"
         )
     try:
-        return _decoder.decode(raw)
+        saved = _decoder.decode(raw)
+    except msgspec.ValidationError as error:
+        raise CheckpointError(f"checkpoint {path} is invalid: {error}") from None
     except msgspec.DecodeError as error:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {error}") from None
+    problem = inconsistency(saved)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: {problem}")
+    return saved
+
+
+def inconsistency(saved: Checkpoint) -> str | None:
+    """What contradicts itself in `saved` (each value was already checked on its own)."""
+    position = saved.position
+    if not saved.inputs:
+        return "it lists no input"
+    if len(position.per_input) != len(saved.inputs):
+        return f"{len(position.per_input)} per-input offsets for {len(saved.inputs)} inputs"
+    if sum(position.per_input) != position.input_bytes:
+        return (
+            f"the per-input offsets add up to {sum(position.per_input)}, not to the "
+            f"{position.input_bytes} input bytes done"
+        )
+    if position.frames > position.input_bytes:
+        return f"{position.frames} frames cannot come from {position.input_bytes} bytes"
+    if saved.output is None and position.output_tail is not None:
+        return "it has an output digest but no output file"
+    return None
 
 
 def save(path: str, checkpoint: Checkpoint) -> None:
-    """Replace the checkpoint at `path` atomically and durably."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Replace the checkpoint at `path` atomically and durably. Raises IOFailure."""
     data = msgspec.json.format(_encoder.encode(checkpoint), indent=2) + b"\n"
+    try:
+        _replace_durably(path, data)
+    except OSError as error:
+        raise IOFailure(f"cannot save checkpoint {path}: {error.strerror}") from None
+
+
+def check_writable(path: str) -> None:
+    """Fail now (IOFailure) if a checkpoint could not be saved at `path` later: a missing or
+    read-only folder, a full disk. Goes through every step of a save but the last rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".", suffix=".ckpt.probe", dir=folder)
+        try:
+            os.write(fd, b"{}\n")
+            os.fsync(fd)
+            os.rename(temp, temp + "2")
+            temp += "2"
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+    except OSError as error:
+        raise IOFailure(f"cannot save checkpoint {path}: {error.strerror}") from None
+
+
+def _replace_durably(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".", suffix=".ckpt.tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -209,18 +342,26 @@ def check_resumable(
     options: OutputOptions,
     inputs: Sequence[InputRecord],
     output: str | None,
-    output_size: int | None,
+    output_fd: int | None,
     force: bool,
     source: str,
 ) -> None:
     """Refuse (CheckpointError) when continuing from `saved` could not give correct output.
 
-    `force` overrides only the input-identity checks (inode, device, first-block hash).
+    `output_fd`: the output file, opened (and locked) but not yet changed. `force` overrides
+    only the identity checks by inode (an input or the output copied elsewhere) and an input's
+    first-block hash; never a check that the bytes to keep are the ones recorded.
     """
     if saved.module.sha256 != module.sha256:
+        recorded = text_path(saved.module.path)
+        what = (
+            f"changed since checkpoint {source} was written"
+            if recorded == module.path
+            else f"is not the module {recorded} that checkpoint {source} was written with"
+        )
         raise CheckpointError(
-            f"module {module.path} changed since checkpoint {source} was written (sha256 "
-            f"{saved.module.sha256[:12]}… then, {module.sha256[:12]}… now)"
+            f"module {module.path} {what} (sha256 {saved.module.sha256[:12]}… then, "
+            f"{module.sha256[:12]}… now)"
         )
     for field in OutputOptions.__struct_fields__:
         then, now_ = getattr(saved.options, field), getattr(options, field)
@@ -236,11 +377,54 @@ def check_resumable(
         raise CheckpointError(f"the output differs from the one recorded in checkpoint {source}")
     for then, current, done in zip(saved.inputs, inputs, saved.position.per_input, strict=False):
         _check_input(then, current, done, force, source)
-    if output is not None and (output_size or 0) < saved.position.output_bytes:
-        raise CheckpointError(
-            f"output {output} has {output_size or 0} bytes but checkpoint {source} records "
-            f"{saved.position.output_bytes} written: output was lost"
+    if output is not None and output_fd is not None:
+        _check_output(saved, text_path(output), output_fd, force, source)
+
+
+def _check_output(saved: Checkpoint, output: str, fd: int, force: bool, source: str) -> None:
+    info = os.fstat(fd)
+    recorded = saved.output_file
+    if (
+        recorded is not None
+        and not force
+        and (recorded.device, recorded.inode)
+        != (
+            info.st_dev,
+            info.st_ino,
         )
+    ):
+        raise CheckpointError(
+            f"output {output} is not the file recorded in checkpoint {source} (another inode: "
+            "replaced, or a link to another file); --force resumes anyway if it is a copy"
+        )
+    kept = saved.position.output_bytes
+    if info.st_size < kept:
+        raise CheckpointError(
+            f"output {output} has {info.st_size} bytes but checkpoint {source} records "
+            f"{kept} written: output was lost"
+        )
+    tail = saved.position.output_tail
+    if tail is not None and _digest_at(fd, tail.length, kept - tail.length) != tail:
+        raise CheckpointError(
+            f"output {output} does not hold the bytes checkpoint {source} records before offset "
+            f"{kept}: it is not this run's output"
+        )
+
+
+def output_tail(fd: int, size: int) -> Digest | None:
+    """The digest of the last WINDOW bytes (or fewer) before `size` in the output at `fd`;
+    None if the output cannot be read back (opened write-only)."""
+    length = min(WINDOW, size)
+    return _digest_at(fd, length, size - length)
+
+
+def _digest_at(fd: int, length: int, offset: int) -> Digest | None:
+    """The digest of `length` bytes at `offset`; None if they cannot all be read."""
+    try:
+        data = os.pread(fd, length, offset) if length else b""
+    except OSError:
+        return None
+    return Digest.of(data) if len(data) == length else None
 
 
 def _check_input(

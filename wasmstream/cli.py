@@ -21,7 +21,7 @@ from typing import NoReturn
 
 import click
 
-from . import interrupts
+from . import interrupts, stdio
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
 from .core import (
@@ -55,9 +55,21 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | int) -
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from importlib.metadata import version  # only here: importing it costs 20 ms at start-up
+    from importlib.metadata import PackageNotFoundError, version  # 20 ms: only when asked
 
-    click.echo(f"wasmstream {__version__} (wasmtime {version('wasmtime')})")
+    in_use = os.environ.get("WASMSTREAM_ENGINE") or DEFAULT_ENGINE
+    found = []
+    for name in ENGINE_NAMES:
+        try:
+            found.append((name, version(name)))
+        except PackageNotFoundError:
+            continue
+    engines = [f"{name} {number}" for name, number in found if name == in_use] or [
+        f"{in_use} (not installed)"
+    ]
+    others = [f"{name} {number}" for name, number in found if name != in_use]
+    also = f"; also installed: {', '.join(others)}" if others else ""
+    click.echo(f"wasmstream {__version__} (engine: {engines[0]}{also})")
     ctx.exit()
 
 
@@ -204,7 +216,7 @@ class Operator:
             _notice(message)
 
     def progress_factory(self) -> ProgressFactory | None:
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        show = self.progress if self.progress is not None else os.isatty(2)
         if not show or self.quiet:
             return None
         from .progress import ProgressDisplay  # rich is imported only when progress is shown
@@ -220,6 +232,9 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     except FramesFailed as failed:
         summary = failed.summary
         raise
+    except KeyboardInterrupt:
+        # Here rather than in main: click would print an empty line for it on the way out.
+        raise Interrupted() from None
     finally:
         if summary is not None and (operator.stats or operator.stats_json):
             from .progress import Stats, write_stats
@@ -704,6 +719,7 @@ def _error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: run the CLI and turn every outcome into an exit status."""
+    stdio.guard()  # before anything opens a file: see stdio.py
     signal.signal(signal.SIGTERM, _raise_terminated)
     # With -j N, four threads hand each frame on (reader, worker, writer); Python's default 5 ms
     # switch interval makes those hand-offs wait. 1 ms took a light guest's -j 2 run over
@@ -721,6 +737,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     os._exit(status)
 
 
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", None)  # click >= 8.2
+
+
 def _run_cli(argv: Sequence[str] | None) -> int:
     try:
         # Every option can also come from the environment: WASMSTREAM_RUN_JOBS=4 and so on.
@@ -731,6 +750,9 @@ def _run_cli(argv: Sequence[str] | None) -> int:
             auto_envvar_prefix="WASMSTREAM",
         )
     except click.exceptions.UsageError as error:
+        if _NoArgsIsHelp is not None and isinstance(error, _NoArgsIsHelp) and error.ctx:
+            click.echo(error.ctx.get_help())  # `wasmstream` alone: help, as click tools do
+            return ExitStatus.OK
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
         _error(f"{error.format_message()}{hint}")
         return ExitStatus.USAGE
@@ -742,10 +764,14 @@ def _run_cli(argv: Sequence[str] | None) -> int:
     except BrokenPipe:
         _quiet_stdout()
         return ExitStatus.BROKEN_PIPE
+    except Interrupted as error:
+        _notice(str(error))  # not an error: how far the run got, and how to go on
+        return error.status
     except WasmstreamError as error:
         _error(str(error))
         return error.status
     except KeyboardInterrupt:
+        _notice("interrupted")
         return ExitStatus.INTERRUPTED
     except Exception as error:  # a bug: say so in one line, with the trace only on request
         if os.environ.get("WASMSTREAM_DEBUG"):
@@ -758,4 +784,4 @@ def _run_cli(argv: Sequence[str] | None) -> int:
 def _quiet_stdout() -> None:
     """After EPIPE, keep Python's exit-time flush of stdout from complaining."""
     with contextlib.suppress(OSError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)

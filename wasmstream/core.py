@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shlex
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .abi import AbiOptions, GuestAbi, resolve_abi
 from .engines import (
@@ -24,7 +25,8 @@ from .engines import (
     Sandbox,
     get_engine,
 )
-from .errors import FramesFailed, ModuleError, UsageError
+from .errors import ExitStatus, FramesFailed, Interrupted, ModuleError, UsageError
+from .files import Role, RunFiles, check_distinct
 from .framing import (
     Buffer,
     Frame,
@@ -36,11 +38,18 @@ from .framing import (
 from .inputs import STDIN, ConcatenatedInput, check_inputs
 from .policy import DeadLetters, DropLog, FailureHandler
 from .pool import Overload, PoolSettings, Tally, run_frames
-from .sink import Sink
+from .sink import STDOUT, Sink
+from .units import format_size
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .resume import CheckpointPlan
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
 DEFAULT_LINGER = 0.1
+WASM32_MEMORY = 1 << 32  # a 32-bit guest addresses at most 4 GiB
+PAGE = 1 << 16
 
 Notify = Callable[[str], None]
 
@@ -103,6 +112,7 @@ class RunSummary:
     resumed_from: StartPoint | None = None
     checkpoints_written: int = 0
     skipped_records: int = 0
+    skipped_bytes: int = 0
     nothing_to_do: bool = False
 
 
@@ -166,10 +176,15 @@ def run(
     `complete`) and then raises FramesFailed, so the exit status still tells.
     """
     check_inputs(config.inputs)
+    check_distinct(
+        [Role("input", path) for path in config.inputs or (STDIN,)], _written_files(config)
+    )
+    check_frame_size(config.frame_size, config.sandbox.max_memory)
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
-        summary = _run_loaded(config, loaded, config_bytes, notify, progress)
+        with RunFiles(config.checkpoint, config.output) as files:
+            summary = _run_loaded(config, loaded, config_bytes, files, notify, progress)
     finally:
         loaded.engine.close()
     if summary.failures.failed:
@@ -179,10 +194,33 @@ def run(
     return summary
 
 
+def _written_files(config: RunConfig) -> list[Role]:
+    """Every file the run writes, for the same-file check."""
+    named = [
+        ("output", config.output or STDOUT),
+        ("checkpoint", config.checkpoint),
+        ("dead letters", config.dead_letter),
+        ("drop log", config.drop_log),
+    ]
+    return [Role(what, path) for what, path in named if path is not None]
+
+
+def check_frame_size(frame_size: int, max_memory: int | None) -> None:
+    """A frame lives in the guest's linear memory (32-bit: 4 GiB at most), within --max-memory:
+    refuse a frame size that can never fit now, not after gigabytes of allocation."""
+    limit = min(max_memory or WASM32_MEMORY, WASM32_MEMORY)
+    if frame_size > limit - PAGE:
+        raise UsageError(
+            f"a frame of {format_size(frame_size)} cannot fit in guest memory, which is limited "
+            f"to {format_size(limit)}: choose a smaller frame size or a larger memory limit"
+        )
+
+
 def _run_loaded(
     config: RunConfig,
     loaded: LoadedModule,
     config_bytes: bytes,
+    files: RunFiles,
     notify: Notify,
     progress: ProgressFactory | None,
 ) -> RunSummary:
@@ -190,48 +228,93 @@ def _run_loaded(
     if config.checkpoint is not None:
         from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
 
-        plan = CheckpointPlan(config, loaded, config_bytes, notify)
+        plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd)
     start = plan.start if plan else StartPoint()
     summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
     if plan is not None and plan.nothing_new():
         notify(f"nothing new to process since checkpoint {config.checkpoint}")
         summary.nothing_to_do = True
         return summary
-    stream = ConcatenatedInput(config.inputs, start.per_input, notify)
+    watch = plan is not None and plan.watches_stream
+    stream = ConcatenatedInput(config.inputs, start.per_input, notify, keep_head=watch)
+    try:
+        if plan is not None and plan.saved:
+            stream.skip_to_start()  # a stream that does not hold what was done is refused here
+            plan.check_stream(stream)
+        summary = _run_stream(
+            config, loaded, config_bytes, files, plan, stream, summary, start, progress
+        )
+    finally:
+        stream.close()
+    _report_losses(summary, notify)
+    return summary
+
+
+def _run_stream(
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    files: RunFiles,
+    plan: CheckpointPlan | None,
+    stream: ConcatenatedInput,
+    summary: RunSummary,
+    start: StartPoint,
+    progress: ProgressFactory | None,
+) -> RunSummary:
     frames, skipped = _framer(config, _TimedInput(stream, summary.tally), start)
-    # Opened only now: the module is usable and the checkpoint agrees with this run.
+    # Only now is the output cut: the module is usable and the checkpoint agrees with this run.
     sink = Sink(
         config.output,
         keep=start.output_bytes if plan and plan.saved else None,
         durable=plan is not None,
+        fd=files.output_fd,
     )
+    files.output_used()
     logs = _Logs(config, summary)
     journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally) if plan else None
+    watch = plan is not None and plan.watches_stream
     try:
         with _progress(progress, summary.tally, config, start):
             run_frames(
                 frames,
                 lambda: loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes),
                 _timed_write(sink, summary.tally),
-                _pool_settings(config, direct_read=not config.framing.record_based),
+                # Frames go straight into guest memory unless the framing carries bytes across
+                # frames, or a watched stream's frames must stay intact until written.
+                _pool_settings(config, direct_read=not config.framing.record_based and not watch),
                 summary.tally,
                 summary.failures,
             )
     except BaseException as error:
         if journal is not None:
             journal.finish(error)
+        if isinstance(error, (KeyboardInterrupt, Interrupted)):
+            raise _stopped(error, journal, config.checkpoint) from None
         raise
     else:
         if journal is not None:
             journal.finish(None)
     finally:
-        stream.close()
         sink.close()
         logs.close()
         summary.checkpoints_written = journal.saves if journal else 0
-    summary.skipped_records = skipped.records
-    _report_losses(summary.tally, skipped, notify)
+        summary.skipped_records = skipped.records
+        summary.skipped_bytes = skipped.bytes
     return summary
+
+
+def _stopped(
+    error: KeyboardInterrupt | Interrupted, journal: Journal | None, checkpoint: str | None
+) -> Interrupted:
+    """A signal stopped the run: say how far it got and how to go on."""
+    status = error.status if isinstance(error, Interrupted) else ExitStatus.INTERRUPTED
+    if journal is None or checkpoint is None:
+        return Interrupted(status)
+    return Interrupted(
+        status,
+        f"interrupted at {journal.input_bytes} input bytes; continue with: "
+        f"wasmstream resume --checkpoint {shlex.quote(checkpoint)}",
+    )
 
 
 def _framer(
@@ -328,12 +411,15 @@ def _total_input(inputs: tuple[str, ...]) -> int | None:
     return total
 
 
-def _report_losses(tally: Tally, skipped: Skipped, notify: Notify) -> None:
+def _report_losses(summary: RunSummary, notify: Notify) -> None:
     """Deliberate loss is accounted, never silent."""
+    tally = summary.tally
     if tally.dropped:
         notify(f"dropped {tally.dropped} of {tally.frames} frames: the queue was full")
-    if skipped.records:
-        notify(f"skipped {skipped.records} oversized records ({skipped.bytes} bytes)")
+    if summary.skipped_records:
+        notify(
+            f"skipped {summary.skipped_records} oversized records ({summary.skipped_bytes} bytes)"
+        )
 
 
 def _with_default_linger(spec: FramingSpec, inputs: tuple[str, ...]) -> FramingSpec:

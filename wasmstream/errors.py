@@ -23,7 +23,7 @@ class ExitStatus(enum.IntEnum):
     OUT_OF_FUEL = 6  # a frame used up --fuel
     MEMORY_LIMIT = 7  # an instance hit --max-memory
     IO_ERROR = 8  # input unreadable, output unwritable
-    CHECKPOINT = 9  # checkpoint corrupt, or resuming from it would be wrong
+    CHECKPOINT = 9  # checkpoint corrupt, resuming would be wrong, or another run holds it
     FRAMES_FAILED = 10  # completed under --on-error skip|passthrough, but some frames failed
     FRAMING = 11  # a record larger than the frame size (--oversize error)
     BROKEN_PIPE = 141  # downstream closed the pipe: 128 + SIGPIPE, as coreutils exit
@@ -59,6 +59,12 @@ class FramingError(WasmstreamError):
 
 class CheckpointError(WasmstreamError):
     """A checkpoint is corrupt, of an unknown version, or does not match this run."""
+
+    status = ExitStatus.CHECKPOINT
+
+
+class RunLocked(WasmstreamError):
+    """Another run holds the lock on this run's checkpoint or output: refused before any change."""
 
     status = ExitStatus.CHECKPOINT
 
@@ -143,6 +149,8 @@ class BrokenPipe(WasmstreamError):
 class Interrupted(WasmstreamError):
     """SIGINT or SIGTERM: the run stopped early, keeping what was written."""
 
-    def __init__(self, status: ExitStatus = ExitStatus.INTERRUPTED) -> None:
-        super().__init__("interrupted")
+    def __init__(
+        self, status: ExitStatus = ExitStatus.INTERRUPTED, message: str = "interrupted"
+    ) -> None:
+        super().__init__(message)
         self.status = status

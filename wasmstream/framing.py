@@ -258,13 +258,13 @@ def _record_length(buffer: Buffer, filled: int, spec: FramingSpec) -> int | None
 def _oversize_error(
     stream: ReadableInto, buffer: Buffer, filled: int, offset: int, spec: FramingSpec
 ) -> FramingError:
+    """Reported as soon as a record is known not to fit: the input is not read on to find the
+    record's end, which on an endless stream (`/dev/zero --framing lines`) never comes."""
     length = _record_length(buffer, filled, spec)
-    if length is None:  # measure it: read on to its delimiter, keeping nothing
-        _, gone, _ = _skip_record(stream, buffer, filled, spec, False)
-        length = gone
+    size = f"{length} bytes" if length is not None else f"at least {filled + 1} bytes"
     return FramingError(
-        f"record at offset {offset} is {length} bytes, larger than the frame size "
-        f"({len(buffer)} bytes); raise --frame-size, or use --oversize split|skip"
+        f"record at offset {offset} is {size}, larger than the frame size "
+        f"({len(buffer)} bytes); raise the frame size, or split or skip oversized records"
     )
 
 

@@ -11,19 +11,23 @@ import io
 import os
 import select
 import stat
-import sys
 from collections.abc import Callable, Sequence
 
-from .errors import IOFailure
+from .errors import CheckpointError, IOFailure, UsageError
 from .pipes import enlarge_pipe
+from .stdio import was_closed
 
 STDIN = "-"
+STDIN_FD = 0  # not sys.stdin: Python sets that to None when descriptor 0 was closed
+WINDOW = 64 * 1024  # how much of a stream's head and tail a checkpoint recognises it by
 
 
 def check_inputs(paths: Sequence[str]) -> None:
     """Fail before any output is produced if an input is missing, a directory or unreadable."""
-    for path in paths:
+    for path in paths or (STDIN,):
         if path == STDIN:
+            if was_closed(STDIN_FD):
+                raise UsageError("standard input is closed: give an INPUT file, or data on stdin")
             continue
         try:
             mode = os.stat(path).st_mode
@@ -47,13 +51,20 @@ class _Span:
 
 
 class ConcatenatedInput:
-    """`readinto` over several inputs in turn, as if they were one file."""
+    """`readinto` over several inputs in turn, as if they were one file.
+
+    A resumed run first calls `skip_to_start`, which reads (or seeks) past what the checkpoint
+    says is done, before any output is touched. `head` keeps the stream's first WINDOW bytes and
+    `skipped_tail` the last WINDOW bytes before the start, so that the resumed run can check it
+    is reading the stream it recorded (a pipe has no inode to compare).
+    """
 
     def __init__(
         self,
         paths: Sequence[str],
         start_at: Sequence[int] = (),
         notify: Callable[[str], None] = lambda message: None,
+        keep_head: bool = False,
     ) -> None:
         self.paths = list(paths) or [STDIN]
         self._start_at = list(start_at) or [0] * len(self.paths)
@@ -61,6 +72,9 @@ class ConcatenatedInput:
         self._spans: list[_Span] = []
         self._current: io.FileIO | None = None
         self._stream_position = 0
+        self.head = bytearray()
+        self._keep_head = keep_head
+        self.skipped_tail = b""
 
     def readinto(self, buffer: memoryview, /) -> int:
         while True:
@@ -76,8 +90,24 @@ class ConcatenatedInput:
             if got:
                 self._spans[-1].read += got
                 self._stream_position += got
+                if self._keep_head and len(self.head) < WINDOW:
+                    self.head += buffer[: min(got, WINDOW - len(self.head))]
                 return got
             self._close_current()
+
+    def skip_to_start(self) -> None:
+        """Open every input the checkpoint says was started and move past what it says is done.
+
+        Raises CheckpointError when an input ends before that point: it is not the data that
+        was processed (a stdin resumed from /dev/null, a truncated file).
+        """
+        last = max((n for n, skip in enumerate(self._start_at) if skip), default=-1)
+        tail = bytearray()
+        while len(self._spans) <= last:
+            if self._current is not None:
+                self._close_current()
+            self._open_next(tail)
+        self.skipped_tail = bytes(tail)
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether input (or its end) arrives within `timeout` seconds: for --linger."""
@@ -96,37 +126,59 @@ class ConcatenatedInput:
 
     def _name(self) -> str:
         path = self.paths[len(self._spans) - 1]
-        return "<stdin>" if path == STDIN else path
+        return "standard input" if path == STDIN else path
 
-    def _open_next(self) -> None:
+    def _open_next(self, tail: bytearray | None = None) -> None:
         path = self.paths[len(self._spans)]
         skip = self._start_at[len(self._spans)]
         self._spans.append(_Span(self._stream_position, skip))
         try:
             if path == STDIN:
-                enlarge_pipe(sys.stdin.fileno())
-                self._current = io.FileIO(sys.stdin.fileno(), "rb", closefd=False)
+                enlarge_pipe(STDIN_FD)
+                self._current = io.FileIO(STDIN_FD, "rb", closefd=False)
             else:
                 self._current = io.FileIO(path, "rb")
-            if skip:
-                self._skip(self._current, skip)
+        except OSError as error:
+            raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
+        if skip:
+            self._skip(self._current, skip, tail if tail is not None else bytearray())
+
+    def _skip(self, stream: io.FileIO, count: int, tail: bytearray) -> None:
+        """Move past `count` bytes of `stream`, keeping the head and tail windows of them."""
+        try:
+            if stream.seekable() and os.fstat(stream.fileno()).st_size >= count:
+                self._keep(tail, os.pread(stream.fileno(), min(count, WINDOW), 0), count)
+                stream.seek(count)
+                return
+            self._notify(f"discarding the first {count} bytes of {self._name()}: already processed")
+            self._discard(stream, count, tail)
         except OSError as error:
             raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
 
-    def _skip(self, stream: io.FileIO, count: int) -> None:
-        if stream.seekable():
-            stream.seek(count)
-            return
-        self._notify(f"discarding the first {count} bytes of {self._name()}: already processed")
+    def _keep(self, tail: bytearray, head_part: bytes, count: int) -> None:
+        """Windows of a seekable input's first `count` bytes (read by pread, not in full)."""
+        if len(self.head) < WINDOW:
+            self.head += head_part[: WINDOW - len(self.head)]
+        fd = self._current.fileno() if self._current else -1
+        length = min(count, WINDOW)
+        tail += os.pread(fd, length, count - length)
+        del tail[:-WINDOW]
+
+    def _discard(self, stream: io.FileIO, count: int, tail: bytearray) -> None:
         scratch = bytearray(min(count, 1 << 20))
         remaining = count
         while remaining:
-            got = stream.readinto(memoryview(scratch)[: min(remaining, len(scratch))])
+            view = memoryview(scratch)[: min(remaining, len(scratch))]
+            got = stream.readinto(view)
             if not got:
-                raise IOFailure(
+                raise CheckpointError(
                     f"input {self._name()} ended after {count - remaining} bytes, before the "
-                    f"{count} already processed"
+                    f"{count} already processed: it is not the data the checkpoint describes"
                 )
+            if len(self.head) < WINDOW:
+                self.head += view[: min(got, WINDOW - len(self.head))]
+            tail += view[max(0, got - WINDOW) : got]
+            del tail[:-WINDOW]
             remaining -= got
 
     def _close_current(self) -> None:

@@ -20,15 +20,17 @@ from .abi import (
     WASI_MODULE,
     AbiOptions,
     ExportDesc,
+    GuestAbi,
     ModuleInfo,
     ResultKind,
     resolve_abi,
 )
-from .engines import get_engine
-from .errors import CheckpointError, ModuleError
+from .engines import CompiledModule, Sandbox, get_engine
+from .errors import CheckpointError, GuestError, ModuleError
 from .units import format_size
 
 PAGE = 65536
+START_TIMEOUT = 2.0  # seconds an instance may take to start when inspect tries one
 RESULT_FORMS = {
     ResultKind.IN_PLACE: "i32: the output is in place",
     ResultKind.PACKED: "i64: the output is elsewhere, packed (ptr << 32 | len)",
@@ -42,11 +44,20 @@ def inspect_module(path: str, options: AbiOptions) -> dict[str, Any]:
             wasm = module_file.read()
     except OSError as error:
         raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
-    engine = get_engine("wasmtime", cache=False)
+    # A deadline, so that a module whose start function never returns cannot hang inspect.
+    engine = get_engine("wasmtime", Sandbox(timeout=START_TIMEOUT), cache=False)
     try:
-        info = engine.compile(wasm, path).info
+        compiled = engine.compile(wasm, path)
+        report = _report(path, wasm, compiled, options)
     finally:
         engine.close()
+    return report
+
+
+def _report(
+    path: str, wasm: bytes, compiled: CompiledModule, options: AbiOptions
+) -> dict[str, Any]:
+    info = compiled.info
     report: dict[str, Any] = {
         "module": path,
         "size": len(wasm),
@@ -61,6 +72,12 @@ def inspect_module(path: str, options: AbiOptions) -> dict[str, Any]:
         report["problem"] = str(error).removeprefix(f"{path}: ")
         report["missing"] = _missing(info, options)
         return report
+    problem = None if abi.command else _start_problem(compiled, abi)
+    if problem is not None:
+        report["abi"] = None
+        report["problem"] = problem
+        report["missing"] = []
+        return report
     if abi.command:
         mode = "WASI command: _start runs once per frame, frame on stdin, output from stdout"
         report["abi"] = {"mode": mode}
@@ -74,6 +91,16 @@ def inspect_module(path: str, options: AbiOptions) -> dict[str, Any]:
         }
     report["missing"] = []
     return report
+
+
+def _start_problem(compiled: CompiledModule, abi: GuestAbi) -> str | None:
+    """Why an instance cannot start (a start function or _initialize that traps or never
+    returns, an allocator that fails), or None: "ready to run" must mean it."""
+    try:
+        compiled.instantiate(abi, PAGE, b"").close()
+    except (GuestError, ModuleError) as error:
+        return str(error)
+    return None
 
 
 def _export(export: ExportDesc) -> str:

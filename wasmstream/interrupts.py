@@ -17,6 +17,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _hooks: list[Callable[[], None]] = []
 _lock = threading.Lock()
@@ -52,3 +55,27 @@ def _watch(read_end: int) -> None:
                 hooks = list(_hooks)
             for hook in hooks:
                 hook()
+
+
+def interruptible(work: Callable[[], T]) -> T:
+    """`work()`, run on a helper thread while the calling thread waits where signals reach it.
+
+    For long C calls that release the GIL but cannot be interrupted themselves (compiling a
+    large module takes seconds; Ctrl-C would only act once it returned). A signal raises in the
+    waiting thread at once; the helper thread is a daemon and dies with the process.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as error:
+            failure.append(error)
+
+    helper = threading.Thread(target=target, name="wasmstream-compile", daemon=True)
+    helper.start()
+    helper.join()  # lock waits are interrupted by signals: KeyboardInterrupt raises here
+    if failure:
+        raise failure[0]
+    return outcome[0]

@@ -6,6 +6,7 @@ Called in input order, by whichever thread writes the output, so dead letters ar
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 from collections import Counter
@@ -25,19 +26,28 @@ class JsonLines:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
         except OSError as error:
             raise IOFailure(f"cannot write {self.what} {path}: {error.strerror}") from None
 
     def write_record(self, record: dict[str, object]) -> None:
+        """Append one whole line, or nothing: a short write (a full disk) is cut off again, so
+        the file never ends in half a JSON line that breaks every reader after it."""
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         try:
-            os.write(self._fd, line)  # O_APPEND: one write, one whole line
+            before = os.fstat(self._fd).st_size
+            written = os.write(self._fd, line)  # O_APPEND: one write, one whole line
+            if written != len(line):
+                os.ftruncate(self._fd, before)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as error:
             raise IOFailure(f"cannot write {self.what} {self.path}: {error.strerror}") from None
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as error:
+            raise IOFailure(f"cannot write {self.what} {self.path}: {error.strerror}") from None
 
     def close(self) -> None:
         os.close(self._fd)

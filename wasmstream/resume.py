@@ -16,12 +16,21 @@ import msgspec
 from . import checkpoint
 from ._version import __version__
 from .abi import AbiOptions
-from .checkpoint import Checkpoint, Command, ModuleRecord, OutputOptions, Position
+from .checkpoint import (
+    Checkpoint,
+    Command,
+    Digest,
+    InputRecord,
+    ModuleRecord,
+    OutputFile,
+    OutputOptions,
+    Position,
+)
 from .engines import DirGrant, Sandbox
 from .errors import CheckpointError
 from .framing import Framing, FramingSpec, Oversize
 from .inputs import STDIN, ConcatenatedInput
-from .journal import Journal
+from .journal import Journal, StreamTail
 from .pool import Overload
 
 if TYPE_CHECKING:
@@ -30,14 +39,44 @@ if TYPE_CHECKING:
 
 
 class CheckpointPlan:
-    """The checkpoint side of a run: its record, where it starts, and its journal."""
+    """The checkpoint side of a run: its record, where it starts, and its journal.
+
+    Made while the run holds its locks and before anything is written: every refusal here
+    leaves the checkpoint, the output and the logs as they were.
+    """
 
     def __init__(
-        self, config: RunConfig, loaded: LoadedModule, config_bytes: bytes, notify: Notify
+        self,
+        config: RunConfig,
+        loaded: LoadedModule,
+        config_bytes: bytes,
+        notify: Notify,
+        output_fd: int | None,
     ) -> None:
+        assert config.checkpoint is not None
         self.config = config
-        self.record = new_record(config, loaded, config_bytes)
-        self.saved = previous_checkpoint(config, self.record, notify)
+        self.output_fd = output_fd
+        self.record = new_record(config, loaded, config_bytes, output_fd)
+        self.replaces = config.restart
+        self.saved = self._previous(notify)
+        checkpoint.check_writable(config.checkpoint)  # a full disk fails now, not mid-run
+
+    def _previous(self, notify: Notify) -> Checkpoint | None:
+        config = self.config
+        assert config.checkpoint is not None
+        if config.restart:
+            return None  # asked to start over: the old checkpoint is replaced, unread
+        saved = checkpoint.load(config.checkpoint)
+        if saved is not None and not config.resume and saved.status == "complete":
+            notify(f"starting over: checkpoint {config.checkpoint} is of a finished run")
+            self.replaces = True
+            return None
+        return previous_checkpoint(config, self.record, saved, notify, self.output_fd)
+
+    @property
+    def watches_stream(self) -> bool:
+        """Whether an input can only be recognised by its bytes (stdin, a pipe, a FIFO)."""
+        return any(not i.regular or i.path == STDIN for i in self.record.inputs)
 
     @property
     def start(self) -> StartPoint:
@@ -53,12 +92,33 @@ class CheckpointPlan:
     def nothing_new(self) -> bool:
         return self.saved is not None and nothing_new(self.saved, self.record)
 
+    def check_stream(self, stream: ConcatenatedInput) -> None:
+        """After `stream.skip_to_start`: refuse a stream whose bytes before the start are not
+        the ones recorded (another file on stdin, a pipe fed other data). --force overrides."""
+        assert self.saved is not None
+        position = self.saved.position
+        if self.config.force:
+            return
+        for what, digest, data in (
+            ("first", position.stream_head, bytes(stream.head)),
+            ("last", position.stream_tail, stream.skipped_tail),
+        ):
+            if digest is None:
+                continue
+            window = data[: digest.length] if what == "first" else data[-digest.length :]
+            if digest.length and (len(window) != digest.length or Digest.of(window) != digest):
+                raise CheckpointError(
+                    f"the input's {what} {digest.length} bytes before offset "
+                    f"{position.input_bytes} differ from those recorded in checkpoint "
+                    f"{self.config.checkpoint}: it is not the same data; --force resumes anyway"
+                )
+
     def open_journal(
         self, syncs: list[Callable[[], None]], stream: ConcatenatedInput, tally: Tally
     ) -> Journal:
-        """The journal. Under --restart a first checkpoint replaces the old one at once (it
-        describes output this run has just truncated); otherwise what is on disk already
-        describes where this run starts (a resumed checkpoint, or none: start afresh)."""
+        """The journal. When this run replaces an old checkpoint (--restart, or a finished
+        run's), a first save replaces it at once: it describes output this run has just
+        truncated. Otherwise what is on disk already describes where this run starts."""
         config = self.config
         assert config.checkpoint is not None
         journal = Journal(
@@ -68,24 +128,33 @@ class CheckpointPlan:
             stream=stream,
             tally=tally,
             clock=checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every),
+            stream_tail=StreamTail(stream.skipped_tail) if self.watches_stream else None,
+            output_fd=self.output_fd,
         )
-        if config.restart:
+        if self.replaces:
             journal.save("running")
-        tally.on_frame_written.append(journal.frame_written)
         return journal
 
 
-def new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> Checkpoint:
+def new_record(
+    config: RunConfig, loaded: LoadedModule, config_bytes: bytes, output_fd: int | None
+) -> Checkpoint:
     """The checkpoint this run would write, at position zero."""
     stamp = checkpoint.now()
     sandbox = config.sandbox
     output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))
+    output_file = None
+    if output_fd is not None:
+        info = os.fstat(output_fd)
+        output_file = OutputFile(device=info.st_dev, inode=info.st_ino)
+    text = checkpoint.path_text
+    optional = checkpoint.optional_path_text
     return Checkpoint(
         version=checkpoint.FORMAT_VERSION,
         wasmstream_version=__version__,
         engine=loaded.engine.name,
         engine_version=loaded.engine.version(),
-        module=ModuleRecord(path=os.path.abspath(config.module), sha256=loaded.sha256),
+        module=ModuleRecord(path=text(os.path.abspath(config.module)), sha256=loaded.sha256),
         options=OutputOptions(
             function=config.abi.function,
             alloc=config.abi.alloc,
@@ -96,11 +165,11 @@ def new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> 
             framing=config.framing.framing.value,
             delimiter=config.framing.delimiter.decode("latin-1"),
             oversize=config.framing.oversize.value,
-            on_error=config.on_error,
+            on_error=config.on_error,  # type: ignore[arg-type]
             wasi_command=config.abi.wasi_command,
         ),
         command=Command(
-            config_arg=config.config_arg,
+            config_arg=optional(config.config_arg),
             jobs=config.jobs,
             queue_depth=config.queue_depth,
             checkpoint_interval=config.checkpoint_interval,
@@ -110,27 +179,36 @@ def new_record(config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> 
             max_memory=sandbox.max_memory,
             max_output=sandbox.max_output,
             env=list(sandbox.env),
-            dirs=[(d.host, d.guest, d.writable) for d in sandbox.dirs],
-            dead_letter=config.dead_letter and os.path.abspath(config.dead_letter),
+            dirs=[(text(d.host), d.guest, d.writable) for d in sandbox.dirs],
+            dead_letter=optional(config.dead_letter and os.path.abspath(config.dead_letter)),
             linger=config.framing.linger,
             overload=str(config.overload),
-            drop_log=config.drop_log and os.path.abspath(config.drop_log),
+            drop_log=optional(config.drop_log and os.path.abspath(config.drop_log)),
         ),
-        inputs=[checkpoint.describe_input(path) for path in (config.inputs or (STDIN,))],
-        output=output,
+        inputs=[_input_record(path) for path in (config.inputs or (STDIN,))],
+        output=optional(output),
+        output_file=output_file,
         position=Position(per_input=[0] * max(len(config.inputs), 1)),
         created=stamp,
         updated=stamp,
     )
 
 
-def previous_checkpoint(config: RunConfig, record: Checkpoint, notify: Notify) -> Checkpoint | None:
+def _input_record(path: str) -> InputRecord:
+    record = checkpoint.describe_input(path)
+    return msgspec.structs.replace(record, path=checkpoint.path_text(record.path))
+
+
+def previous_checkpoint(
+    config: RunConfig,
+    record: Checkpoint,
+    saved: Checkpoint | None,
+    notify: Notify,
+    output_fd: int | None,
+) -> Checkpoint | None:
     """The checkpoint to continue from, after checking that continuing is right; or None."""
     path = config.checkpoint
     assert path is not None
-    if config.restart:
-        return None  # asked to start over: the old checkpoint is replaced, unread
-    saved = checkpoint.load(path)
     if saved is None:
         if config.resume:
             notify(f"no checkpoint at {path}: starting from the beginning")
@@ -147,14 +225,13 @@ def previous_checkpoint(config: RunConfig, record: Checkpoint, notify: Notify) -
             f"checkpoint {path} was written by the {saved.engine} engine: resume it with "
             f"--engine {saved.engine} (another engine is not guaranteed to give identical output)"
         )
-    output_size = _size_or_none(record.output)
     checkpoint.check_resumable(
         saved,
-        module=record.module,
+        module=ModuleRecord(path=os.path.abspath(config.module), sha256=record.module.sha256),
         options=record.options,
         inputs=record.inputs,
         output=record.output,
-        output_size=output_size,
+        output_fd=output_fd,
         force=config.force,
         source=path,
     )
@@ -187,15 +264,6 @@ def with_position(record: Checkpoint, saved: Checkpoint | None) -> Checkpoint:
     return msgspec.structs.replace(record, position=saved.position, created=saved.created)
 
 
-def _size_or_none(path: str | None) -> int | None:
-    if path is None:
-        return None
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
 def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None) -> RunConfig:
     """The run recorded in the checkpoint at `path`; only -j and the queue depth may change."""
     from .core import RunConfig
@@ -204,10 +272,12 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
     if saved is None:
         raise CheckpointError(f"no checkpoint at {path}")
     options, command = saved.options, saved.command
+    path_of = checkpoint.text_path
+    optional = checkpoint.optional_text_path
     return RunConfig(
-        module=saved.module.path,
-        inputs=tuple(i.path for i in saved.inputs),
-        output=saved.output,
+        module=path_of(saved.module.path),
+        inputs=tuple(path_of(i.path) for i in saved.inputs),
+        output=optional(saved.output),
         frame_size=options.frame_size,
         jobs=jobs or command.jobs,
         queue_depth=queue_depth if queue_depth is not None else command.queue_depth,
@@ -218,7 +288,7 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
             init=options.init,
             wasi_command=options.wasi_command,
         ),
-        config_arg=command.config_arg,
+        config_arg=optional(command.config_arg),
         engine=saved.engine,
         sandbox=Sandbox(
             timeout=command.timeout,
@@ -226,10 +296,12 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
             max_memory=command.max_memory,
             max_output=command.max_output,
             env=tuple(command.env),
-            dirs=tuple(DirGrant(host, guest, writable) for host, guest, writable in command.dirs),
+            dirs=tuple(
+                DirGrant(path_of(host), guest, writable) for host, guest, writable in command.dirs
+            ),
         ),
         on_error=options.on_error,
-        dead_letter=command.dead_letter,
+        dead_letter=optional(command.dead_letter),
         framing=FramingSpec(
             framing=Framing(options.framing),
             delimiter=options.delimiter.encode("latin-1"),
@@ -237,7 +309,7 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
             linger=command.linger,
         ),
         overload=Overload.parse(command.overload),
-        drop_log=command.drop_log,
+        drop_log=optional(command.drop_log),
         checkpoint=path,
         checkpoint_interval=command.checkpoint_interval,
         checkpoint_every=command.checkpoint_every,

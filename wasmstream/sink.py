@@ -10,13 +10,14 @@ import ctypes
 import errno
 import os
 import stat
-import sys
 from collections.abc import Callable
 
 from .errors import BrokenPipe, IOFailure
 from .pipes import enlarge_pipe
+from .stdio import was_closed
 
 STDOUT = "-"
+STDOUT_FD = 1  # not sys.stdout: Python sets that to None when descriptor 1 was closed
 
 
 WRITEBACK_STRIDE = 8 << 20
@@ -37,38 +38,58 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 class Sink:
     """The output. `keep`: resume after that many bytes of an existing file (None: truncate).
 
+    `fd`: the output file already opened (and locked) by the caller, who closes it; without it,
+    the sink opens `path` itself. Either way, nothing is truncated before the sink is made, which
+    is after every check of the run has passed.
+
     `durable`: the output will be fsynced at checkpoints. Writeback of a regular file is then
     started every few MiB (sync_file_range, asynchronous), so that a checkpoint's fsync finds
     little left to write instead of stalling the run while the whole backlog reaches the disk.
     """
 
-    def __init__(self, path: str | None, keep: int | None = None, durable: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        keep: int | None = None,
+        durable: bool = False,
+        fd: int | None = None,
+    ) -> None:
         self.path = path if path not in (None, STDOUT) else None
-        self.name = self.path or "<stdout>"
+        self.name = self.path or "standard output"
+        self._owned = fd is None and self.path is not None
         if self.path is None:
-            self._fd = sys.stdout.fileno()
-            self._owned = False
+            self._fd = STDOUT_FD
+            _check_open(STDOUT_FD)
             enlarge_pipe(self._fd)
+        elif fd is None:
+            self._fd = self._open(self.path)
         else:
-            self._fd = self._open(self.path, keep)
-            self._owned = True
+            self._fd = fd
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        if self.path is not None and self._regular:
+            self._cut(keep or 0)
         self._writeback = _sync_file_range() if durable and self._regular else None
         self._position = os.lseek(self._fd, 0, os.SEEK_CUR) if self._writeback else 0
         self._pushed = self._position
 
-    def _open(self, path: str, keep: int | None) -> int:
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def _open(self, path: str) -> int:
         try:
-            if keep is None:
-                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
-            # Whatever follows the last checkpoint was written by a run that did not finish:
-            # cut it, so that the resumed run's output follows on exactly once.
-            os.ftruncate(fd, keep)
-            os.lseek(fd, keep, os.SEEK_SET)
-            return fd
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as error:
             raise IOFailure(f"cannot write output {path}: {error.strerror}") from None
+
+    def _cut(self, keep: int) -> None:
+        """Whatever follows the last checkpoint was written by a run that did not finish: cut
+        it, so that the resumed run's output follows on exactly once (0: a fresh run)."""
+        try:
+            os.ftruncate(self._fd, keep)
+            os.lseek(self._fd, keep, os.SEEK_SET)
+        except OSError as error:
+            raise IOFailure(f"cannot write output {self.name}: {error.strerror}") from None
 
     def sync(self) -> None:
         """Make everything written so far durable (a no-op for pipes and terminals)."""
@@ -103,3 +124,9 @@ class Sink:
         if self._owned:
             self._owned = False
             os.close(self._fd)
+
+
+def _check_open(fd: int) -> None:
+    """Standard output closed (`>&-`): say so now, rather than lose the output later."""
+    if was_closed(fd):
+        raise IOFailure("cannot write output to standard output: it is closed")

@@ -149,12 +149,12 @@ class WasmtimeEngine:
         module = self._from_cache(wasm)
         if module is None:
             try:
-                module = wasmtime.Module(self._engine, wasm)
+                module = interrupts.interruptible(lambda: wasmtime.Module(self._engine, wasm))
             except wasmtime.WasmtimeError as error:
                 message = _one_line(str(error))
                 raise ModuleError(f"{source}: invalid WebAssembly: {message}") from None
             if self._cache is not None:
-                self._cache.store(self._cache_name(wasm), bytes(module.serialize()))
+                self._cache.store(self._cache_name(wasm), wasm, bytes(module.serialize()))
         return WasmtimeModule(self, module, source)
 
     def _cache_name(self, wasm: bytes) -> str:
@@ -164,11 +164,11 @@ class WasmtimeEngine:
         if self._cache is None:
             return None
         name = self._cache_name(wasm)
-        artifact = self._cache.find(name)
+        artifact = self._cache.load(name, wasm)
         if artifact is None:
             return None
         try:  # wasmtime checks the artifact's header: engine version, settings, integrity
-            return wasmtime.Module.deserialize_file(self._engine, str(artifact))
+            return wasmtime.Module.deserialize(self._engine, artifact)
         except wasmtime.WasmtimeError:
             self._cache.discard(name)  # corrupt or stale: compile afresh and replace it
             return None
@@ -211,9 +211,7 @@ class _Guard:
 
         `exit_ok`: a WASI proc_exit(0) is a normal return (a command's end), not an error.
         """
-        self._store.set_epoch_deadline(self._deadline_ticks)
-        if self._sandbox.fuel is not None:
-            self._store.set_fuel(self._sandbox.fuel)
+        self.arm()
         try:
             return func(*args)
         except wasmtime.Trap as trap:
@@ -224,6 +222,22 @@ class _Guard:
             raise GuestExit(f"guest exited with status {exit_trap.code}") from None
         except wasmtime.WasmtimeError as error:
             raise GuestTrap(f"guest failed: {_one_line(str(error))}") from None
+
+    def arm(self) -> None:
+        """Fresh limits for what runs next: a call, or a module's start function (which runs
+        while it is instantiated, and without a deadline would trap at once)."""
+        self._store.set_epoch_deadline(self._deadline_ticks)
+        if self._sandbox.fuel is not None:
+            self._store.set_fuel(self._sandbox.fuel)
+
+    def starting(self, trap: wasmtime.Trap) -> GuestError | Interrupted:
+        """A trap in a module's start function, as a StartupError naming the limit it hit."""
+        error = self._classify(trap)
+        if isinstance(error, Interrupted):
+            return error
+        starting = StartupError(f"start function: {error.what}")
+        starting.status = error.status  # a limit hit while starting exits as that limit
+        return starting
 
     def _classify(self, trap: wasmtime.Trap) -> GuestError | Interrupted:
         code = trap.trap_code
@@ -305,6 +319,7 @@ class WasmtimeInstance:
     def _link(
         self, engine: WasmtimeEngine, module: wasmtime.Module, source: str, wasi: bool
     ) -> wasmtime.Instance:
+        self._guard.arm()
         try:
             if not wasi:
                 return wasmtime.Instance(self._store, module, [])
@@ -313,7 +328,7 @@ class WasmtimeInstance:
             linker.define_wasi()
             return linker.instantiate(self._store, module)
         except wasmtime.Trap as trap:
-            raise StartupError(f"trapped while starting: {describe_trap(trap)}") from None
+            raise self._guard.starting(trap) from None
         except wasmtime.WasmtimeError as error:
             message = _one_line(str(error))
             if "memory" in message and "limit" in message:
@@ -370,11 +385,14 @@ class WasmtimeInstance:
             len(memory),
             self._max_output,
         )
-        consumed = consume(memory[start : start + size])
-        if self._dealloc is not None:  # set for packed results only
-            args = (start, size) if self._abi.dealloc_takes_length else (start,)
-            self._guard.call(self._dealloc, *args)
-        return consumed
+        if self._dealloc is None:  # in place, or nothing to free: hand on the guest's bytes
+            return consume(memory[start : start + size])
+        # Copied out first: `consume` may write the output, and a frame whose deallocator then
+        # traps has failed, and must leave nothing behind (as at -j N, where it never has).
+        output = bytes(memory[start : start + size])
+        args = (start, size) if self._abi.dealloc_takes_length else (start,)
+        self._guard.call(self._dealloc, *args)
+        return consume(memoryview(output))
 
     def _refresh_memory(self) -> memoryview:
         """A view of all guest memory; rebuilt only when memory has grown or moved."""
@@ -439,8 +457,11 @@ class WasmtimeCommand:
         finally:
             os.close(stdin)
         store.set_wasi(config)
+        guard.arm()
         try:
             instance = self._pre.instantiate(store)
+        except wasmtime.Trap as trap:
+            raise guard.starting(trap) from None
         except wasmtime.WasmtimeError as error:
             raise StartupError(f"cannot start: {_one_line(str(error))}") from None
         start = _export(store, instance, COMMAND_START)

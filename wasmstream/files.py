@@ -1,0 +1,240 @@
+"""The files a run writes: refused when one is also an input or another of them, and locked.
+
+Both checks run before anything is opened for writing, so a refused run leaves every file as it
+was. A run that keeps a checkpoint locks it (through `CHECKPOINT.lock`: the checkpoint itself is
+replaced by rename at every save, so it cannot carry a lock); a run writing a regular file locks
+that file. The locks are `flock` locks: advisory, released by the kernel when the process ends,
+however it ends, so a crashed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import IOFailure, RunLocked, UsageError
+
+STDIO = "-"
+
+
+@dataclass(frozen=True)
+class Role:
+    """A file a run touches, and what it is to the run (named in refusals)."""
+
+    what: str  # "input", "output", "checkpoint", "dead letters", "drop log"
+    path: str  # a path, or "-" for standard input (as an input) or output (as the output)
+
+    @property
+    def name(self) -> str:
+        if self.path != STDIO:
+            return self.path
+        return "standard input" if self.what == "input" else "standard output"
+
+    @property
+    def label(self) -> str:
+        """`output out.bin`; standard input and output need no role in front."""
+        return self.name if self.path == STDIO else f"{self.what} {self.path}"
+
+
+def _identity(role: Role) -> tuple[int, int] | None:
+    """(device, inode) of the regular file behind `role`, or None (absent, a pipe, a device…)."""
+    try:
+        if role.path == STDIO:
+            info = os.fstat(0 if role.what == "input" else 1)
+        else:
+            info = os.stat(role.path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
+
+def check_distinct(inputs: Iterable[Role], written: Iterable[Role]) -> None:
+    """Refuse (UsageError) a file written by the run that is also an input, or that is written
+    twice: `run m in -o in` would truncate its own input, `--checkpoint` equal to `-o` would put
+    JSON in the output, `< f >> f` grows until the disk is full (cat: "input file is output file").
+    """
+    seen: dict[tuple[int, int] | str, Role] = {}
+    for role in inputs:
+        key = _identity(role)
+        if key is not None:
+            seen.setdefault(key, role)
+    for role in written:
+        written_key = _written_key(role)
+        if written_key is None:
+            continue
+        other = seen.get(written_key)
+        if other is not None:
+            raise UsageError(_same_file_message(role, other))
+        seen[written_key] = role
+
+
+def _written_key(role: Role) -> tuple[int, int] | str | None:
+    """A regular file by (device, inode); a file not created yet by its resolved name; None for
+    what may be written by several at once (a pipe, a terminal, /dev/null)."""
+    identity = _identity(role)
+    if identity is not None or role.path == STDIO:
+        return identity
+    return os.path.realpath(role.path) if not os.path.lexists(role.path) else None
+
+
+def _same_file_message(role: Role, other: Role) -> str:
+    if other.what == "input":
+        return f"{role.label} is the same file as {other.label}: input file is output file"
+    return f"{role.label} is the same file as the {other.label}"
+
+
+class RunLock:
+    """An exclusive lock held for a whole run; `release` (or process exit) lets it go.
+
+    `acquire_file` locks a file the run will write itself (the output: opened without
+    truncating, locked, and only then truncated by the caller through `fd`); `acquire_sidecar`
+    locks `PATH.lock`, created for the purpose and removed on release.
+    """
+
+    def __init__(self, fd: int, path: str, sidecar: bool) -> None:
+        self.fd = fd
+        self.path = path
+        self._sidecar = sidecar
+
+    @classmethod
+    def acquire_file(cls, path: str, what: str, flags: int) -> RunLock:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            raise IOFailure(f"cannot write {what} {path}: {error.strerror}") from None
+        cls._lock_or_refuse(fd, path, what)
+        return cls(fd, path, sidecar=False)
+
+    @classmethod
+    def acquire_sidecar(cls, path: str, what: str) -> RunLock:
+        lock_path = f"{path}.lock"
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as error:
+                raise IOFailure(f"cannot create lock file {lock_path}: {error.strerror}") from None
+            cls._lock_or_refuse(fd, path, what)
+            # The holder before us may have removed the file between our open and our lock: then
+            # we hold a lock on a name nobody else can find. Only a lock on the file that is at
+            # the path now counts.
+            if _same_inode(fd, lock_path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(fd, lock_path, sidecar=True)
+
+    @staticmethod
+    def _lock_or_refuse(fd: int, path: str, what: str) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise IOFailure(f"cannot lock {what} {path}: {error.strerror}") from None
+            by = f"another wasmstream run (PID {holder})" if holder else "another run"
+            raise RunLocked(f"{what} {path} is in use by {by}") from None
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        if self._sidecar:  # removed while still locked: see acquire_sidecar
+            with contextlib.suppress(OSError):
+                if _same_inode(self.fd, self.path):
+                    os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def _same_inode(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The PID holding a flock on the file behind `fd`, from /proc/locks (Linux), if known."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" ("->" marks waiters)
+                if "->" not in fields and len(fields) >= 6 and fields[5] == device:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class RunFiles:
+    """The locks of one run, held from before any check to after the last checkpoint save.
+
+    The checkpoint is locked through its sidecar; an output that is (or will be) a regular file
+    is locked itself and handed on as `output_fd`, so the file checked is the file written. An
+    output created here and never used (the run was refused before writing) is removed again.
+    """
+
+    def __init__(self, checkpoint: str | None, output: str | None) -> None:
+        self._checkpoint = checkpoint
+        self._output = output if output not in (None, STDIO) else None
+        self._locks: list[RunLock] = []
+        self._created = False
+        self._used = False
+        self.output_fd: int | None = None
+
+    def __enter__(self) -> RunFiles:
+        try:
+            if self._output is not None and _is_or_will_be_regular(self._output):
+                self._lock_output(self._output)
+            if self._checkpoint is not None:
+                self._locks.append(RunLock.acquire_sidecar(self._checkpoint, "checkpoint"))
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _lock_output(self, path: str) -> None:
+        self._created = not os.path.lexists(path)
+        try:  # read-write when allowed: checkpoints record a digest of the output's last bytes
+            lock = RunLock.acquire_file(path, "output", os.O_RDWR)
+        except IOFailure:
+            lock = RunLock.acquire_file(path, "output", os.O_WRONLY)
+        self._locks.append(lock)
+        self.output_fd = lock.fd
+
+    def output_used(self) -> None:
+        """The output is being written: from now on it stays, whatever happens."""
+        self._used = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._created and not self._used and self._output is not None:
+            with contextlib.suppress(OSError):
+                if self.output_fd is not None and os.fstat(self.output_fd).st_size == 0:
+                    os.unlink(self._output)
+        for lock in reversed(self._locks):
+            lock.release()
+        self._locks.clear()
+
+
+def _is_or_will_be_regular(path: str) -> bool:
+    """Locked and checked like a file: a regular file, or a name not taken yet (not a FIFO,
+    a terminal or /dev/null, which a run writes to as they are)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
