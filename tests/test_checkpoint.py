@@ -107,7 +107,7 @@ def test_signal_saves_a_checkpoint_and_resume_completes(
     # Resuming from a pipe: the processed prefix is read again and discarded, saying so.
     resumed = wasmstream(*args, "--resume", input=data)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"discarding the first {done} bytes of standard input".encode() in resumed.stderr
+    assert f"skipped the first {done} bytes of standard input".encode() in resumed.stderr
     assert out.read_bytes() == per_frame(HEX, data, 4096)
 
 

@@ -320,7 +320,7 @@ queue_depth_option = click.option(
     "--delimiter",
     metavar="D",
     callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\xHH.",
+    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
 )
 @click.option(
     "--oversize",

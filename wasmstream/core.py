@@ -236,11 +236,13 @@ def _run_loaded(
         summary.nothing_to_do = True
         return summary
     watch = plan is not None and plan.watches_stream
-    stream = ConcatenatedInput(config.inputs, start.per_input, notify, keep_head=watch)
+    stream = ConcatenatedInput(config.inputs, start.per_input, keep_head=watch)
     try:
         if plan is not None and plan.saved:
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
             plan.check_stream(stream)
+            for name, count in stream.discarded:
+                notify(f"skipped the first {count} bytes of {name}: already processed")
         summary = _run_stream(
             config, loaded, config_bytes, files, plan, stream, summary, start, progress
         )

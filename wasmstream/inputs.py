@@ -11,7 +11,7 @@ import io
 import os
 import select
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .errors import CheckpointError, IOFailure, UsageError
 from .pipes import enlarge_pipe
@@ -63,18 +63,17 @@ class ConcatenatedInput:
         self,
         paths: Sequence[str],
         start_at: Sequence[int] = (),
-        notify: Callable[[str], None] = lambda message: None,
         keep_head: bool = False,
     ) -> None:
         self.paths = list(paths) or [STDIN]
         self._start_at = list(start_at) or [0] * len(self.paths)
-        self._notify = notify
         self._spans: list[_Span] = []
         self._current: io.FileIO | None = None
         self._stream_position = 0
         self.head = bytearray()
         self._keep_head = keep_head
         self.skipped_tail = b""
+        self.discarded: list[tuple[str, int]] = []  # streams read past (not seeked) to start
 
     def readinto(self, buffer: memoryview, /) -> int:
         while True:
@@ -150,8 +149,8 @@ class ConcatenatedInput:
                 self._keep(tail, os.pread(stream.fileno(), min(count, WINDOW), 0), count)
                 stream.seek(count)
                 return
-            self._notify(f"discarding the first {count} bytes of {self._name()}: already processed")
             self._discard(stream, count, tail)
+            self.discarded.append((self._name(), count))
         except OSError as error:
             raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
 

@@ -30,6 +30,7 @@ from .errors import CheckpointError, GuestError, ModuleError
 from .units import format_size
 
 PAGE = 65536
+INIT_NAMES = ("init", "configure", "setup")
 START_TIMEOUT = 2.0  # seconds an instance may take to start when inspect tries one
 RESULT_FORMS = {
     ResultKind.IN_PLACE: "i32: the output is in place",
@@ -61,7 +62,7 @@ def _report(
     report: dict[str, Any] = {
         "module": path,
         "size": len(wasm),
-        "exports": [_export(e) for e in info.exports],
+        "exports": [_export_record(e) for e in info.exports],
         "imports": [f"{i.module}.{i.name} ({i.kind})" for i in info.imports],
         "wasi": any(i.module == WASI_MODULE for i in info.imports),
     }
@@ -89,6 +90,12 @@ def _report(
             "deallocator": abi.dealloc or "none",
             "init": abi.init or "none",
         }
+        if abi.init is None and any(e.name in INIT_NAMES for e in info.exports):
+            named = next(e.name for e in info.exports if e.name in INIT_NAMES)
+            report["hint"] = (
+                f"the module exports {named}: if it takes configuration, run with "
+                f"--init {named} --config TEXT|@FILE (without --init it is never called)"
+            )
     report["missing"] = []
     return report
 
@@ -101,6 +108,19 @@ def _start_problem(compiled: CompiledModule, abi: GuestAbi) -> str | None:
     except (GuestError, ModuleError) as error:
         return str(error)
     return None
+
+
+def _export_record(export: ExportDesc) -> dict[str, Any]:
+    """An export for --json: name, kind, and a function's params and results or a memory's
+    pages; `text` is how the plain report shows it."""
+    record: dict[str, Any] = {"name": export.name, "kind": export.kind}
+    if export.sig is not None:
+        record["params"] = list(export.sig.params)
+        record["results"] = list(export.sig.results)
+    if export.pages is not None:
+        record["min_pages"], record["max_pages"] = export.pages
+    record["text"] = _export(export)
+    return record
 
 
 def _export(export: ExportDesc) -> str:
@@ -128,7 +148,7 @@ def _missing(info: ModuleInfo, options: AbiOptions) -> list[str]:
 
 def format_module_report(report: dict[str, Any]) -> str:
     lines = [f"module   {report['module']} ({report['size']} bytes)", "exports"]
-    lines += [f"  {export}" for export in report["exports"]] or ["  (none)"]
+    lines += [f"  {export['text']}" for export in report["exports"]] or ["  (none)"]
     lines.append("imports")
     lines += [f"  {imp}" for imp in report["imports"]] or ["  (none)"]
     if report["wasi"]:
@@ -140,6 +160,8 @@ def format_module_report(report: dict[str, Any]) -> str:
         lines.append("guest ABI")
         lines += [f"  {key:<12}{value}" for key, value in report["abi"].items()]
         lines.append("ready to run")
+        if report.get("hint"):
+            lines.append(f"hint: {report['hint']}")
     return "\n".join(lines)
 
 

@@ -32,7 +32,6 @@ class ProgressDisplay:
             TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self._tally = tally
@@ -42,7 +41,7 @@ class ProgressDisplay:
             BarColumn(),
             TaskProgressColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            # the speed is in the detail, in MiB/s as --stats says (rich's column says MB/s)
             TimeRemainingColumn(),
             TextColumn("{task.fields[detail]}"),
             console=Console(file=sys.stderr),
@@ -74,7 +73,8 @@ class ProgressDisplay:
     def _update(self) -> None:
         tally = self._tally
         used, capacity = tally.queue_fill()
-        detail = f"{tally.frames} frames, queue {used}/{capacity}"
+        speed = self._progress.tasks[0].speed or 0.0
+        detail = f"{speed / MiB:.1f} MiB/s, {tally.frames} frames, queue {used}/{capacity}"
         if tally.failed:
             detail += f", {tally.failed} failed"
         if tally.dropped:
