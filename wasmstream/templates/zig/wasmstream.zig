@@ -46,6 +46,25 @@ pub const Output = struct {
     }
 };
 
+/// Where `needle` first occurs in `haystack`, or null. (The SDK's own, so that examples do not
+/// follow std.mem's renames from one Zig release to the next.) An empty needle is found at 0.
+pub fn find(haystack: []const u8, needle: []const u8) ?usize {
+    if (needle.len > haystack.len) return null;
+    var at: usize = 0;
+    while (at + needle.len <= haystack.len) : (at += 1) {
+        if (std.mem.eql(u8, haystack[at..][0..needle.len], needle)) return at;
+    }
+    return null;
+}
+
+/// Where `byte` first occurs in `haystack`, or null.
+pub fn findByte(haystack: []const u8, byte: u8) ?usize {
+    for (haystack, 0..) |c, at| {
+        if (c == byte) return at;
+    }
+    return null;
+}
+
 /// The bytes given with `--init init --config TEXT|@FILE` (empty without them).
 pub fn config() []const u8 {
     return config_bytes;

@@ -3,7 +3,7 @@
 //
 // Your entry file (assembly/index.ts) exports
 //
-//     export function transform(input: Input, out: Output): i32
+//     export function transform(input: Bytes, out: Output): i32
 //
 // which reads a frame of input and appends its output to `out` (which grows as needed), and
 // returns 0, or a negative number to fail the frame (`return fail("why")`). It also re-exports
@@ -16,8 +16,8 @@
 // a frame costs no managed allocation unless the transform makes some.
 import { transform } from "./index";
 
-/** One frame of input: `input[i]` is its i-th byte, `input.length` its size. */
-export class Input {
+/** Bytes in memory, such as a frame of input: `bytes[i]` is the i-th, `bytes.length` the count. */
+export class Bytes {
   ptr: usize = 0;
   length: i32 = 0;
 
@@ -26,7 +26,24 @@ export class Input {
     return load<u8>(this.ptr + <usize>index);
   }
 
-  /** The frame as a string, decoded from UTF-8 (a managed allocation). */
+  /** Where `byte` first occurs at or after `from`, or -1. */
+  indexOfByte(byte: u8, from: i32 = 0): i32 {
+    for (let i = from; i < this.length; i++) {
+      if (load<u8>(this.ptr + <usize>i) == byte) return i;
+    }
+    return -1;
+  }
+
+  /** Where `needle` first occurs within [from, to) (to < 0: the end), or -1. */
+  indexOf(needle: Bytes, from: i32 = 0, to: i32 = -1): i32 {
+    const end = (to < 0 ? this.length : to) - needle.length;
+    for (let i = from; i <= end; i++) {
+      if (memory.compare(this.ptr + <usize>i, needle.ptr, <usize>needle.length) == 0) return i;
+    }
+    return -1;
+  }
+
+  /** The bytes as a string, decoded from UTF-8 (a managed allocation). */
   toString(): string {
     return String.UTF8.decodeUnsafe(this.ptr, <usize>this.length);
   }
@@ -54,7 +71,7 @@ export class Output {
   }
 
   /** Append `length` bytes of `input` from `start`. */
-  write(input: Input, start: i32, length: i32): void {
+  write(input: Bytes, start: i32, length: i32): void {
     this.reserve(length);
     memory.copy(this.ptr + <usize>this.length, input.ptr + <usize>start, <usize>length);
     this.length += length;
@@ -73,9 +90,9 @@ export class Output {
   }
 }
 
-/** The bytes given with `--init init --config TEXT|@FILE`, as a string (empty without them). */
-export function config(): string {
-  return String.UTF8.decodeUnsafe(configPtr, <usize>configLength);
+/** The bytes given with `--init init --config TEXT|@FILE` (empty without them). */
+export function config(): Bytes {
+  return configBytes;
 }
 
 @external("wasi_snapshot_preview1", "fd_write")
@@ -93,9 +110,8 @@ export function fail(message: string): i32 {
 
 // ---- The ABI exports; nothing below is for you to call. ----
 
-let configPtr: usize = 0;
-let configLength: i32 = 0;
-const input = new Input();
+const configBytes = new Bytes();
+const input = new Bytes();
 // One output buffer per instance, grown to the largest frame's output and reused.
 const output = new Output();
 
@@ -107,8 +123,8 @@ export function alloc(size: i32): usize {
 }
 
 export function init(ptr: usize, length: i32): i32 {
-  configPtr = ptr;
-  configLength = length;
+  configBytes.ptr = ptr;
+  configBytes.length = length;
   return 0;
 }
 
