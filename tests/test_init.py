@@ -257,6 +257,10 @@ def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == reference(data)
+    # Without --config each example fails its frames through the SDK, saying why on stderr.
+    result = wasmstream("run", str(directory / f"{source.stem}.wasm"), "--init", "init", input=data)
+    assert result.returncode == 4
+    assert result.stderr.decode().startswith("transform: no "), result.stderr.decode()
 
 
 def test_guide_shows_every_example_as_it_is() -> None:

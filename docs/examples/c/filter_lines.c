@@ -5,7 +5,7 @@
  */
 #include "wasmstream.h"
 
-/* Whether `len` bytes at `line` contain `pattern` (an empty pattern is in every line). */
+/* Whether `len` bytes at `line` contain `pattern`. */
 static int contains(const uint8_t *line, size_t len, ws_bytes pattern) {
     for (size_t i = 0; i + pattern.len <= len; i++) {
         if (memcmp(line + i, pattern.data, pattern.len) == 0) return 1;
@@ -15,6 +15,7 @@ static int contains(const uint8_t *line, size_t len, ws_bytes pattern) {
 
 int ws_transform(ws_bytes input, ws_output *out) {
     ws_bytes pattern = ws_config();
+    if (pattern.len == 0) return ws_fail("no pattern: run with --init init --config PATTERN");
     size_t start = 0;
     while (start < input.len) {
         const uint8_t *newline = memchr(input.data + start, '\n', input.len - start);

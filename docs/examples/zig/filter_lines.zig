@@ -9,6 +9,7 @@ comptime {
 
 pub fn transform(input: []const u8, out: *ws.Output) !void {
     const pattern = ws.config();
+    if (pattern.len == 0) return ws.fail("no pattern: run with --init init --config PATTERN");
     var rest = input;
     while (rest.len > 0) {
         const end = if (ws.findByte(rest, '\n')) |newline| newline + 1 else rest.len;

@@ -3,7 +3,7 @@
 WASMSTREAM ?= wasmstream
 
 test: $(NAME).wasm
-	$(WASMSTREAM) run $(NAME).wasm sample.txt --no-checkpoint > test-output.txt
+	$(WASMSTREAM) run $(NAME).wasm sample.txt > test-output.txt
 	@cmp test-output.txt expected.txt && echo "ok: $(NAME).wasm turns sample.txt into expected.txt"
 
 clean:

@@ -79,11 +79,18 @@ pub fn fail(message: []const u8) error{TransformFailed} {
 /// Write `prefix` and `message` as one line to stderr (WASI only; elsewhere nothing is shown).
 fn log(prefix: []const u8, message: []const u8) void {
     if (builtin.os.tag != .wasi) return;
-    const parts = [_][]const u8{ prefix, message, "\n" };
-    var iovs: [parts.len]std.os.wasi.ciovec_t = undefined;
-    for (parts, 0..) |part, i| iovs[i] = .{ .base = part.ptr, .len = part.len };
-    var written_len: usize = 0;
-    _ = std.os.wasi.fd_write(2, &iovs, iovs.len, &written_len);
+    for ([_][]const u8{ prefix, message, "\n" }) |part| {
+        // One buffer per call, and again for the rest: a WASI write may take only part of it
+        // (wasmtime's stderr takes at most the first buffer of several).
+        var rest = part;
+        while (rest.len > 0) {
+            const iov = [1]std.os.wasi.ciovec_t{.{ .base = rest.ptr, .len = rest.len }};
+            var written_len: usize = 0;
+            const status = std.os.wasi.fd_write(2, &iov, 1, &written_len);
+            if (status != .SUCCESS or written_len == 0) return;
+            rest = rest[written_len..];
+        }
+    }
 }
 
 // ---- The ABI exports; nothing below is for you to call. ----
