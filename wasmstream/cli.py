@@ -673,7 +673,7 @@ def bench_command(
 
 
 @cli.command("init")
-@click.argument("directory", required=False, metavar="DIR", type=click.Path(file_okay=False))
+@click.argument("directory", required=False, metavar="[DIR]", type=click.Path(file_okay=False))
 @click.option(
     "--lang",
     # scaffold.LANGUAGES, spelled out so that the module loads only when init runs (a test checks).
@@ -696,6 +696,12 @@ def init_command(
     DIR gets the transform's source, the guest SDK for its language (one file), a Makefile
     (`make` builds NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares
     the output with expected.txt) and a README on what to change.
+
+    \b
+      wasmstream init upper --lang c && make -C upper test
+      wasmstream init --list
+
+    The guide: docs/writing-transforms.md in the project.
     """
     from pathlib import Path
 
