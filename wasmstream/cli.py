@@ -687,6 +687,57 @@ def bench_command(
     )
 
 
+@cli.command("init")
+@click.argument("directory", required=False, metavar="[DIR]", type=click.Path(file_okay=False))
+@click.option(
+    "--lang",
+    # scaffold.LANGUAGES, spelled out so that the module loads only when init runs (a test checks).
+    type=click.Choice(["c", "zig", "rust", "assemblyscript"]),
+    help="The language of the transform.",
+)
+@click.option("--name", metavar="NAME", help="The module's name, NAME.wasm [default: DIR's name].")
+@click.option("--force", is_flag=True, help="Write into DIR even if it is not empty.")
+@click.option(
+    "--list",
+    "list_languages",
+    is_flag=True,
+    help="List the languages, whether each one's toolchain is here, and what to install if not.",
+)
+def init_command(
+    directory: str | None, lang: str | None, name: str | None, force: bool, list_languages: bool
+) -> None:
+    """Create DIR with a transform that upper-cases ASCII, ready to change and build.
+
+    DIR gets the transform's source, the guest SDK for its language (one file), a Makefile
+    (`make` builds NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares
+    the output with expected.txt) and a README on what to change.
+
+    \b
+      wasmstream init upper --lang c && make -C upper test
+      wasmstream init --list
+
+    The guide: docs/writing-transforms.md in the project.
+    """
+    from pathlib import Path
+
+    from . import scaffold
+
+    if list_languages:
+        for toolchain in map(scaffold.find_toolchain, scaffold.LANGUAGES):
+            click.echo(f"{toolchain.lang:<15} {toolchain.status()}")
+        return
+    if directory is None or lang is None:
+        raise click.UsageError("init needs DIR and --lang (or --list)")
+    path = Path(directory)
+    project_name = name if name is not None else scaffold.default_name(path)
+    scaffold.create_project(path, lang, project_name, force)
+    click.echo(f"created {directory}: a {lang} transform that builds {project_name}.wasm")
+    toolchain = scaffold.find_toolchain(lang)
+    if toolchain.found is None:
+        click.echo(f"to build it, install {toolchain.install}")
+    click.echo(f"next: cd {directory} && make test")
+
+
 @cli.group("checkpoint")
 def checkpoint_group() -> None:
     """Look at checkpoint files."""
