@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
 
 from wasmstream.errors import ExitStatus
+
+from conftest import PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
 
 HEAVY = fixture("heavy.wasm")
 UPPER = fixture("upper.wasm")

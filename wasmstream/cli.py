@@ -656,8 +656,46 @@ def inspect_command(
     show_default=True,
     help="The transform export.",
 )
+@click.option("--alloc", metavar="NAME", help="The allocator export (as for run).")
+@click.option("--free", metavar="NAME", help="The deallocator export (as for run).")
+@click.option("--init", metavar="NAME", help="The init export (as for run).")
+@click.option(
+    "--config", "config_arg", metavar="TEXT|@FILE", help="Bytes passed to --init (as for run)."
+)
+@click.option(
+    "--framing",
+    type=click.Choice([f.value for f in Framing]),
+    default=Framing.FIXED.value,
+    show_default=True,
+    help="How frames are cut (as for run).",
+)
+@click.option(
+    "--delimiter",
+    metavar="D",
+    callback=_delimiter_option,
+    help="Record delimiter for --framing delimiter (as for run).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINE_NAMES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    envvar="WASMSTREAM_ENGINE",
+    help="WebAssembly runtime.",
+)
 def bench_command(
-    module: str, input: str | None, sample_size: int, runs: int, function: str
+    module: str,
+    input: str | None,
+    sample_size: int,
+    runs: int,
+    function: str,
+    alloc: str | None,
+    free: str | None,
+    init: str | None,
+    config_arg: str | None,
+    framing: str,
+    delimiter: bytes | None,
+    engine: str,
 ) -> None:
     """Measure MODULE's throughput for several frame sizes and job counts; recommend the best.
 
@@ -673,7 +711,15 @@ def bench_command(
             err=True,
         )
 
-    base = RunConfig(module=module, abi=AbiOptions(function=function))
+    if config_arg is not None and init is None:
+        raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    base = RunConfig(
+        module=module,
+        abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
+        config_arg=config_arg,
+        engine=engine,
+        framing=FramingSpec(framing=Framing(framing), delimiter=delimiter or b"\n"),
+    )
     click.echo(f"wasmstream: measuring {module} ({runs} runs per setting)…", err=True)
     trials = bench(base, input, sample_size, runs, show)
     if not trials:
