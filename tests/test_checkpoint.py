@@ -265,6 +265,41 @@ def test_refuses_changed_output_option(tmp_path: Path) -> None:
     job.refused("--frame-size", "8K", needle="--frame-size changed since checkpoint")
 
 
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        (["--fuel", "100000000"], "--fuel"),
+        (["--max-output", "1M"], "--max-output"),
+        (["--on-overload", "drop"], "--on-overload"),
+        (["--on-error", "skip"], "--on-error"),
+        (["--timeout", "10s"], "--timeout"),
+        (["--max-memory", "512M"], "--max-memory"),
+        (["--env", "K=V"], "--env"),
+    ],
+)
+def test_refuses_every_changed_option_that_can_change_the_bytes(
+    tmp_path: Path, change: list[str], flag: str
+) -> None:
+    """Under --on-error skip, which frames fail decides what is written: a limit, the guest's
+    environment or the overload policy changed on resume would make the output differ from one
+    uninterrupted run. Each is refused, named; the files stay as they were."""
+    job = Refusal(tmp_path)
+    job.refused(*change, needle=f"{flag} changed since checkpoint")
+
+
+def test_options_that_cannot_change_the_bytes_stay_overridable(tmp_path: Path) -> None:
+    job = Refusal(tmp_path)
+    with open(job.input, "r+b") as fix:  # let the failed frame pass this time
+        fix.seek(200_000)
+        fix.write(b"x")
+    changed = ["-j", "2", "--queue-depth", "7", "--checkpoint-interval", "1s", "--force", "-q"]
+    resumed = wasmstream(*job.args, "--resume", *changed)
+    assert resumed.returncode == 0, resumed.stderr
+    assert job.out.read_bytes() == job.input.read_bytes()
+    again = wasmstream("resume", "--checkpoint", str(job.ckpt), "-j", "3", "--queue-depth", "2")
+    assert again.returncode == 0, again.stderr
+
+
 def test_refuses_shorter_input(tmp_path: Path) -> None:
     job = Refusal(tmp_path)
     os.truncate(job.input, 1000)
@@ -300,7 +335,7 @@ def test_refuses_output_shorter_than_recorded(tmp_path: Path) -> None:
     ("damage", "needle"),
     [
         (lambda text: text[: len(text) // 2], "corrupt or truncated"),
-        (lambda text: text.replace('"version": 1', '"version": 99'), "format version 99"),
+        (lambda text: text.replace('"version": 2', '"version": 99'), "format version 99"),
         (lambda text: "[]", "corrupt or truncated"),
         (
             lambda text: text.replace('"frames"', '"framez"'),

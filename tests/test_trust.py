@@ -444,7 +444,7 @@ def _shift_first_offset(record: dict) -> None:  # type: ignore[type-arg]
         (_set(["position", "output_bytes"], -5), "output_bytes"),
         (_set(["position", "input_bytes"], -4096), "input_bytes"),
         (_set(["options", "framing"], "paragraphs"), "framing"),
-        (_set(["command", "overload"], "sometimes"), "overload"),
+        (_set(["options", "overload"], "sometimes"), "overload"),
         (_set(["command", "checkpoint_interval"], 0), "checkpoint_interval"),
         (_set(["status"], "sleeping"), "status"),
     ],

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from ._version import __version__
 from .abi import AbiOptions, GuestAbi, ResultKind
-from .core import RunConfig, run
+from .core import run
 from .errors import ExitStatus, WasmstreamError
+from .options import RunConfig
 
 __all__ = [
     "AbiOptions",

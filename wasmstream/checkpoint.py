@@ -25,7 +25,7 @@ import msgspec
 
 from .errors import CheckpointError, IOFailure
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the limits, grants and overload policy moved to `options`
 HEAD_BYTES = 64 * 1024  # inputs are identified by the hash of their first 64 KiB
 WINDOW = 64 * 1024  # streams and outputs are recognised by digests of this many bytes
 # "interrupted": stopped by a signal or a closed output pipe, resumable as it is. Files of
@@ -80,7 +80,11 @@ class ModuleRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Every option that changes the output: resuming with any of them changed is refused."""
+    """Every option that can change the bytes written: resuming with any of them changed is
+    refused, naming it. Being a field here is what marks an option so (`check_resumable`
+    compares every field); the limits count because, under `--on-error skip|passthrough`, which
+    frames fail decides what is written, and so do the guest's environment and directories.
+    """
 
     function: str
     alloc: str | None
@@ -93,25 +97,30 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     oversize: OversizeName = "error"
     on_error: PolicyName = "fail"
     wasi_command: bool = False
-
-
-class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """How to re-run the job (`wasmstream resume`); options here do not change the output."""
-
-    config_arg: str | None = None  # --config as given: TEXT or @FILE
-    jobs: Positive
-    queue_depth: Positive | None = None
-    checkpoint_interval: Seconds
-    checkpoint_every: Positive | None = None
     timeout: Seconds | None = None
     fuel: Positive | None = None
     max_memory: Positive | None = None
     max_output: Positive | None = None
     env: list[tuple[str, str]] = msgspec.field(default_factory=list)
     dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
+    overload: OverloadText = "block"
+
+
+# How each field of OutputOptions is spelled on the command line, where it differs.
+FLAGS = {"config_sha256": "--config", "overload": "--on-overload", "dirs": "--dir"}
+
+
+class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The rest of how to re-run the job (`wasmstream resume`): options that cannot change the
+    bytes written (how fast, how often to save, where failures are logged)."""
+
+    config_arg: str | None = None  # --config as given: TEXT or @FILE
+    jobs: Positive
+    queue_depth: Positive | None = None
+    checkpoint_interval: Seconds
+    checkpoint_every: Positive | None = None
     dead_letter: str | None = None
     linger: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    overload: OverloadText = "block"
     drop_log: str | None = None
 
 
@@ -366,7 +375,7 @@ def check_resumable(
     for field in OutputOptions.__struct_fields__:
         then, now_ = getattr(saved.options, field), getattr(options, field)
         if then != now_:
-            name = "--config" if field == "config_sha256" else f"--{field.replace('_', '-')}"
+            name = FLAGS.get(field, f"--{field.replace('_', '-')}")
             raise CheckpointError(
                 f"{name} changed since checkpoint {source} was written ({then!r} then, "
                 f"{now_!r} now): it changes the output"

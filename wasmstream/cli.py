@@ -24,20 +24,19 @@ import click
 from . import interrupts, stdio
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
-from .core import (
-    DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_FRAME_SIZE,
-    ProgressFactory,
-    RunConfig,
-    default_jobs,
-    run,
-    sidecar_for,
-)
+from .core import ProgressFactory, run
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
 from .framing import Framing, FramingSpec, Oversize
-from .policy import POLICIES
-from .pool import Overload
+from .options import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_FRAME_SIZE,
+    POLICIES,
+    Overload,
+    RunConfig,
+    default_jobs,
+    sidecar_for,
+)
 from .units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -613,6 +612,14 @@ def resume_command(
 @click.option("--free", metavar="NAME", help="The deallocator export to look for.")
 @click.option("--init", metavar="NAME", help="The init export to look for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINE_NAMES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    envvar="WASMSTREAM_ENGINE",
+    help="WebAssembly runtime to check the module with.",
+)
 def inspect_command(
     module: str,
     function: str,
@@ -620,6 +627,7 @@ def inspect_command(
     free: str | None,
     init: str | None,
     as_json: bool,
+    engine: str,
 ) -> None:
     """Show MODULE's exports and imports, and how wasmstream would run it (or what is missing).
 
@@ -628,7 +636,7 @@ def inspect_command(
     from .inspect import format_module_report, inspect_module
 
     options = AbiOptions(function=function, alloc=alloc, free=free, init=init)
-    report = inspect_module(module, options)
+    report = inspect_module(module, options, engine)
     click.echo(json.dumps(report, indent=2) if as_json else format_module_report(report))
     if report["abi"] is None:
         raise SystemExit(ExitStatus.INVALID_MODULE)

@@ -7,7 +7,6 @@ messages and exit codes in one place, and reports notices through the `notify` c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shlex
 import stat
@@ -15,17 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-from .abi import AbiOptions, GuestAbi, resolve_abi
-from .engines import (
-    DEFAULT_ENGINE,
-    CompiledModule,
-    Engine,
-    Sandbox,
-    get_engine,
-)
-from .errors import ExitStatus, FramesFailed, Interrupted, ModuleError, UsageError
+from .engines import LoadedModule, load_module
+from .errors import ExitStatus, FramesFailed, Interrupted, UsageError
 from .files import Role, RunFiles, check_distinct
 from .framing import (
     Buffer,
@@ -36,73 +28,19 @@ from .framing import (
     record_frames,
 )
 from .inputs import STDIN, ConcatenatedInput, check_inputs
+from .options import DEFAULT_LINGER, Notify, RunConfig, StartPoint
 from .policy import DeadLetters, DropLog, FailureHandler
-from .pool import Overload, PoolSettings, Tally, run_frames
+from .pool import PoolSettings, run_frames
 from .sink import STDOUT, Sink
+from .tally import Tally
 from .units import format_size
+
+WASM32_MEMORY = 1 << 32  # a 32-bit guest addresses at most 4 GiB
+PAGE = 1 << 16
 
 if TYPE_CHECKING:
     from .journal import Journal
     from .resume import CheckpointPlan
-
-DEFAULT_FRAME_SIZE = 64 * 1024
-DEFAULT_CHECKPOINT_INTERVAL = 2.0
-DEFAULT_LINGER = 0.1
-WASM32_MEMORY = 1 << 32  # a 32-bit guest addresses at most 4 GiB
-PAGE = 1 << 16
-
-Notify = Callable[[str], None]
-
-
-def sidecar_for(output: str) -> str:
-    """The default checkpoint of a run writing to `output`."""
-    return f"{output}.ckpt.json"
-
-
-def default_jobs() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    module: str
-    inputs: tuple[str, ...] = ()
-    output: str | None = None
-    frame_size: int = DEFAULT_FRAME_SIZE
-    jobs: int = 1
-    queue_depth: int | None = None  # None: twice the jobs
-    abi: AbiOptions = field(default_factory=AbiOptions)
-    config_arg: str | None = None  # --config as given: TEXT or @FILE
-    engine: str = DEFAULT_ENGINE
-    sandbox: Sandbox = field(default_factory=Sandbox)
-    on_error: str = "fail"
-    dead_letter: str | None = None
-    framing: FramingSpec = field(default_factory=FramingSpec)
-    overload: Overload = field(default_factory=Overload)
-    drop_log: str | None = None
-    checkpoint: str | None = None
-    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
-    checkpoint_every: int | None = None
-    resume: bool = False
-    restart: bool = False
-    force: bool = False
-    cache: bool = True  # keep compiled modules in the user's cache directory
-
-    @property
-    def effective_queue_depth(self) -> int:
-        return self.queue_depth if self.queue_depth is not None else 2 * self.jobs
-
-
-class StartPoint(NamedTuple):
-    """Where this run starts in the input and output: zero, or a checkpoint's position."""
-
-    input_bytes: int = 0
-    per_input: tuple[int, ...] = ()
-    frames: int = 0
-    output_bytes: int = 0
 
 
 @dataclass
@@ -116,16 +54,6 @@ class RunSummary:
     nothing_to_do: bool = False
 
 
-@dataclass(frozen=True)
-class LoadedModule:
-    """A module compiled and checked against the guest ABI, ready to instantiate."""
-
-    engine: Engine
-    compiled: CompiledModule
-    abi: GuestAbi
-    sha256: str
-
-
 def read_config_arg(arg: str | None) -> bytes:
     """The bytes `--config` stands for: TEXT itself, or the contents of @FILE."""
     if arg is None:
@@ -137,28 +65,6 @@ def read_config_arg(arg: str | None) -> bytes:
             return config_file.read()
     except OSError as error:
         raise UsageError(f"--config: cannot read {arg[1:]}: {error.strerror}") from None
-
-
-def load_module(
-    path: str,
-    abi_options: AbiOptions,
-    engine_name: str = DEFAULT_ENGINE,
-    sandbox: Sandbox | None = None,
-    cache: bool = True,
-) -> LoadedModule:
-    try:
-        with open(path, "rb") as module_file:
-            wasm = module_file.read()
-    except OSError as error:
-        raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
-    engine = get_engine(engine_name, sandbox, cache)
-    try:
-        compiled = engine.compile(wasm, path)
-        abi = resolve_abi(compiled.info, abi_options, path)
-    except BaseException:
-        engine.close()
-        raise
-    return LoadedModule(engine, compiled, abi, hashlib.sha256(wasm).hexdigest())
 
 
 ProgressFactory = Callable[[Tally, "int | None", int], AbstractContextManager[object]]

@@ -25,7 +25,7 @@ from .abi import (
     ResultKind,
     resolve_abi,
 )
-from .engines import CompiledModule, Sandbox, get_engine
+from .engines import DEFAULT_ENGINE, CompiledModule, Sandbox, get_engine, read_module
 from .errors import CheckpointError, GuestError, ModuleError
 from .units import format_size
 
@@ -38,15 +38,13 @@ RESULT_FORMS = {
 }
 
 
-def inspect_module(path: str, options: AbiOptions) -> dict[str, Any]:
+def inspect_module(
+    path: str, options: AbiOptions, engine_name: str = DEFAULT_ENGINE
+) -> dict[str, Any]:
     """What MODULE exports and imports, the ABI wasmstream would use, and what is missing."""
-    try:
-        with open(path, "rb") as module_file:
-            wasm = module_file.read()
-    except OSError as error:
-        raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
+    wasm = read_module(path)
     # A deadline, so that a module whose start function never returns cannot hang inspect.
-    engine = get_engine("wasmtime", Sandbox(timeout=START_TIMEOUT), cache=False)
+    engine = get_engine(engine_name, Sandbox(timeout=START_TIMEOUT), cache=False)
     try:
         compiled = engine.compile(wasm, path)
         report = _report(path, wasm, compiled, options)

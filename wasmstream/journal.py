@@ -21,7 +21,7 @@ from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, Status
 from .errors import GuestError
 from .framing import Frame
 from .inputs import ConcatenatedInput
-from .pool import Tally
+from .tally import Tally
 
 
 class StreamTail:

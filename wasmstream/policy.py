@@ -13,8 +13,7 @@ from collections import Counter
 
 from .errors import GuestError, IOFailure
 from .framing import Frame
-
-POLICIES = ("fail", "skip", "passthrough")
+from .options import POLICIES
 
 
 class JsonLines:

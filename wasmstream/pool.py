@@ -23,67 +23,17 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from time import perf_counter
 
-from .engines import Instance
+from .engines.base import Instance
 from .errors import GuestError, WasmstreamError
 from .framing import Buffer, Frame
+from .options import Overload
 from .policy import FailureHandler
+from .tally import Tally
 
 Frames = Callable[[Callable[[], Buffer]], Iterator[Frame]]
 """Cuts the input into frames, filling buffers taken from the callable it is given."""
 
 Write = Callable[[memoryview | bytes], int]
-
-
-@dataclass
-class Tally:
-    """What has been decided so far, in input order: frames written (or dropped, under an
-    overload policy). Updated only after a frame's output is written."""
-
-    frames: int = 0  # written + dropped
-    dropped: int = 0
-    failed: int = 0  # skipped or passed through under --on-error
-    bytes_in: int = 0
-    bytes_out: int = 0
-    # where the time went (--stats): reading input, running guests (summed), writing output
-    input_seconds: float = 0.0
-    guest_seconds: float = 0.0
-    output_seconds: float = 0.0
-    queue_fill: Callable[[], tuple[int, int]] = lambda: (0, 1)  # frames in flight, capacity
-    on_frame_written: list[Callable[[Frame, int], None]] = field(default_factory=list)
-    on_frame_dropped: list[Callable[[Frame], None]] = field(default_factory=list)
-
-    def record(self, frame: Frame, written: int) -> None:
-        self.frames += 1
-        self.bytes_in += frame.span
-        self.bytes_out += written
-        for callback in self.on_frame_written:
-            callback(frame, written)
-
-    def record_dropped(self, frame: Frame) -> None:
-        self.dropped += 1
-        for callback in self.on_frame_dropped:
-            callback(frame)
-        self.record(frame, 0)  # decided: a checkpoint after it does not read it again
-
-
-@dataclass(frozen=True)
-class Overload:
-    """What the reader does when every buffer is taken: `--on-overload block|drop|sample:N`."""
-
-    policy: str = "block"
-    keep_one_in: int = 1  # sample:N keeps one frame in N while the queue stays full
-
-    @classmethod
-    def parse(cls, text: str) -> Overload:
-        name, _, count = text.partition(":")
-        if name in ("block", "drop") and not count:
-            return cls(name)
-        if name == "sample" and count.isdigit() and int(count) >= 1:
-            return cls("sample", int(count))
-        raise ValueError(f"not an overload policy: {text!r} (block, drop or sample:N)")
-
-    def __str__(self) -> str:
-        return f"sample:{self.keep_one_in}" if self.policy == "sample" else self.policy
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .core import RunSummary
-    from .pool import Tally
+    from .tally import Tally
 
 MiB = 1 << 20
 

@@ -26,16 +26,15 @@ from .checkpoint import (
     OutputOptions,
     Position,
 )
-from .engines import DirGrant, Sandbox
+from .engines import DirGrant, LoadedModule, Sandbox
 from .errors import CheckpointError
 from .framing import Framing, FramingSpec, Oversize
 from .inputs import STDIN, ConcatenatedInput
 from .journal import Journal, StreamTail
-from .pool import Overload
+from .options import Notify, Overload, RunConfig, StartPoint
 
 if TYPE_CHECKING:
-    from .core import LoadedModule, Notify, RunConfig, StartPoint
-    from .pool import Tally
+    from .tally import Tally
 
 
 class CheckpointPlan:
@@ -80,8 +79,6 @@ class CheckpointPlan:
 
     @property
     def start(self) -> StartPoint:
-        from .core import StartPoint
-
         if self.saved is None:
             return StartPoint()
         position = self.saved.position
@@ -167,6 +164,13 @@ def new_record(
             oversize=config.framing.oversize.value,
             on_error=config.on_error,  # type: ignore[arg-type]
             wasi_command=config.abi.wasi_command,
+            timeout=sandbox.timeout,
+            fuel=sandbox.fuel,
+            max_memory=sandbox.max_memory,
+            max_output=sandbox.max_output,
+            env=list(sandbox.env),
+            dirs=[(text(d.host), d.guest, d.writable) for d in sandbox.dirs],
+            overload=str(config.overload),
         ),
         command=Command(
             config_arg=optional(config.config_arg),
@@ -174,15 +178,8 @@ def new_record(
             queue_depth=config.queue_depth,
             checkpoint_interval=config.checkpoint_interval,
             checkpoint_every=config.checkpoint_every,
-            timeout=sandbox.timeout,
-            fuel=sandbox.fuel,
-            max_memory=sandbox.max_memory,
-            max_output=sandbox.max_output,
-            env=list(sandbox.env),
-            dirs=[(text(d.host), d.guest, d.writable) for d in sandbox.dirs],
             dead_letter=optional(config.dead_letter and os.path.abspath(config.dead_letter)),
             linger=config.framing.linger,
-            overload=str(config.overload),
             drop_log=optional(config.drop_log and os.path.abspath(config.drop_log)),
         ),
         inputs=[_input_record(path) for path in (config.inputs or (STDIN,))],
@@ -266,8 +263,6 @@ def with_position(record: Checkpoint, saved: Checkpoint | None) -> Checkpoint:
 
 def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None) -> RunConfig:
     """The run recorded in the checkpoint at `path`; only -j and the queue depth may change."""
-    from .core import RunConfig
-
     saved = checkpoint.load(path)
     if saved is None:
         raise CheckpointError(f"no checkpoint at {path}")
@@ -291,13 +286,13 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
         config_arg=optional(command.config_arg),
         engine=saved.engine,
         sandbox=Sandbox(
-            timeout=command.timeout,
-            fuel=command.fuel,
-            max_memory=command.max_memory,
-            max_output=command.max_output,
-            env=tuple(command.env),
+            timeout=options.timeout,
+            fuel=options.fuel,
+            max_memory=options.max_memory,
+            max_output=options.max_output,
+            env=tuple(options.env),
             dirs=tuple(
-                DirGrant(path_of(host), guest, writable) for host, guest, writable in command.dirs
+                DirGrant(path_of(host), guest, writable) for host, guest, writable in options.dirs
             ),
         ),
         on_error=options.on_error,
@@ -308,7 +303,7 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
             oversize=Oversize(options.oversize),
             linger=command.linger,
         ),
-        overload=Overload.parse(command.overload),
+        overload=Overload.parse(options.overload),
         drop_log=optional(command.drop_log),
         checkpoint=path,
         checkpoint_interval=command.checkpoint_interval,

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .core import RunConfig, default_jobs, run
+from .core import run
+from .options import RunConfig, default_jobs
 
 FRAME_SIZES = (16 << 10, 64 << 10, 256 << 10, 1 << 20)
 

@@ -1,101 +1,46 @@
-"""The engine interface: compile a module once, start instances of it, run frames through them.
+"""The engines: a registry from name to engine, what each supports, and loading a module.
 
-One small Protocol, so the pool and the CLI never know which runtime is underneath. Compiled
-modules are shared between threads; an `Instance` belongs to the thread that created it for its
-whole life (a wasmtime Store must never be used by two threads at once).
+The contract every engine follows is in `base` (one small Protocol, so the pool and the CLI
+never know which runtime is underneath); each engine lives in a module of its own, imported only
+when it is asked for. Compiled modules are shared between threads; an `Instance` belongs to the
+thread that created it for its whole life (a wasmtime Store must never be used by two threads at
+once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
-from ..abi import GuestAbi, ModuleInfo
-from ..errors import UsageError
+from ..abi import AbiOptions, GuestAbi, resolve_abi
+from ..errors import ModuleError, UsageError
+from .base import (
+    DEFAULT_MAX_MEMORY,
+    MIN_MAX_OUTPUT,
+    CompiledModule,
+    DirGrant,
+    Engine,
+    Instance,
+    Sandbox,
+)
 
-T = TypeVar("T")
+__all__ = [
+    "DEFAULT_ENGINE",
+    "DEFAULT_MAX_MEMORY",
+    "ENGINE_NAMES",
+    "MIN_MAX_OUTPUT",
+    "CompiledModule",
+    "DirGrant",
+    "Engine",
+    "Instance",
+    "LoadedModule",
+    "Sandbox",
+    "get_engine",
+    "load_module",
+]
 
 ENGINE_NAMES = ("wasmtime", "wasmer")
 DEFAULT_ENGINE = "wasmtime"
-DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB of linear memory per instance
-MIN_MAX_OUTPUT = 64 << 20  # the default --max-output is the larger of this and 4 frames
-
-
-@dataclass(frozen=True)
-class DirGrant:
-    host: str
-    guest: str
-    writable: bool = False
-
-
-@dataclass(frozen=True)
-class Sandbox:
-    """What a guest may use: limits per frame and per instance; WASI grants (none by default)."""
-
-    timeout: float | None = None  # seconds of wall-clock time per frame
-    fuel: int | None = None  # instructions (roughly) per frame
-    max_memory: int | None = DEFAULT_MAX_MEMORY  # bytes of linear memory per instance
-    max_output: int | None = None  # bytes of output per frame; None: the default for the frame size
-    env: tuple[tuple[str, str], ...] = ()
-    dirs: tuple[DirGrant, ...] = ()
-
-    def output_limit(self, frame_size: int) -> int:
-        return (
-            self.max_output if self.max_output is not None else max(MIN_MAX_OUTPUT, 4 * frame_size)
-        )
-
-
-class Instance(Protocol):
-    """A running instance of a module, with its input buffer already allocated."""
-
-    def input_buffer(self) -> memoryview:
-        """The guest's input buffer (frame-size bytes), valid until the next guest call.
-
-        Reading a frame straight into it saves a copy (see `transform_buffer`).
-        """
-        ...
-
-    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
-        """Run the transform on the first `length` bytes of the input buffer.
-
-        Returns `consume(output)`, where `output` is a view into guest memory valid only inside
-        `consume`: a packed output is freed right after it returns. Raises GuestError (or a
-        subclass naming the limit hit) on a trap or a bad result.
-        """
-        ...
-
-    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
-        """Copy `data` into the input buffer, then `transform_buffer`."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class CompiledModule(Protocol):
-    info: ModuleInfo
-
-    def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> Instance:
-        """A fresh instance, initialised (reactor, input buffer, init function).
-
-        Raises StartupError when the guest fails while starting, ModuleError when it cannot be
-        linked.
-        """
-        ...
-
-
-class Engine(Protocol):
-    name: str
-
-    def version(self) -> str: ...
-
-    def compile(self, wasm: bytes, source: str) -> CompiledModule:
-        """Compile `wasm` (read from `source`, named in errors). Raises ModuleError."""
-        ...
-
-    def close(self) -> None:
-        """Stop helper threads (the epoch ticker)."""
-        ...
 
 
 def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) -> Engine:
@@ -110,3 +55,41 @@ def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) ->
 
         return WasmerEngine(sandbox or Sandbox())
     raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """A module compiled and checked against the guest ABI, ready to instantiate."""
+
+    engine: Engine
+    compiled: CompiledModule
+    abi: GuestAbi
+    sha256: str
+
+
+def read_module(path: str) -> bytes:
+    try:
+        with open(path, "rb") as module_file:
+            return module_file.read()
+    except OSError as error:
+        raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
+
+
+def load_module(
+    path: str,
+    abi_options: AbiOptions,
+    engine_name: str = DEFAULT_ENGINE,
+    sandbox: Sandbox | None = None,
+    cache: bool = True,
+) -> LoadedModule:
+    """Read, compile and check the module at `path`. Raises ModuleError (or UsageError for an
+    unknown engine); the caller closes `engine` when done."""
+    wasm = read_module(path)
+    engine = get_engine(engine_name, sandbox, cache)
+    try:
+        compiled = engine.compile(wasm, path)
+        abi = resolve_abi(compiled.info, abi_options, path)
+    except BaseException:
+        engine.close()
+        raise
+    return LoadedModule(engine, compiled, abi, hashlib.sha256(wasm).hexdigest())

@@ -16,6 +16,7 @@ option. wasmer wheels exist only for Python <= 3.10.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import mmap
 import os
@@ -38,7 +39,7 @@ from ..errors import (
     UsageError,
 )
 from ..units import format_duration, format_size
-from . import Sandbox
+from .base import CopyingInstance, Sandbox, check_header
 from .wasmer_worker import (
     GUEST_ERROR,
     MEMORY_LIMIT,
@@ -95,8 +96,7 @@ class WasmerEngine:
         return version("wasmer")
 
     def compile(self, wasm: bytes, source: str) -> WasmerModule:
-        if not wasm.startswith(b"\0asm"):
-            raise ModuleError(f"{source}: not a WebAssembly binary (no \\0asm header)")
+        check_header(wasm, source)
         try:  # compiled here to check it and read its exports; each worker compiles its own
             module = self._wasmer.Module(self._store, wasm)
         except Exception as error:
@@ -126,7 +126,7 @@ class WasmerModule:
         return WasmerWorker(self._wasm, abi, buffer_size, config, self._sandbox, self._source)
 
 
-class WasmerWorker:
+class WasmerWorker(CopyingInstance):
     """An instance in a worker process; frames and outputs cross through shared memory."""
 
     def __init__(
@@ -156,17 +156,7 @@ class WasmerWorker:
         spec = {
             "wasm": wasm.hex(),
             "name": os.path.basename(source),
-            "abi": {
-                "transform": abi.transform,
-                "result": abi.result.value,
-                "alloc": abi.alloc,
-                "dealloc": abi.dealloc,
-                "dealloc_takes_length": abi.dealloc_takes_length,
-                "init": abi.init,
-                "init_returns_status": abi.init_returns_status,
-                "reactor": abi.reactor,
-                "wasi": abi.wasi,
-            },
+            "abi": {**dataclasses.asdict(abi), "result": abi.result.value},  # GuestAbi again there
             "buffer_size": buffer_size,
             "config": config.hex(),
             "max_memory": sandbox.max_memory,
@@ -187,10 +177,6 @@ class WasmerWorker:
 
     def input_buffer(self) -> memoryview:
         return memoryview(self._input)
-
-    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
-        self._input[: len(data)] = data
-        return self.transform_buffer(len(data), consume)
 
     def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
         os.write(self._requests, REQUEST.pack(b"T", length))

@@ -25,8 +25,9 @@ import struct
 import sys
 from typing import Any
 
-from ..abi import ResultKind, output_range
-from ..errors import GuestError
+from ..abi import GuestAbi, ResultKind
+from ..errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError
+from ..guest import Call, Guest
 
 REPLY = struct.Struct("<BQI")
 REQUEST = struct.Struct("<cI")
@@ -53,33 +54,31 @@ def trap_message(error: BaseException) -> str:
     return TRAP_WORDS.get(first, first)
 
 
-class Guest:
-    """The instance, following the ABI decided by the parent."""
+class WasmerRuntime:
+    """The instance, as the guest protocol's `Runtime` (guest.py drives it, as every engine's).
 
-    def __init__(self, spec: dict[str, Any], input_region: mmap.mmap, output_region: mmap.mmap):
+    Calls raise GuestError subclasses, which `main` turns into reply statuses for the parent.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
         import wasmer
         import wasmer_compiler_cranelift
 
         self.spec = spec
-        self.abi = spec["abi"]
-        self.input = input_region
-        self.output = output_region
         store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
         try:
             module = wasmer.Module(store, bytes.fromhex(spec["wasm"]))
             self.instance = wasmer.Instance(module, self._imports(wasmer, store, module))
         except RuntimeError as error:
-            raise Failure(STARTUP, f"trapped while starting: {trap_message(error)}") from None
+            raise Failure(
+                STARTUP, f"start function: guest trapped: {trap_message(error)}"
+            ) from None
         except Exception as error:
             raise Failure(MODULE, f"cannot instantiate: {str(error).splitlines()[0]}") from None
-        exports = self.instance.exports
-        self.memory = exports.memory
-        self.transform = getattr(exports, self.abi["transform"])
-        self.dealloc = getattr(exports, self.abi["dealloc"]) if self.abi["dealloc"] else None
-        self.start(exports)
+        self._memory = self.instance.exports.memory
 
     def _imports(self, wasmer: Any, store: Any, module: Any) -> Any:
-        if not self.abi["wasi"]:
+        if not self.spec["abi"]["wasi"]:
             return wasmer.ImportObject()
         builder = wasmer.wasi.StateBuilder(self.spec["name"])
         for key, value in self.spec["env"]:
@@ -89,79 +88,72 @@ class Guest:
         version = wasmer.wasi.get_version(module, strict=False)
         return builder.finalize().generate_import_object(store, version)
 
-    def view(self) -> memoryview:
-        return memoryview(self.memory.buffer)
+    def export(self, name: str) -> Call:
+        func = getattr(self.instance.exports, name)
+        return lambda *args: self._call(func, *args)
 
-    def call(self, func: Any, *args: int) -> Any:
+    def memory(self) -> memoryview:
+        return memoryview(self._memory.buffer)
+
+    def _call(self, func: Any, *args: int) -> Any:
         try:
             result = func(*args)
         except RuntimeError as error:
-            status = MEMORY_LIMIT if self.over_memory_limit() else TRAP
-            raise Failure(status, self.limit_message(trap_message(error), status)) from None
-        if self.over_memory_limit():
-            raise Failure(MEMORY_LIMIT, self.limit_message("after the call", MEMORY_LIMIT))
+            if self._over_memory_limit():
+                raise GuestMemoryLimit(self._limit_message(trap_message(error))) from None
+            raise GuestTrap(f"guest trapped: {trap_message(error)}") from None
+        if self._over_memory_limit():
+            raise GuestMemoryLimit(self._limit_message("after the call"))
         return result
 
-    def over_memory_limit(self) -> bool:
+    def _over_memory_limit(self) -> bool:
         limit = self.spec["max_memory"]
-        return limit is not None and self.memory.data_size > limit
+        return limit is not None and self._memory.data_size > limit
 
-    def limit_message(self, what: str, status: int) -> str:
-        if status != MEMORY_LIMIT:
-            return f"guest trapped: {what}"
+    def _limit_message(self, what: str) -> str:
         return f"memory limit {self.spec['max_memory_text']} exceeded ({what})"
 
-    def start(self, exports: Any) -> None:
-        """Reactor initialiser, then the input buffer, then the init function, as wasmtime does."""
-        if self.abi["reactor"]:
-            self.during_startup("_initialize", exports._initialize)
-        self.input_ptr = self.allocate(exports, self.spec["buffer_size"], "the input buffer")
-        init = self.abi["init"]
-        if init:
-            config = bytes.fromhex(self.spec["config"])
-            ptr = self.allocate(exports, len(config), "the config") if config else 0
-            self.view()[ptr : ptr + len(config)] = config
-            status = self.during_startup(init, getattr(exports, init), ptr, len(config))
-            if self.abi["init_returns_status"] and status is not None and status < 0:
-                raise Failure(STARTUP, f"init function {init} returned error code {status}")
 
-    def during_startup(self, name: str, func: Any, *args: int) -> Any:
-        try:
-            return self.call(func, *args)
-        except Failure as failure:
-            raise Failure(STARTUP, f"{name}: {failure.message}") from None
+def start(spec: dict[str, Any]) -> Guest:
+    """The instance, started by the guest protocol. Raises Failure."""
+    abi = GuestAbi(**{**spec["abi"], "result": ResultKind(spec["abi"]["result"])})
+    try:
+        return Guest(
+            WasmerRuntime(spec),
+            abi,
+            spec["buffer_size"],
+            bytes.fromhex(spec["config"]),
+            spec["max_output"],
+        )
+    except GuestError as error:
+        raise _failure(error) from None
 
-    def allocate(self, exports: Any, size: int, purpose: str) -> int:
-        alloc = self.abi["alloc"]
-        ptr = int(self.during_startup(alloc, getattr(exports, alloc), size)) & 0xFFFFFFFF
-        if ptr + size > self.memory.data_size:
-            raise Failure(
-                STARTUP,
-                f"{purpose} from {self.abi['alloc']}({size}) {ptr:#x}..{ptr + size:#x} "
-                f"({size} bytes) is outside guest memory ({self.memory.data_size} bytes)",
-            )
-        return ptr
 
-    def run(self, length: int) -> int:
-        start = self.input_ptr
-        self.view()[start : start + length] = self.input[:length]
-        result = int(self.call(self.transform, start, length))
-        try:
-            out_ptr, out_len = output_range(
-                result,
-                ResultKind(self.abi["result"]),
-                start,
-                self.spec["buffer_size"],
-                self.memory.data_size,
-                len(self.output),
-            )
-        except GuestError as error:
-            raise Failure(GUEST_ERROR, error.what) from None
-        self.output[:out_len] = self.view()[out_ptr : out_ptr + out_len]
-        if self.dealloc is not None and self.abi["result"] == "i64":
-            args = (out_ptr, out_len) if self.abi["dealloc_takes_length"] else (out_ptr,)
-            self.call(self.dealloc, *args)
-        return out_len
+def run(guest: Guest, length: int, input_region: mmap.mmap, output_region: mmap.mmap) -> int:
+    """One frame: from the input region to the output region; the output's length."""
+    guest.input_buffer()[:length] = input_region[:length]
+
+    def stage(output: memoryview) -> int:
+        output_region[: len(output)] = output
+        return len(output)
+
+    try:
+        # The parent reads the output region only after an OK reply: no copy is needed
+        # to keep a failed frame's output from leaving.
+        return guest.transform(length, stage, consume_is_final=False)
+    except GuestError as error:
+        raise _failure(error) from None
+
+
+def _failure(error: GuestError) -> Failure:
+    """A guest failure, as the status the parent turns back into the same error class."""
+    if isinstance(error, StartupError):
+        return Failure(STARTUP, error.what)
+    if isinstance(error, GuestMemoryLimit):
+        return Failure(MEMORY_LIMIT, error.what)
+    if isinstance(error, GuestTrap):
+        return Failure(TRAP, error.what)
+    return Failure(GUEST_ERROR, error.what)
 
 
 def read_exactly(fd: int, size: int) -> bytes:
@@ -202,7 +194,7 @@ def main(argv: list[str]) -> int:
     input_region = mmap.mmap(input_fd, spec["buffer_size"])
     output_region = mmap.mmap(output_fd, spec["max_output"])
     try:
-        guest = Guest(spec, input_region, output_region)
+        guest = start(spec)
     except Failure as failure:
         reply(replies, failure.status, message=failure.message)
         return 1
@@ -213,7 +205,7 @@ def main(argv: list[str]) -> int:
         except EOFError:
             return 0
         try:
-            reply(replies, OK, guest.run(length))
+            reply(replies, OK, run(guest, length, input_region, output_region))
         except Failure as failure:
             reply(replies, failure.status, message=failure.message)
 

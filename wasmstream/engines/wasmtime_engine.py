@@ -27,13 +27,11 @@ from .. import interrupts
 from ..abi import (
     COMMAND_START,
     MEMORY_EXPORT,
-    REACTOR_INIT,
     ExportDesc,
     FuncSig,
     GuestAbi,
     ImportDesc,
     ModuleInfo,
-    output_range,
 )
 from ..cache import ModuleCache, entry_name
 from ..errors import (
@@ -47,11 +45,11 @@ from ..errors import (
     ModuleError,
     StartupError,
 )
+from ..guest import Guest
 from ..units import format_duration, format_size
-from . import Sandbox
+from .base import CopyingInstance, Sandbox, check_header
 
 T = TypeVar("T")
-WASM_MAGIC = b"\0asm"
 PAGE = 65536
 
 try:  # the raw call path; see the module docstring
@@ -144,8 +142,7 @@ class WasmtimeEngine:
         return version("wasmtime")
 
     def compile(self, wasm: bytes, source: str) -> WasmtimeModule:
-        if not wasm.startswith(WASM_MAGIC):
-            raise ModuleError(f"{source}: not a WebAssembly binary (no \\0asm header)")
+        check_header(wasm, source)
         module = self._from_cache(wasm)
         if module is None:
             try:
@@ -284,8 +281,13 @@ class WasmtimeModule:
         return WasmtimeInstance(self._engine, self._module, self._source, abi, buffer_size, config)
 
 
-class WasmtimeInstance:
-    """One Store and Instance, owned by one thread; holds the input buffer for every frame."""
+class WasmtimeInstance(CopyingInstance):
+    """One Store and Instance, owned by one thread; holds the input buffer for every frame.
+
+    The guest protocol (start-up, calling the transform, reading and freeing its result) is
+    `guest.Guest`'s; this class is its `Runtime`: exports as fast callables under the store's
+    limits, and a view of linear memory.
+    """
 
     def __init__(
         self,
@@ -297,24 +299,14 @@ class WasmtimeInstance:
         config: bytes,
     ) -> None:
         self._store, self._guard = engine.new_store()
-        self._abi = abi
-        self._buffer_size = buffer_size
-        self._max_output = engine._sandbox.output_limit(buffer_size)
         self._memory_view = memoryview(b"")
         self._memory_at = (0, 0)
-        instance = self._link(engine, module, source, abi.wasi)
-        memory = _export(self._store, instance, MEMORY_EXPORT)
+        self._instance = self._link(engine, module, source, abi.wasi)
+        memory = _export(self._store, self._instance, MEMORY_EXPORT)
         assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
         self._memory = self._guard.memory = memory
-
-        def func(name: str) -> Callable[..., int | None]:
-            export = _export(self._store, instance, name)
-            assert isinstance(export, wasmtime.Func)
-            return _caller(self._store, export)
-
-        self._transform = func(abi.transform)
-        self._dealloc = func(abi.dealloc) if abi.dealloc else None
-        self._start(func, config)
+        max_output = engine._sandbox.output_limit(buffer_size)
+        self._guest = Guest(self, abi, buffer_size, config, max_output)
 
     def _link(
         self, engine: WasmtimeEngine, module: wasmtime.Module, source: str, wasi: bool
@@ -335,67 +327,17 @@ class WasmtimeInstance:
                 raise GuestMemoryLimit(f"cannot start an instance: {message}") from None
             raise ModuleError(f"{source}: cannot instantiate: {message}") from None
 
-    def _start(self, func: Callable[[str], Callable[..., int | None]], config: bytes) -> None:
-        """Reactor initialiser, then the input buffer, then the init function, in that order."""
-        abi = self._abi
-        if abi.reactor:
-            self._during_startup(REACTOR_INIT, func(REACTOR_INIT))
-        alloc = func(abi.alloc)
-        self._input_ptr = self._allocate(alloc, self._buffer_size, "the input buffer")
-        if abi.init is None:
-            return
-        config_ptr = self._allocate(alloc, len(config), "the config") if config else 0
-        self._memory_slice(config_ptr, len(config), "config buffer")[:] = config
-        status = self._during_startup(abi.init, func(abi.init), config_ptr, len(config))
-        if abi.init_returns_status and status is not None and status < 0:
-            raise StartupError(f"init function {abi.init} returned error code {status}")
+    def export(self, name: str) -> Callable[..., int | None]:
+        """`Runtime.export`: the raw-call fast path, each call under fresh limits."""
+        export = _export(self._store, self._instance, name)
+        assert isinstance(export, wasmtime.Func)
+        caller = _caller(self._store, export)
+        call = self._guard.call
+        return lambda *args: call(caller, *args)
 
-    def _during_startup(self, name: str, func: Callable[..., int | None], *args: int) -> int | None:
-        try:
-            return self._guard.call(func, *args)
-        except GuestError as error:
-            raise StartupError(f"{name}: {error.what}") from None
-
-    def _allocate(self, alloc: Callable[..., int | None], size: int, purpose: str) -> int:
-        ptr = self._during_startup(self._abi.alloc, alloc, size)
-        assert ptr is not None
-        ptr &= 0xFFFFFFFF  # i32 results are signed; addresses are not
-        try:
-            self._memory_slice(ptr, size, f"{purpose} from {self._abi.alloc}({size})")
-        except GuestError as error:
-            raise StartupError(error.what) from None
-        return ptr
-
-    def input_buffer(self) -> memoryview:
-        return self._refresh_memory()[self._input_ptr : self._input_ptr + self._buffer_size]
-
-    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
-        self.input_buffer()[: len(data)] = data
-        return self.transform_buffer(len(data), consume)
-
-    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
-        result = self._guard.call(self._transform, self._input_ptr, length)
-        assert result is not None
-        memory = self._refresh_memory()  # the call may have grown (and moved) memory
-        start, size = output_range(
-            result,
-            self._abi.result,
-            self._input_ptr,
-            self._buffer_size,
-            len(memory),
-            self._max_output,
-        )
-        if self._dealloc is None:  # in place, or nothing to free: hand on the guest's bytes
-            return consume(memory[start : start + size])
-        # Copied out first: `consume` may write the output, and a frame whose deallocator then
-        # traps has failed, and must leave nothing behind (as at -j N, where it never has).
-        output = bytes(memory[start : start + size])
-        args = (start, size) if self._abi.dealloc_takes_length else (start,)
-        self._guard.call(self._dealloc, *args)
-        return consume(memoryview(output))
-
-    def _refresh_memory(self) -> memoryview:
-        """A view of all guest memory; rebuilt only when memory has grown or moved."""
+    def memory(self) -> memoryview:
+        """`Runtime.memory`: a view of all guest memory, rebuilt only when it has grown or
+        moved."""
         store, memory = self._store, self._memory
         where = (ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store))
         if where != self._memory_at:
@@ -404,21 +346,18 @@ class WasmtimeInstance:
             self._memory_at = where
         return self._memory_view
 
-    def _memory_slice(self, ptr: int, length: int, what: str) -> memoryview:
-        memory = self._refresh_memory()
-        if ptr + length > len(memory):
-            raise GuestError(
-                f"{what} {ptr:#x}..{ptr + length:#x} ({length} bytes) is outside guest memory "
-                f"({len(memory)} bytes)"
-            )
-        return memory[ptr : ptr + length]
+    def input_buffer(self) -> memoryview:
+        return self._guest.input_buffer()
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        return self._guest.transform(length, consume)
 
     def close(self) -> None:
         self._memory_view.release()
         self._memory_at = (0, 0)
 
 
-class WasmtimeCommand:
+class WasmtimeCommand(CopyingInstance):
     """A WASI program run once per frame: the frame is its stdin, its stdout the frame's output.
 
     Linking is done once (an InstancePre); each frame gets a fresh Store and instance, so no
@@ -441,10 +380,6 @@ class WasmtimeCommand:
 
     def input_buffer(self) -> memoryview:
         return memoryview(self._buffer)
-
-    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
-        self._buffer[: len(data)] = data
-        return self.transform_buffer(len(data), consume)
 
     def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
         store, guard = self._engine.new_store()

@@ -1,0 +1,119 @@
+"""The engine contract: what every engine offers, and the sandbox it enforces.
+
+A leaf of the package (it imports nothing of wasmstream's but plain data), so that the engines
+and the code driving them import the contract without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from ..abi import GuestAbi, ModuleInfo
+from ..errors import ModuleError
+
+WASM_MAGIC = b"\0asm"
+
+
+def check_header(wasm: bytes, source: str) -> None:
+    """Refuse what is not WebAssembly at all before an engine tries to compile it."""
+    if not wasm.startswith(WASM_MAGIC):
+        raise ModuleError(f"{source}: not a WebAssembly binary (no \\0asm header)")
+
+
+T = TypeVar("T")
+
+DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB of linear memory per instance
+MIN_MAX_OUTPUT = 64 << 20  # the default --max-output is the larger of this and 4 frames
+
+
+@dataclass(frozen=True)
+class DirGrant:
+    host: str
+    guest: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What a guest may use: limits per frame and per instance; WASI grants (none by default)."""
+
+    timeout: float | None = None  # seconds of wall-clock time per frame
+    fuel: int | None = None  # instructions (roughly) per frame
+    max_memory: int | None = DEFAULT_MAX_MEMORY  # bytes of linear memory per instance
+    max_output: int | None = None  # bytes of output per frame; None: the default for the frame size
+    env: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[DirGrant, ...] = ()
+
+    def output_limit(self, frame_size: int) -> int:
+        return (
+            self.max_output if self.max_output is not None else max(MIN_MAX_OUTPUT, 4 * frame_size)
+        )
+
+
+class Instance(Protocol):
+    """A running instance of a module, with its input buffer already allocated."""
+
+    def input_buffer(self) -> memoryview:
+        """The guest's input buffer (frame-size bytes), valid until the next guest call.
+
+        Reading a frame straight into it saves a copy (see `transform_buffer`).
+        """
+        ...
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        """Run the transform on the first `length` bytes of the input buffer.
+
+        Returns `consume(output)`, where `output` is a view into guest memory valid only inside
+        `consume`: a packed output is freed right after it returns. Raises GuestError (or a
+        subclass naming the limit hit) on a trap or a bad result.
+        """
+        ...
+
+    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
+        """Copy `data` into the input buffer, then `transform_buffer`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class CopyingInstance:
+    """An `Instance` whose `transform` copies the frame into the input buffer, then runs
+    `transform_buffer`: every engine's instance, written once."""
+
+    def input_buffer(self) -> memoryview:
+        raise NotImplementedError
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        raise NotImplementedError
+
+    def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
+        self.input_buffer()[: len(data)] = data
+        return self.transform_buffer(len(data), consume)
+
+
+class CompiledModule(Protocol):
+    info: ModuleInfo
+
+    def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> Instance:
+        """A fresh instance, initialised (reactor, input buffer, init function).
+
+        Raises StartupError when the guest fails while starting, ModuleError when it cannot be
+        linked.
+        """
+        ...
+
+
+class Engine(Protocol):
+    name: str
+
+    def version(self) -> str: ...
+
+    def compile(self, wasm: bytes, source: str) -> CompiledModule:
+        """Compile `wasm` (read from `source`, named in errors). Raises ModuleError."""
+        ...
+
+    def close(self) -> None:
+        """Stop helper threads (the epoch ticker)."""
+        ...

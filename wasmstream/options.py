@@ -1,0 +1,96 @@
+"""Every option of a run, and its defaults: plain data, a leaf that every layer imports.
+
+The CLI parses options into a `RunConfig`; the core runs it; the checkpoint records it. Nothing
+here does anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .abi import AbiOptions
+from .engines import DEFAULT_ENGINE
+from .engines.base import Sandbox
+from .framing import FramingSpec
+
+POLICIES = ("fail", "skip", "passthrough")  # --on-error
+
+DEFAULT_FRAME_SIZE = 64 * 1024
+DEFAULT_CHECKPOINT_INTERVAL = 2.0
+DEFAULT_LINGER = 0.1
+
+Notify = Callable[[str], None]
+
+
+def sidecar_for(output: str) -> str:
+    """The default checkpoint of a run writing to `output`."""
+    return f"{output}.ckpt.json"
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Overload:
+    """What the reader does when every buffer is taken: `--on-overload block|drop|sample:N`."""
+
+    policy: str = "block"
+    keep_one_in: int = 1  # sample:N keeps one frame in N while the queue stays full
+
+    @classmethod
+    def parse(cls, text: str) -> Overload:
+        name, _, count = text.partition(":")
+        if name in ("block", "drop") and not count:
+            return cls(name)
+        if name == "sample" and count.isdigit() and int(count) >= 1:
+            return cls("sample", int(count))
+        raise ValueError(f"not an overload policy: {text!r} (block, drop or sample:N)")
+
+    def __str__(self) -> str:
+        return f"sample:{self.keep_one_in}" if self.policy == "sample" else self.policy
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    module: str
+    inputs: tuple[str, ...] = ()
+    output: str | None = None
+    frame_size: int = DEFAULT_FRAME_SIZE
+    jobs: int = 1
+    queue_depth: int | None = None  # None: twice the jobs
+    abi: AbiOptions = field(default_factory=AbiOptions)
+    config_arg: str | None = None  # --config as given: TEXT or @FILE
+    engine: str = DEFAULT_ENGINE
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    on_error: str = "fail"
+    dead_letter: str | None = None
+    framing: FramingSpec = field(default_factory=FramingSpec)
+    overload: Overload = field(default_factory=Overload)
+    drop_log: str | None = None
+    checkpoint: str | None = None
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    checkpoint_every: int | None = None
+    resume: bool = False
+    restart: bool = False
+    force: bool = False
+    cache: bool = True  # keep compiled modules in the user's cache directory
+
+    @property
+    def effective_queue_depth(self) -> int:
+        return self.queue_depth if self.queue_depth is not None else 2 * self.jobs
+
+
+class StartPoint(NamedTuple):
+    """Where this run starts in the input and output: zero, or a checkpoint's position."""
+
+    input_bytes: int = 0
+    per_input: tuple[int, ...] = ()
+    frames: int = 0
+    output_bytes: int = 0
