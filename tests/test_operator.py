@@ -52,9 +52,10 @@ def test_progress_in_a_real_terminal_updates_and_leaves_stdout_clean(tmp_path: P
                 break
             output += chunk
     process.stdin.close()
-    output += process.stdout.read()
-    process.stdout.close()
-    assert process.wait(timeout=30) == 0
+    process.stdin = None  # closed: communicate() has nothing to send
+    rest, _ = process.communicate(timeout=30)
+    output += rest
+    assert process.returncode == 0
     while select.select([primary], [], [], 0.2)[0]:
         try:
             screen += os.read(primary, 65536)
