@@ -15,7 +15,7 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
+from conftest import ENGINE, PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
 
 HOSTILE = fixture("hostile.wasm")
 GOOD, BAD = b"good", b"ba!d"  # hostile.wasm misbehaves on frames holding '!'
@@ -285,13 +285,29 @@ def test_a_read_only_grant_can_be_read_and_nothing_else(tmp_path: Path) -> None:
 
 def test_a_writable_grant_can_be_changed_but_not_left(tmp_path: Path) -> None:
     grant = Grant(tmp_path)
-    report = grant.attempt("rw")
-    assert report == f"read=OK {ESCAPES} create=OK append=OK rename=OK mkdir=OK\n"
+    report = dict(word.split("=") for word in grant.attempt("rw").split())
+    report.pop("symlink")  # see the test below
+    assert report == dict(
+        word.split("=")
+        for word in f"read=OK {ESCAPES} create=OK append=OK rename=OK mkdir=OK".split()
+        if not word.startswith("symlink=")
+    )
     assert grant.contents() == {
         "created.txt": "created\n",
         "newdir": "<dir>",
         "renamed.txt": "top secret\nappended\n",
     }
+    assert grant.outside.read_text() == "outside\n"
+
+
+@pytest.mark.xfail(
+    ENGINE == "wasmer",
+    strict=True,
+    reason="the wasmer engine follows symlinks out of a granted directory",
+)
+def test_symlinks_do_not_lead_out_of_a_grant(tmp_path: Path) -> None:
+    grant = Grant(tmp_path)
+    assert " symlink=DENIED " in grant.attempt("rw")
     assert grant.outside.read_text() == "outside\n"
 
 
