@@ -263,7 +263,9 @@ def test_a_cached_module_is_what_runs(tmp_path: Path) -> None:
 
 def test_rich_is_imported_only_when_progress_is_shown() -> None:
     probe = "import sys, wasmstream.cli, wasmstream.core; print('rich' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, timeout=60, check=True
+    )
     assert result.stdout == b"False\n"
 
 
@@ -288,5 +290,7 @@ def test_runs_starting_at_once_share_the_cache_safely(tmp_path: Path) -> None:
     assert all(run.returncode == 0 for run in runs)
     assert outputs == [b"73616d65"] * 6
     (entry,) = (tmp_path / "cache").iterdir()  # one entry, whole: no temp files left behind
-    again = subprocess.run(command, input=b"same", capture_output=True, env=env, check=True)
+    again = subprocess.run(
+        command, input=b"same", capture_output=True, env=env, timeout=60, check=True
+    )
     assert again.stdout == b"73616d65" and entry.stat().st_size > 0
