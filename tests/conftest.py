@@ -88,12 +88,13 @@ def assert_clean_failure(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if ENGINE == "wasmtime":
-        return
-    skip = pytest.mark.skip(reason=f"needs a wasmtime feature the {ENGINE} engine lacks")
+    lacks = pytest.mark.skip(reason=f"needs a wasmtime feature the {ENGINE} engine lacks")
+    other = pytest.mark.skip(reason="checks the wasmer engine: run under WASMSTREAM_ENGINE=wasmer")
     for item in items:
-        if "wasmtime_only" in item.keywords:
-            item.add_marker(skip)
+        if ENGINE != "wasmtime" and "wasmtime_only" in item.keywords:
+            item.add_marker(lacks)
+        if ENGINE != "wasmer" and "wasmer_only" in item.keywords:
+            item.add_marker(other)
 
 
 @pytest.fixture(autouse=True, scope="session")

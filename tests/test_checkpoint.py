@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,13 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_output(tmp_path: 
     ]
     rng = random.Random(12)
     kills, runs = 0, 0
+    ckpt = tmp_path / "out.hex.ckpt.json"
+    # Where each resume starts: the checkpoint's input position just before it (0: none yet).
+    # Killed runs only ever move it forward; a resume that started from 0 would move it back.
+    starts: list[int] = []
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
+        starts.append(read_checkpoint(ckpt)["position"]["input_bytes"] if ckpt.exists() else 0)
         process = start(*args, "--resume")
         runs += 1
         if kills < 10:
@@ -68,10 +74,17 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_output(tmp_path: 
                 break
             # finished before the kill came: start the job afresh to get more crashes in
             out.unlink()
-            (tmp_path / "out.hex.ckpt.json").unlink()
+            ckpt.unlink()
+            starts.append(-1)  # a fresh job: its first run starts at 0
             continue
         assert process.returncode == -signal.SIGKILL, stderr
     assert kills >= 10, f"only {kills} kills in {runs} runs"
+    jobs = " ".join(map(str, starts)).split("-1")  # the starts of each job, in order
+    for job in jobs:
+        positions = [int(n) for n in job.split()]
+        assert positions == sorted(positions), starts  # progress is never lost
+    resumed_past_zero = sum(1 for n in starts if n > 0)
+    assert resumed_past_zero >= kills // 2, starts
     assert out.read_bytes() == per_frame(HEX, data, 16384)
     assert read_checkpoint(tmp_path / "out.hex.ckpt.json")["status"] == "complete"
 
@@ -121,6 +134,7 @@ def test_resume_from_seekable_stdin_seeks(tmp_path: Path) -> None:
             [sys.executable, "-m", "wasmstream", *args],
             stdin=stdin,
             capture_output=True,
+            timeout=60,
             check=False,
         )
     assert failed.returncode == ExitStatus.GUEST_ERROR
@@ -133,16 +147,20 @@ def test_resume_from_seekable_stdin_seeks(tmp_path: Path) -> None:
     with open(source, "r+b") as fix:
         fix.seek(70_000)
         fix.write(b"c")
+    stats = tmp_path / "stats.json"
     with open(source, "rb") as stdin:
         resumed = subprocess.run(
-            [sys.executable, "-m", "wasmstream", *args, "--resume"],
+            [sys.executable, "-m", "wasmstream", *args, "--resume", "--stats-json", str(stats)],
             stdin=stdin,
             capture_output=True,
+            timeout=60,
             check=False,
         )
     assert resumed.returncode == 0, resumed.stderr
     assert b"discarding" not in resumed.stderr
     assert out.read_bytes() == source.read_bytes()
+    done = json.loads(stats.read_text())  # only what was left was transformed
+    assert (done["frames"], done["bytes_in"], done["bytes_out"]) == (10, 10_000, 10_000)
 
 
 def test_several_inputs_with_the_checkpoint_inside_the_second(tmp_path: Path) -> None:
@@ -212,7 +230,7 @@ def test_resume_command_with_and_without_overrides(tmp_path: Path) -> None:
 
 
 def test_growing_input_is_processed_incrementally(tmp_path: Path) -> None:
-    log, out = tmp_path / "app.log", tmp_path / "out"
+    log, out, stats = tmp_path / "app.log", tmp_path / "out", tmp_path / "stats.json"
     log.write_bytes(b"line one\n" * 10_000)
     args = ["run", fixture("upper.wasm"), str(log), "-o", str(out), "--resume"]
     assert wasmstream(*args).returncode == 0
@@ -221,8 +239,71 @@ def test_growing_input_is_processed_incrementally(tmp_path: Path) -> None:
     assert b"nothing new to process" in nothing.stderr
     with open(log, "ab") as grow:
         grow.write(b"line two\n" * 5_000)
-    assert wasmstream(*args).returncode == 0
+    assert wasmstream(*args, "--stats-json", str(stats)).returncode == 0
     assert out.read_bytes() == log.read_bytes().upper()
+    assert json.loads(stats.read_text())["bytes_in"] == 45_000  # the new lines, and only them
+
+
+def test_a_grown_input_followed_by_a_started_one_is_refused(tmp_path: Path) -> None:
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    first.write_bytes(b"1" * 5_000)
+    second.write_bytes(b"2" * 5_000 + b"!" + b"2" * 999)
+    args = ["run", fixture("trap.wasm"), str(first), str(second), "-o", str(out)]
+    assert wasmstream(*args, "--frame-size", "1000").returncode == ExitStatus.GUEST_ERROR
+    ckpt = tmp_path / "out.ckpt.json"
+    before = (ckpt.read_bytes(), out.read_bytes())
+    with open(first, "ab") as grow:  # new data in the first input, already passed
+        grow.write(b"1" * 1000)
+    refused = wasmstream(*args, "--frame-size", "1000", "--resume")
+    assert_clean_failure(
+        refused, ExitStatus.CHECKPOINT, f"input {first} has grown", "cannot resume in stream order"
+    )
+    assert (ckpt.read_bytes(), out.read_bytes()) == before
+
+
+def test_checkpoint_every_n_frames(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(os.urandom(100_000))  # 100 frames
+    saves = []
+    for every in ([], ["--checkpoint-every", "10"], ["--checkpoint-every", "7"]):
+        out, stats = tmp_path / "out", tmp_path / "stats.json"
+        result = wasmstream(
+            "run",
+            fixture("upper.wasm"),
+            str(source),
+            "-o",
+            str(out),
+            "--restart",
+            "--frame-size",
+            "1000",
+            "--checkpoint-interval",
+            "1h",  # never due by time: only the frame count makes a save
+            *every,
+            "--stats-json",
+            str(stats),
+        )
+        assert result.returncode == 0, result.stderr
+        saves.append(json.loads(stats.read_text())["checkpoints_written"])
+    # one save every N frames more than without
+    assert [n - saves[0] for n in saves] == [0, 10, 100 // 7]
+
+
+def test_dropped_frames_count_as_done_in_the_checkpoint(tmp_path: Path) -> None:
+    # varying.wasm spins ~10 ms on frames starting with 0xff; the file arrives far faster
+    frames = [bytes([255]) + os.urandom(1023) for _ in range(100)]
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(b"".join(frames))
+    args = ["run", fixture("varying.wasm"), str(source), "-o", str(out), "--frame-size", "1K"]
+    overload = ["-j", "1", "--queue-depth", "1", "--on-overload", "drop"]
+    result = wasmstream(*args, *overload)
+    assert result.returncode == 0, result.stderr
+    assert b"dropped" in result.stderr
+    saved = read_checkpoint(tmp_path / "out.ckpt.json")
+    assert saved["status"] == "complete"
+    assert saved["position"]["input_bytes"] == 100 * 1024 and saved["position"]["frames"] == 100
+    assert saved["position"]["output_bytes"] == out.stat().st_size < 100 * 1024
+    again = wasmstream(*args, *overload, "--resume")  # nothing dropped is read again
+    assert b"nothing new to process" in again.stderr
 
 
 class Refusal:
@@ -363,16 +444,63 @@ def test_existing_checkpoint_is_not_overwritten_without_resume_or_restart(tmp_pa
     assert job.out.read_bytes() == job.input.read_bytes()
 
 
-def test_checkpoint_to_stdout_needs_the_flag_and_is_at_least_once(tmp_path: Path) -> None:
+def test_checkpoint_to_stdout_needs_the_flag(tmp_path: Path) -> None:
     ckpt = tmp_path / "c.json"
     data = b"abc" * 1000
-    plain = wasmstream("run", fixture("upper.wasm"), input=data)
-    assert plain.returncode == 0
-    assert not list(tmp_path.iterdir())
+    (tmp_path / "in").write_bytes(data)
+    for where in ("-", "in"):  # from a pipe and from a file, run where a sidecar could go
+        plain = wasmstream("run", fixture("upper.wasm"), where, input=data, cwd=tmp_path)
+        assert plain.returncode == 0 and plain.stdout == data.upper()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no checkpoint anywhere
     first = wasmstream("run", fixture("upper.wasm"), "--checkpoint", str(ckpt), input=data)
     assert first.stdout == data.upper()
     saved = read_checkpoint(ckpt)
     assert saved["output"] is None and saved["position"]["output_bytes"] == len(data)
+    assert saved["status"] == "complete"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_checkpoint_to_stdout_is_at_least_once(sig: int, tmp_path: Path) -> None:
+    """Interrupted, then resumed: both outputs together hold everything, in order."""
+    data = random.Random(14).randbytes(400_000)
+    expected = per_frame(HEX, data, 4096)
+    ckpt, first_out, second_out = tmp_path / "c.json", tmp_path / "1", tmp_path / "2"
+    args = ["run", fixture("hexdump.wasm"), "-", "--checkpoint", str(ckpt), "--frame-size", "4K"]
+    with open(first_out, "wb") as stdout:
+        process = start(
+            *args, "--checkpoint-interval", "50ms", stdin=subprocess.PIPE, stdout=stdout
+        )
+        assert process.stdin is not None
+        # Fed slowly (a save comes after a frame, once 50 ms have passed) until a checkpoint
+        # past 0 is saved; the rest never comes: the run waits for input.
+        sent = 0
+        while not (ckpt.exists() and read_checkpoint(ckpt)["position"]["input_bytes"] > 0):
+            assert sent < 200_000, "no checkpoint past 0"
+            process.stdin.write(data[sent : sent + 8192])
+            process.stdin.flush()
+            sent += 8192
+            time.sleep(0.02)
+        process.send_signal(sig)
+        process.stdin.close()
+        process.stdin = None
+        process.communicate(timeout=30)
+    assert process.returncode in (ExitStatus.INTERRUPTED, -signal.SIGKILL)
+    saved = read_checkpoint(ckpt)["position"]
+    with open(second_out, "wb") as stdout:
+        resumed = subprocess.run(
+            [sys.executable, "-m", "wasmstream", *args, "--resume"],
+            input=data,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    assert resumed.returncode == 0, resumed.stderr
+    first, second = first_out.read_bytes(), second_out.read_bytes()
+    assert expected.startswith(first)  # what came out before the signal was right
+    assert len(first) >= saved["output_bytes"]  # ...and covered what the checkpoint says
+    assert second == expected[saved["output_bytes"] :]  # the resume went on from there
+    assert len(first) + len(second) >= len(expected)  # nothing missing
 
 
 def test_no_checkpoint_disables_the_sidecar(tmp_path: Path) -> None:
@@ -405,3 +533,76 @@ def test_no_default_checkpoint_beside_a_device_or_fifo(tmp_path: Path) -> None:
     assert not (tmp_path / "fifo.ckpt.json").exists()
     assert wasmstream("run", fixture("upper.wasm"), "-o", os.devnull, input=b"abc").returncode == 0
     assert not Path(os.devnull + ".ckpt.json").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only); `remount(size)` gives it more room."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
+
+
+def remount(disk: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], timeout=30, check=True)
+
+
+def test_a_full_disk_leaves_a_checkpoint_that_resumes_exactly(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    data = random.Random(15).randbytes(3 << 20)  # 6 MiB of output for a 1 MiB disk
+    source, out, ckpt = tmp_path / "in", small_disk / "out", tmp_path / "out.ckpt.json"
+    source.write_bytes(data)
+    args = ["run", fixture("hexdump.wasm"), str(source), "-o", str(out), "--checkpoint", str(ckpt)]
+    args += ["-j", "2", "--frame-size", "16K", "--checkpoint-interval", "10ms"]
+    full = wasmstream(*args)
+    assert_clean_failure(full, ExitStatus.IO_ERROR, f"cannot write output {out}", "No space left")
+    saved = read_checkpoint(ckpt)
+    assert saved["status"] == "failed"
+    done = saved["position"]
+    # never more claimed than was written, and what was written is right
+    assert 0 < done["output_bytes"] <= out.stat().st_size
+    assert (
+        out.read_bytes()[: done["output_bytes"]]
+        == per_frame(HEX, data, 16384)[: done["output_bytes"]]
+    )
+    remount(small_disk, "16M")
+    resumed = wasmstream(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == per_frame(HEX, data, 16384)
+
+
+def test_a_full_disk_under_the_checkpoint_too_resumes_exactly(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    data = random.Random(16).randbytes(3 << 20)
+    source, out = tmp_path / "in", small_disk / "out"  # the checkpoint beside it, on the same disk
+    source.write_bytes(data)
+    args = ["run", fixture("hexdump.wasm"), str(source), "-o", str(out), "-j", "2"]
+    args += ["--frame-size", "16K", "--checkpoint-interval", "10ms"]
+    full = wasmstream(*args)
+    assert full.returncode != 0 and b"Traceback" not in full.stderr
+    remount(small_disk, "16M")
+    resumed = wasmstream(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == per_frame(HEX, data, 16384)
+
+
+@pytest.mark.xfail(strict=True, reason="a checkpoint that cannot be saved is an internal error")
+def test_a_full_disk_under_the_checkpoint_is_an_io_error(small_disk: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(random.Random(16).randbytes(3 << 20))
+    out = small_disk / "out"
+    full = wasmstream("run", fixture("hexdump.wasm"), str(source), "-o", str(out))
+    assert_clean_failure(full, ExitStatus.IO_ERROR, "No space left on device")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import click
@@ -16,21 +17,71 @@ MAN = (ROOT / "man" / "wasmstream.1").read_text().replace("\\-", "-")
 README = (ROOT / "README.md").read_text()
 
 
-def options() -> list[tuple[str, str]]:
-    found = [("wasmstream", name) for p in cli.params for name in p.opts if name.startswith("--")]
-    assert isinstance(cli, click.Group)
-    for command_name, command in cli.commands.items():
-        for param in command.params:
-            if isinstance(param, click.Option):
-                found += [(command_name, name) for name in param.opts + param.secondary_opts]
-    return found
+OPTION = re.compile(r"(?<![\w-])(--?[a-z][\w-]*)")
 
 
-@pytest.mark.parametrize(("command", "option"), options())
-def test_option_is_documented(command: str, option: str) -> None:
-    whole_option = re.compile(rf"(?<![\w-]){re.escape(option)}(?![\w-])")
-    assert whole_option.search(MAN), f"{command} {option} missing from man/wasmstream.1"
-    assert whole_option.search(README), f"{command} {option} missing from README"
+def command_options() -> dict[str, set[str]]:
+    """Every option of every command ("" is `wasmstream` itself), nested groups included."""
+    found: dict[str, set[str]] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        found[path] = {
+            name
+            for param in command.params
+            if isinstance(param, click.Option)
+            for name in param.opts + param.secondary_opts
+        }
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+
+    walk(cli, "")
+    return {path: names for path, names in found.items() if names}
+
+
+def section(text: str, start: str, end: str) -> str:
+    """From the line starting with `start` up to the next line starting with `end`."""
+    match = re.search(rf"^{re.escape(start)}.*?(?=^{re.escape(end)}|\Z)", text, re.M | re.S)
+    assert match, f"no section {start!r}"
+    return match.group(0)
+
+
+def readme_table_rows(text: str) -> list[set[str]]:
+    """The options named in the first cell of each table row."""
+    rows = [line.replace("\\|", "") for line in text.splitlines() if line.startswith("| `")]
+    return [set(OPTION.findall(row.split("|")[1])) for row in rows]
+
+
+def man_entries(text: str) -> list[set[str]]:
+    """The options named in the tag line of each .TP entry."""
+    lines = re.sub(r"\\f[BIRP]", "", text).splitlines()
+    return [set(OPTION.findall(tag)) for tp, tag in itertools.pairwise(lines) if tp == ".TP"]
+
+
+def where(option: str, places: list[set[str]]) -> int:
+    return sum(option in place for place in places)
+
+
+def test_run_options_each_have_a_readme_row_and_a_man_entry() -> None:
+    """`run`'s options (and `wasmstream`'s own) have one table row and one .TP entry each."""
+    options = command_options()
+    expected = options["run"] | options[""] - {"--help"}
+    rows = readme_table_rows(section(README, "## `wasmstream run", "## "))
+    entries = man_entries(section(MAN, ".SH OPTIONS", ".SH "))
+    missing = sorted(o for o in expected if where(o, rows) != 1 or where(o, entries) != 1)
+    assert not missing, f"not in exactly one README row and one man entry: {missing}"
+    documented = set().union(*rows, *entries) - {"-h", "--help"}
+    assert documented <= expected, f"documented but not options: {documented - expected}"
+
+
+@pytest.mark.parametrize("command", ["resume", "inspect", "checkpoint show", "bench"])
+def test_other_commands_document_their_options_in_their_own_section(command: str) -> None:
+    readme = section(README, f"## `wasmstream {command}", "## ")
+    man = section(MAN, f".SS wasmstream {command}", ".S")
+    mentioned = set(OPTION.findall(readme)), set(OPTION.findall(re.sub(r"\\f[BIRP]", "", man)))
+    options = command_options()[command] - {"-h", "--help"}
+    for text, name in zip(mentioned, ("README", "man page"), strict=True):
+        assert options <= text, f"{command}: {sorted(options - text)} missing from the {name}"
 
 
 @pytest.mark.parametrize("status", list(ExitStatus))

@@ -215,15 +215,20 @@ def test_signals_stop_cleanly(sig: signal.Signals, status: int, jobs: str, tmp_p
         stderr=subprocess.PIPE,
     )
     assert process.stdin is not None
-    process.stdin.write(b"abc" * 100_000)
+    data = b"abc" * 100_000  # four full 64 KiB frames and part of a fifth; stdin stays open
+    process.stdin.write(data)
     process.stdin.flush()
-    time.sleep(1.0)  # let it start and process what it was given; stdin stays open
+    deadline = time.monotonic() + 30
+    while not out.exists() or out.stat().st_size < 4 * 65536:  # the full frames are done
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == status, stderr
-    assert b"Traceback" not in stderr
+    assert b"Traceback" not in stderr and b"panicked" not in stderr, stderr
     written = out.read_bytes()
-    assert written == (b"abc" * 100_000).upper()[: len(written)]
+    assert len(written) >= 4 * 65536
+    assert written == data.upper()[: len(written)]
 
 
 def test_wasmer_engine_unavailable_says_why() -> None:

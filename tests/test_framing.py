@@ -151,16 +151,27 @@ def test_length_prefixed_frames_hold_whole_records(
 )
 def test_oversize_skip_and_split(records: list[bytes], pieces: list[int]) -> None:
     data = b"".join(r + b"\x1e" for r in records)
+    # skip: the records that fit, packed as many to a frame as fit; the others counted
     skip = FramingSpec(Framing.DELIMITER, delimiter=b"\x1e", oversize=Oversize.SKIP)
     skipped = Skipped()
     frames = cut_records(data, 20, pieces, skip, skipped)
     kept = [r + b"\x1e" for r in records if len(r) + 1 <= 20]
+    gone = [r + b"\x1e" for r in records if len(r) + 1 > 20]
     assert b"".join(f for _, _, f in frames) == b"".join(kept)
-    assert skipped.records == len(records) - len(kept)
-    assert sum(span for _, span, _ in frames) + (skipped.bytes if not frames else 0) <= len(data)
-    assert all(len(f) <= 20 for _, _, f in frames)
+    assert (skipped.records, skipped.bytes) == (len(gone), sum(map(len, gone)))
+    for offset, _, frame in frames:  # each frame is the input found at its offset
+        assert data[offset : offset + len(frame)] == frame
+    if frames:  # spans cover the input up to the last frame's end: skipped bytes included
+        last_offset, _, last = frames[-1]
+        assert sum(span for _, span, _ in frames) == last_offset + len(last)
+    # split: nothing lost; a frame ends a record unless it is a full piece of a long one
     split = FramingSpec(Framing.DELIMITER, delimiter=b"\x1e", oversize=Oversize.SPLIT)
-    assert b"".join(f for _, _, f in cut_records(data, 20, pieces, split)) == data
+    pieces_of = cut_records(data, 20, pieces, split)
+    assert b"".join(f for _, _, f in pieces_of) == data
+    for _, _, frame in pieces_of:
+        if not frame.endswith(b"\x1e"):  # a piece of a long record: a full frame of it alone
+            assert len(frame) == 20 and b"\x1e" not in frame
+    assert sum(span for _, span, _ in pieces_of) == len(data)
 
 
 def test_oversize_error_names_offset_and_length() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -92,19 +93,72 @@ def test_oversized_records_skipped_are_counted() -> None:
     assert b"skipped 1 oversized records (5001 bytes)" in result.stderr
 
 
+# marks.wasm: each frame comes out as its length (4 bytes, big-endian), then the frame itself
+MARKS = fixture("marks.wasm")
+
+
+def marked(frames: list[bytes]) -> bytes:
+    """What marks.wasm makes of these frames: where the input was cut shows in the output."""
+    return b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+
+
 def test_length_prefixed_records_reach_the_guest_whole(tmp_path: Path) -> None:
-    records = [os.urandom(random.Random(n).randrange(0, 300)) for n in range(300)]
-    data = b"".join(len(r).to_bytes(4, "big") + r for r in records)
+    rng = random.Random(5)
+    records = [rng.randbytes(rng.randrange(0, 300)) for _ in range(300)]
+    prefixed = [len(r).to_bytes(4, "big") + r for r in records]
+    source = tmp_path / "records"
+    source.write_bytes(b"".join(prefixed))
     result = wasmstream(
         "run",
-        fixture("identity.wasm"),
+        MARKS,
+        str(source),
+        "--free",
+        "release",
         "--framing",
         "length-prefixed",
         "--frame-size",
         "1K",
-        input=data,
     )
-    assert result.returncode == 0 and result.stdout == data
+    assert result.returncode == 0, result.stderr
+    # as many whole records as fit in 1 KiB, prefixes included, and never part of one
+    frames, frame = [], b""
+    for record in prefixed:
+        if len(frame) + len(record) > 1024:
+            frames.append(frame)
+            frame = b""
+        frame += record
+    frames.append(frame)
+    assert result.stdout == marked(frames)
+
+
+def test_oversize_split_cuts_a_long_record_into_full_frames(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(b"ab\n" + b"x" * 40 + b"\ncd\n")
+    result = wasmstream(
+        "run",
+        MARKS,
+        str(source),
+        "--free",
+        "release",
+        "--framing",
+        "lines",
+        "--frame-size",
+        "16",
+        "--oversize",
+        "split",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == marked([b"ab\n", b"x" * 16, b"x" * 16, b"x" * 8 + b"\ncd\n"])
+
+
+def test_free_names_the_deallocator_the_host_calls() -> None:
+    # marks.wasm's outputs are released only through `release`; its memory holds ~120 of them
+    data = bytes(range(256)) * 1200  # 300 frames of 1 KiB
+    leaked = wasmstream("run", MARKS, "--frame-size", "1K", "-j", "1", input=data)
+    assert_clean_failure(leaked, ExitStatus.GUEST_ERROR, "guest trapped")
+    freed = wasmstream("run", MARKS, "--frame-size", "1K", "--free", "release", input=data)
+    assert freed.returncode == 0, freed.stderr
+    assert freed.stdout == marked([data[n : n + 1024] for n in range(0, len(data), 1024)])
 
 
 def test_checkpoint_resume_with_lines_framing(tmp_path: Path) -> None:
@@ -190,25 +244,72 @@ def test_live_stream_latency_is_under_linger_plus_100ms(jobs: str) -> None:
         finish(process)
 
 
-def test_fixed_framing_on_a_pipe_waits_for_full_frames_unless_asked() -> None:
-    process = spawn(
-        [
-            "run",
-            fixture("upper.wasm"),
-            "--linger",
-            "50ms",
-            "-j",
-            "1",
-        ],
+def live(*options: str) -> subprocess.Popen[bytes]:
+    return spawn(
+        ["run", MARKS, "--free", "release", "-j", "1", *options],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def read_within(stream: int, size: int, timeout: float) -> bytes:
+    """Up to `size` bytes from `stream`, whatever arrives within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    got = b""
+    while len(got) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([stream], [], [], remaining)[0]:
+            break
+        chunk = os.read(stream, size - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(["--frame-size", "8"], id="fixed"),
+        pytest.param(
+            ["--frame-size", "64", "--framing", "lines", "--linger", "off"],
+            id="lines-linger-off",
+            # the CLI turns `off` into a linger of 0 s, which releases every record at once
+            marks=pytest.mark.xfail(strict=True, reason="--linger off acts as a zero linger"),
+        ),
+    ],
+)
+def test_a_pipe_is_read_until_frames_are_full_unless_asked(options: list[str]) -> None:
+    """Fixed frames (and record frames with --linger off) wait for a full frame on a pipe."""
+    process = live(*options)
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(b"partial frame\n")
-    process.stdin.flush()
-    assert read_line_within(process.stdout.fileno(), 10) == b"PARTIAL FRAME\n"
-    finish(process)
+    try:
+        first = b"1234567\n" if "lines" in options else b"12345678"
+        process.stdin.write(first + b"part\n")
+        process.stdin.flush()
+        if "lines" not in options:  # a full fixed frame goes at once; the part waits
+            assert read_within(process.stdout.fileno(), 12, 10) == marked([first])
+        # the partial frame is held back while the writer is quiet, however long
+        assert read_within(process.stdout.fileno(), 100, 1.0) == b""
+        process.stdin.close()  # end of input: what is left goes as the last frame
+        rest = read_within(process.stdout.fileno(), 100, 10)
+        expected = marked([first + b"part\n"] if "lines" in options else [first, b"part\n"])
+        assert (b"" if "lines" in options else marked([first])) + rest == expected
+    finally:
+        finish(process)
+
+
+def test_linger_releases_a_partial_frame_on_a_quiet_pipe() -> None:
+    process = live("--frame-size", "1K", "--linger", "50ms")
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(b"partial frame\n")
+        process.stdin.flush()
+        expected = marked([b"partial frame\n"])
+        assert read_within(process.stdout.fileno(), len(expected), 10) == expected
+    finally:
+        finish(process)
 
 
 @pytest.mark.parametrize("policy", ["drop", "sample:3"])
@@ -244,6 +345,21 @@ def test_overload_loses_frames_deliberately_and_accounts_for_each(
     assert all(d["offset"] == d["frame"] * 1024 and d["length"] == 1024 for d in dropped)
     kept = [f for n, f in enumerate(frames) if n not in dropped_indexes]
     assert result.stdout == b"".join(bytes((b + 1) & 255 for b in f) for f in kept)
+    # The queue stays full (a frame takes ~10 ms, reading one microseconds): `drop` loses long
+    # runs of frames; `sample:3` keeps one frame in three, so never loses more than two in a row.
+    runs = longest_runs(sorted(dropped_indexes))
+    if policy == "drop":
+        assert max(runs) > 10, runs
+    else:
+        assert max(runs) == 2, runs
+
+
+def longest_runs(indexes: list[int]) -> list[int]:
+    """The lengths of the runs of consecutive numbers in `indexes` (sorted)."""
+    runs = [1]
+    for before, after in itertools.pairwise(indexes):
+        runs[-1:] = [runs[-1] + 1] if after == before + 1 else [runs[-1], 1]
+    return runs
 
 
 def test_block_is_the_default_and_loses_nothing(tmp_path: Path) -> None:

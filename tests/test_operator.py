@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -15,7 +16,7 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import assert_clean_failure, fixture, spawn, wasmstream
+from conftest import FIXTURES, assert_clean_failure, fixture, spawn, wasmstream
 
 
 def test_progress_in_a_real_terminal_updates_and_leaves_stdout_clean(tmp_path: Path) -> None:
@@ -51,9 +52,10 @@ def test_progress_in_a_real_terminal_updates_and_leaves_stdout_clean(tmp_path: P
                 break
             output += chunk
     process.stdin.close()
-    output += process.stdout.read()
-    process.stdout.close()
-    assert process.wait(timeout=30) == 0
+    process.stdin = None  # closed: communicate() has nothing to send
+    rest, _ = process.communicate(timeout=30)
+    output += rest
+    assert process.returncode == 0
     while select.select([primary], [], [], 0.2)[0]:
         try:
             screen += os.read(primary, 65536)
@@ -182,12 +184,46 @@ def test_checkpoint_show(tmp_path: Path) -> None:
     assert_clean_failure(missing, ExitStatus.CHECKPOINT, "no checkpoint at")
 
 
-def test_every_option_can_come_from_the_environment() -> None:
+def test_every_option_can_come_from_the_environment(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {
+        "WASMSTREAM_RUN_FRAME_SIZE": "4",  # a size
+        "WASMSTREAM_RUN_ON_ERROR": "skip",  # a choice
+        "WASMSTREAM_RUN_OUTPUT": str(out),  # a path
+        "WASMSTREAM_RUN_QUIET": "true",  # a flag
+        "WASMSTREAM_RUN_JOBS": "1",
+    }
+    result = wasmstream("run", fixture("trap.wasm"), input=b"abcdefgh!xyzijkl", env=env)
+    assert result.returncode == ExitStatus.FRAMES_FAILED
+    assert result.stdout == b""
+    assert out.read_bytes() == b"abcdefghijkl"  # frame 2 of four 4-byte frames skipped
+    assert b"1 of 4 frames failed" in result.stderr
+
+
+def test_the_command_line_wins_over_the_environment(tmp_path: Path) -> None:
+    env = {"WASMSTREAM_RUN_FRAME_SIZE": "4", "WASMSTREAM_RUN_ON_ERROR": "skip"}
     result = wasmstream(
-        "run", fixture("trap.wasm"), input=b"abcdefgh!", env={"WASMSTREAM_RUN_FRAME_SIZE": "4"}
+        "run",
+        fixture("trap.wasm"),
+        "--frame-size",
+        "2",
+        "--on-error",
+        "fail",
+        input=b"abcdefgh!xyz",
+        env=env,
     )
-    assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 2 at offset 8")
+    assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 4 at offset 8")
     assert result.stdout == b"abcdefgh"
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    from wasmstream._version import __version__
+
+    result = wasmstream("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == f"wasmstream {__version__} (wasmtime {version('wasmtime')})\n"
 
 
 @pytest.mark.wasmtime_only  # the cache holds wasmtime's serialized modules
@@ -206,9 +242,30 @@ def test_compiled_modules_are_cached_and_bad_entries_replaced(tmp_path: Path) ->
     assert entry.read_bytes() == good  # replaced by a fresh compile
 
 
+@pytest.mark.wasmtime_only  # the cache holds wasmtime's serialized modules
+def test_a_cached_module_is_what_runs(tmp_path: Path) -> None:
+    """Put hexdump's compiled code under upper's cache entry: a run of upper.wasm that used the
+    cache would then print hex. (The entry is named for its source; nothing else checks it.)"""
+    env = {"WASMSTREAM_CACHE_DIR": str(tmp_path)}
+    for name in ("upper.wasm", "hexdump.wasm"):
+        assert wasmstream("run", fixture(name), input=b"a", env=env).returncode == 0
+    upper_hash = hashlib.sha256((FIXTURES / "upper.wasm").read_bytes()).hexdigest()
+    (upper,) = tmp_path.glob(f"{upper_hash}-*")
+    (hexdump,) = (p for p in tmp_path.iterdir() if p != upper)
+    stamp = upper.stat()
+    assert wasmstream("run", fixture("upper.wasm"), input=b"a", env=env).stdout == b"A"
+    assert (upper.stat().st_ino, upper.stat().st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
+    upper.write_bytes(hexdump.read_bytes())
+    assert wasmstream("run", fixture("upper.wasm"), input=b"a", env=env).stdout == b"61"
+    no_cache = wasmstream("run", fixture("upper.wasm"), "--no-cache", input=b"a", env=env)
+    assert no_cache.stdout == b"A"
+
+
 def test_rich_is_imported_only_when_progress_is_shown() -> None:
     probe = "import sys, wasmstream.cli, wasmstream.core; print('rich' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, timeout=60, check=True
+    )
     assert result.stdout == b"False\n"
 
 
@@ -233,5 +290,7 @@ def test_runs_starting_at_once_share_the_cache_safely(tmp_path: Path) -> None:
     assert all(run.returncode == 0 for run in runs)
     assert outputs == [b"73616d65"] * 6
     (entry,) = (tmp_path / "cache").iterdir()  # one entry, whole: no temp files left behind
-    again = subprocess.run(command, input=b"same", capture_output=True, env=env, check=True)
+    again = subprocess.run(
+        command, input=b"same", capture_output=True, env=env, timeout=60, check=True
+    )
     assert again.stdout == b"73616d65" and entry.stat().st_size > 0

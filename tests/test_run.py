@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import struct
 import subprocess
 import sys
 import time
@@ -51,6 +53,41 @@ def test_order_is_kept_when_frames_finish_out_of_order() -> None:
     assert result.stdout == per_frame(REFERENCES["varying.wasm"], data, 1024)
 
 
+def call_intervals(jobs: int, frames: int) -> list[tuple[int, int]]:
+    """When each guest call ran: clock.wasm returns (entry, exit) nanoseconds per frame."""
+    result = wasmstream(
+        "run",
+        fixture("clock.wasm"),
+        "--frame-size",
+        "16",
+        "-j",
+        str(jobs),
+        input=bytes(16 * frames),
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert len(out) == 16 * frames
+    return [struct.unpack("<QQ", out[n : n + 16]) for n in range(0, len(out), 16)]
+
+
+def overlapping(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [
+        (a, b)
+        for a, b in itertools.combinations(range(len(intervals)), 2)
+        if intervals[a][0] < intervals[b][1] and intervals[b][0] < intervals[a][1]
+    ]
+
+
+def test_guest_calls_run_at_the_same_time_with_two_jobs() -> None:
+    """Not a timing test: each call lasts 100 ms by the guest's own clock, and calls that ran
+    at once have overlapping intervals, however loaded the machine."""
+    intervals = call_intervals(2, 6)
+    assert all(end - start >= 100_000_000 for start, end in intervals)
+    assert len(overlapping(intervals)) >= 2, intervals  # more than one pair ran at once
+    serial = call_intervals(1, 3)  # and the check can tell: one job never overlaps
+    assert overlapping(serial) == [], serial
+
+
 @pytest.mark.parametrize("jobs", [1, 3])
 def test_odd_sized_pipe_writes_do_not_change_output(jobs: int, tmp_path: Path) -> None:
     data = random.Random(3).randbytes(300_000)
@@ -73,10 +110,10 @@ def test_odd_sized_pipe_writes_do_not_change_output(jobs: int, tmp_path: Path) -
         process.stdin.write(piece)
         process.stdin.flush()
     process.stdin.close()
-    assert process.stderr is not None
-    with process.stderr:
-        assert process.stderr.read() == b""
-    assert process.wait(timeout=60) == 0
+    process.stdin = None  # closed: communicate() has nothing to send
+    _, stderr = process.communicate(timeout=60)
+    assert stderr == b""
+    assert process.returncode == 0
     assert (tmp_path / "out").read_bytes() == per_frame(REFERENCES["hexdump.wasm"], data, 10000)
 
 

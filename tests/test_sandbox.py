@@ -15,7 +15,7 @@ import pytest
 
 from wasmstream.errors import ExitStatus
 
-from conftest import PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
+from conftest import ENGINE, PeakRSS, assert_clean_failure, fixture, spawn, wasmstream
 
 HOSTILE = fixture("hostile.wasm")
 GOOD, BAD = b"good", b"ba!d"  # hostile.wasm misbehaves on frames holding '!'
@@ -239,6 +239,78 @@ def test_the_sandbox_grants_nothing_by_default(tmp_path: Path) -> None:
     assert granted.stdout == b"file=top secret env=given\n"
 
 
+class Grant:
+    """A granted directory holding secret.txt, beside outside.txt, with two symlinks out."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.data = tmp_path / "data"
+        self.data.mkdir()
+        (self.data / "secret.txt").write_text("top secret\n")
+        self.outside = tmp_path / "outside.txt"
+        self.outside.write_text("outside\n")
+        (self.data / "link").symlink_to(self.outside)  # absolute target
+        (self.data / "uplink").symlink_to("../outside.txt")  # relative target, through ..
+
+    def attempt(self, mode: str) -> str:
+        # the frame is outside.txt's host path, which the guest also tries to open as it is
+        result = wasmstream(
+            "run",
+            fixture("c/escape.wasm"),
+            "--dir",
+            f"{self.data}:/data:{mode}",
+            input=str(self.outside).encode(),
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    def contents(self) -> dict[str, str]:
+        return {
+            path.name: "<dir>" if path.is_dir() else path.read_text()
+            for path in sorted(self.data.iterdir())
+            if not path.is_symlink()
+        }
+
+
+ESCAPES = "dotdot=DENIED absolute=DENIED symlink=DENIED outwrite=DENIED"
+
+
+@pytest.mark.wasmtime_only  # the wasmer engine refuses read-only grants (see test_wasmer.py)
+def test_a_read_only_grant_can_be_read_and_nothing_else(tmp_path: Path) -> None:
+    grant = Grant(tmp_path)
+    report = grant.attempt("ro")
+    assert report == (f"read=OK {ESCAPES} create=DENIED append=DENIED rename=DENIED mkdir=DENIED\n")
+    assert grant.contents() == {"secret.txt": "top secret\n"}
+    assert grant.outside.read_text() == "outside\n"
+
+
+def test_a_writable_grant_can_be_changed_but_not_left(tmp_path: Path) -> None:
+    grant = Grant(tmp_path)
+    report = dict(word.split("=") for word in grant.attempt("rw").split())
+    report.pop("symlink")  # see the test below
+    assert report == dict(
+        word.split("=")
+        for word in f"read=OK {ESCAPES} create=OK append=OK rename=OK mkdir=OK".split()
+        if not word.startswith("symlink=")
+    )
+    assert grant.contents() == {
+        "created.txt": "created\n",
+        "newdir": "<dir>",
+        "renamed.txt": "top secret\nappended\n",
+    }
+    assert grant.outside.read_text() == "outside\n"
+
+
+@pytest.mark.xfail(
+    ENGINE == "wasmer",
+    strict=True,
+    reason="the wasmer engine follows symlinks out of a granted directory",
+)
+def test_symlinks_do_not_lead_out_of_a_grant(tmp_path: Path) -> None:
+    grant = Grant(tmp_path)
+    assert " symlink=DENIED " in grant.attempt("rw")
+    assert grant.outside.read_text() == "outside\n"
+
+
 @pytest.mark.parametrize(
     "args", [["--env", "NOEQUALS"], ["--dir", "/no/such/dir"], ["--dir", "a:b:c:d"]]
 )
@@ -285,13 +357,38 @@ def result_line(result: subprocess.CompletedProcess[bytes], status: int) -> str:
 
 @pytest.mark.wasmtime_only  # WASI command mode
 def test_wasi_command_timeout_applies_per_frame() -> None:
-    result, elapsed = timed("run", fixture("c/rev.wasm"), "--timeout", "2s", input=b"hello\n")
-    assert result.returncode == 0 and result.stdout == b"olleh\n"
-    assert elapsed < 2 + STARTUP
+    # sleepy.wasm copies its stdin after N x 100 ms for a leading digit N; '!' spins forever
+    slow = b"4 frame\n" * 4  # 0.4 s a frame: 1.6 s in all, longer than the timeout
+    ok = wasmstream(
+        "run", fixture("sleepy.wasm"), "--frame-size", "8", "-j", "1", "--timeout", "1s", input=slow
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == slow
+    stuck, elapsed = timed(
+        "run",
+        fixture("sleepy.wasm"),
+        "--frame-size",
+        "8",
+        "-j",
+        "1",
+        "--timeout",
+        "1s",
+        input=b"1 frame\n! stuck\n1 never\n",
+    )
+    assert_clean_failure(stuck, ExitStatus.TIMEOUT, "frame 1 at offset 8: timed out after 1s")
+    assert stuck.stdout == b"1 frame\n"
+    assert elapsed < 1 + 0.1 + 1 + STARTUP
 
 
+@pytest.mark.parametrize(
+    ("sig", "status"),
+    [(signal.SIGINT, ExitStatus.INTERRUPTED), (signal.SIGTERM, ExitStatus.TERMINATED)],
+    ids=["SIGINT", "SIGTERM"],
+)
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_ctrl_c_stops_a_guest_stuck_in_a_loop(jobs: str, tmp_path: Path) -> None:
+def test_a_signal_stops_a_guest_stuck_in_a_loop(
+    sig: int, status: int, jobs: str, tmp_path: Path
+) -> None:
     """Even with no --timeout, and even at -j 1 where the main thread is inside the guest."""
     out = tmp_path / "out"
     process = spawn(
@@ -302,16 +399,49 @@ def test_ctrl_c_stops_a_guest_stuck_in_a_loop(jobs: str, tmp_path: Path) -> None
     assert process.stdin is not None
     process.stdin.write(GOOD + BAD)  # the second frame spins forever
     process.stdin.close()
+    process.stdin = None  # closed: communicate() has nothing to send
     time.sleep(1.5)
     assert process.poll() is None
     sent = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    assert process.stderr is not None
-    with process.stderr:
-        stderr = process.stderr.read()
-    assert process.wait(timeout=30) == ExitStatus.INTERRUPTED, stderr
+    process.send_signal(sig)
+    try:
+        _, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail(f"still running 10 s after {signal.Signals(sig).name}")
+    assert process.returncode == status, stderr
     assert time.monotonic() - sent < 5
-    assert b"Traceback" not in stderr
+    assert b"Traceback" not in stderr and b"panicked" not in stderr
     saved = json.loads((tmp_path / "out.ckpt.json").read_text())
     assert saved["status"] == "interrupted" and saved["position"]["input_bytes"] == 4
     assert out.read_bytes() == GOOD
+
+
+@pytest.mark.parametrize(
+    "options", [["-j", "1"], ["-j", "1", "--on-overload", "sample:1"]], ids=["serial", "pool"]
+)
+def test_the_run_stops_when_a_replacement_instance_cannot_start(
+    options: list[str], tmp_path: Path
+) -> None:
+    # once.wasm starts once per directory: the instance replacing the one that failed cannot
+    result = wasmstream(
+        "run",
+        fixture("c/once.wasm"),
+        "--init",
+        "init",
+        "--dir",
+        f"{tmp_path}:/data:rw",
+        "--frame-size",
+        "4",
+        "--on-error",
+        "skip",
+        *options,
+        input=GOOD + BAD + GOOD + GOOD,
+    )
+    assert_clean_failure(
+        result,
+        ExitStatus.GUEST_ERROR,
+        "while starting an instance: init function init returned error code -1",
+    )
+    assert result.stdout == GOOD
