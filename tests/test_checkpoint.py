@@ -599,7 +599,6 @@ def test_a_full_disk_under_the_checkpoint_too_resumes_exactly(
     assert out.read_bytes() == per_frame(HEX, data, 16384)
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint that cannot be saved is an internal error")
 def test_a_full_disk_under_the_checkpoint_is_an_io_error(small_disk: Path, tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.write_bytes(random.Random(16).randbytes(3 << 20))

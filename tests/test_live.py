@@ -275,8 +275,6 @@ def read_within(stream: int, size: int, timeout: float) -> bytes:
         pytest.param(
             ["--frame-size", "64", "--framing", "lines", "--linger", "off"],
             id="lines-linger-off",
-            # the CLI turns `off` into a linger of 0 s, which releases every record at once
-            marks=pytest.mark.xfail(strict=True, reason="--linger off acts as a zero linger"),
         ),
     ],
 )

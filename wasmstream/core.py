@@ -333,6 +333,8 @@ def _report_losses(summary: RunSummary, notify: Notify) -> None:
 def _with_default_linger(spec: FramingSpec, inputs: tuple[str, ...]) -> FramingSpec:
     """Record framings linger 100 ms by default when reading a pipe or a terminal: on a live
     stream a frame may take minutes to fill. Fixed frames keep their exact size unless asked."""
+    if spec.linger == 0:  # `--linger off`: wait for full frames, whatever the input is
+        return dataclasses.replace(spec, linger=None)
     if spec.linger is not None or not spec.record_based:
         return spec
     reads_stdin = not inputs or STDIN in inputs

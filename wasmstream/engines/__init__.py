@@ -39,12 +39,61 @@ __all__ = [
     "load_module",
 ]
 
-ENGINE_NAMES = ("wasmtime", "wasmer")
+
+
+FEATURES = ("--fuel", "--dir", "WASI command mode")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine cannot do (of FEATURES), and why. What it cannot is refused by one rule
+    (`refuse_unsupported`), before a run opens any file, not by each engine in its own words."""
+
+    lacks: tuple[tuple[str, str], ...] = ()  # (feature, the reason, said with the refusal)
+
+    def reason_against(self, feature: str) -> str | None:
+        return next((why for lacked, why in self.lacks if lacked == feature), None)
+
+
+ENGINES = {
+    "wasmtime": Capabilities(),
+    "wasmer": Capabilities(
+        lacks=(
+            ("--fuel", "wasmer 1.1 has no instruction counting"),
+            ("--dir", "its WASI follows symlinks out of a granted directory"),
+            ("WASI command mode", "its WASI cannot capture a program's stdout"),
+        )
+    ),
+}
+ENGINE_NAMES = tuple(ENGINES)
 DEFAULT_ENGINE = "wasmtime"
 
 
+def refuse_unsupported(name: str, sandbox: Sandbox, abi: GuestAbi | None = None) -> None:
+    """Raise UsageError if the run asks `name` for something it cannot do."""
+    asked = {
+        "--fuel": sandbox.fuel is not None,
+        "--dir": bool(sandbox.dirs),
+        "WASI command mode": abi is not None and abi.command,
+    }
+    for feature in FEATURES:
+        why = ENGINES[name].reason_against(feature)
+        if asked[feature] and why is not None:
+            raise UsageError(
+                f"{feature} is not supported by the {name} engine ({why}); use --engine "
+                f"{DEFAULT_ENGINE}"
+            )
+
+
 def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) -> Engine:
-    """The engine `name`; `cache`: keep compiled modules in the user's cache directory."""
+    """The engine `name`; `cache`: keep compiled modules in the user's cache directory.
+    Refuses (UsageError) a sandbox the engine cannot enforce."""
+    if name in ENGINES:
+        refuse_unsupported(name, sandbox or Sandbox())
+    return _new_engine(name, sandbox, cache)
+
+
+def _new_engine(name: str, sandbox: Sandbox | None, cache: bool) -> Engine:
     if name == "wasmtime":
         from ..cache import ModuleCache
         from .wasmtime_engine import WasmtimeEngine
@@ -89,6 +138,7 @@ def load_module(
     try:
         compiled = engine.compile(wasm, path)
         abi = resolve_abi(compiled.info, abi_options, path)
+        refuse_unsupported(engine_name, sandbox or Sandbox(), abi)
     except BaseException:
         engine.close()
         raise

@@ -70,22 +70,10 @@ def _import_wasmer() -> Any:
     return wasmer, wasmer_compiler_cranelift
 
 
-def refuse_unsupported(sandbox: Sandbox) -> None:
-    if sandbox.fuel is not None:
-        raise UsageError("--fuel is not supported by the wasmer engine; use --engine wasmtime")
-    for grant in sandbox.dirs:
-        if not grant.writable:
-            raise UsageError(
-                f"--dir {grant.host}: the wasmer engine cannot grant a directory read-only; "
-                "add :rw, or use --engine wasmtime"
-            )
-
-
 class WasmerEngine:
     name = "wasmer"
 
     def __init__(self, sandbox: Sandbox) -> None:
-        refuse_unsupported(sandbox)
         self._wasmer, compiler = _import_wasmer()
         self._store = self._wasmer.Store(self._wasmer.engine.Universal(compiler.Compiler))
         self._sandbox = sandbox
@@ -118,11 +106,7 @@ class WasmerModule:
         self._source = source
 
     def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> WasmerWorker:
-        if abi.command:
-            raise UsageError(
-                "WASI command mode is not supported by the wasmer engine (its WASI cannot "
-                "capture a program's stdout); use --engine wasmtime"
-            )
+        assert not abi.command  # refused before any run starts: engines.refuse_unsupported
         return WasmerWorker(self._wasm, abi, buffer_size, config, self._sandbox, self._source)
 
 
