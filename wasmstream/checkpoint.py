@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from .errors import CheckpointError, IOFailure
+from .sources import Inputs, is_url, size_of
 
 FORMAT_VERSION = 2  # 2: the limits, grants and overload policy moved to `options`
 HEAD_BYTES = 64 * 1024  # inputs are identified by the hash of their first 64 KiB
@@ -41,6 +42,7 @@ FrameSize = Annotated[int, msgspec.Meta(ge=1, le=1 << 32)]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 OneByte = Annotated[str, msgspec.Meta(min_length=1, max_length=1)]
 OverloadText = Annotated[str, msgspec.Meta(pattern="^(block|drop|sample:[1-9][0-9]*)$")]
+ShardText = Annotated[str, msgspec.Meta(pattern="^[1-9][0-9]*/[1-9][0-9]*$")]
 FramingName = Literal["fixed", "lines", "delimiter", "length-prefixed"]
 OversizeName = Literal["error", "split", "skip"]
 PolicyName = Literal["fail", "skip", "passthrough"]
@@ -104,6 +106,8 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     env: list[tuple[str, str]] = msgspec.field(default_factory=list)
     dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
     overload: OverloadText = "block"
+    shard: ShardText | None = None  # --shard K/N: which part of the input this run is
+    part_size: Positive | None = None  # with --cluster: where parts (and so frames) are cut
 
 
 # How each field of OutputOptions is spelled on the command line, where it differs.
@@ -122,6 +126,8 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     dead_letter: str | None = None
     linger: Annotated[float, msgspec.Meta(ge=0)] | None = None
     drop_log: str | None = None
+    cluster: str | None = None  # --cluster ADDRESS (a cluster run of the same parts may move)
+    cluster_file: str | None = None
 
 
 class InputRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -213,6 +219,15 @@ def describe_input(path: str) -> InputRecord:
     """
     if path == "-":
         return _describe_fd("-", 0)
+    if is_url(path):
+        head = Inputs([path]).read_at(0, HEAD_BYTES)
+        return InputRecord(
+            path=path,
+            regular=True,
+            size=size_of(path),
+            head_length=len(head),
+            head_sha256=hashlib.sha256(head).hexdigest(),
+        )
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return InputRecord(path=os.path.abspath(path), regular=False)
@@ -461,6 +476,12 @@ def _check_input(
 
 
 def head_sha256(path: str, length: int) -> str:
+    if is_url(path):
+        inputs = Inputs([path])
+        try:
+            return hashlib.sha256(inputs.read_at(0, length)).hexdigest()
+        finally:
+            inputs.close()
     fd = 0 if path == "-" else os.open(path, os.O_RDONLY)
     try:
         return hashlib.sha256(os.pread(fd, length, 0)).hexdigest()

@@ -24,16 +24,20 @@ import click
 from . import interrupts, stdio
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
-from .core import ProgressFactory, run
+from .cluster import run
+from .core import ProgressFactory
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
 from .framing import Framing, FramingSpec, Oversize
 from .options import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_FRAME_SIZE,
+    DEFAULT_PART_SIZE,
     POLICIES,
+    Cluster,
     Overload,
     RunConfig,
+    Shard,
     default_jobs,
     sidecar_for,
 )
@@ -177,6 +181,24 @@ def _linger_option(ctx: click.Context, param: click.Parameter, value: str | None
 def _overload_option(ctx: click.Context, param: click.Parameter, value: str) -> Overload:
     try:
         return Overload.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
+    if value is None:
+        return None
+    try:
+        return Shard.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def _cluster_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return Cluster.check_address(value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from None
 
@@ -427,6 +449,29 @@ queue_depth_option = click.option(
     metavar="N",
     help="Also save the checkpoint every N frames.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N",
+    callback=_shard_option,
+    help="Process only the K-th of N parts of the INPUT files, cut where records start.",
+)
+@click.option(
+    "--cluster",
+    metavar="local|local:N|tcp://HOST:PORT",
+    callback=_cluster_option,
+    help="Run parts of the input as tasks on a Dask cluster (local: started for the run).",
+)
+@click.option(
+    "--cluster-file",
+    metavar="FILE",
+    help="Join the Dask scheduler described in FILE (dask scheduler --scheduler-file).",
+)
+@click.option(
+    "--part-size",
+    metavar="SIZE",
+    callback=_optional_size,
+    help=f"Input bytes per cluster task [default: {format_size(DEFAULT_PART_SIZE)}].",
+)
 @operator_options
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint (none: start).")
 @click.option("--restart", is_flag=True, help="Start over, replacing an existing checkpoint.")
@@ -468,6 +513,10 @@ def run_command(
     resume: bool,
     restart: bool,
     force: bool,
+    shard: Shard | None,
+    cluster: str | None,
+    cluster_file: str | None,
+    part_size: int | None,
     quiet: bool,
     progress: bool | None,
     stats: bool,
@@ -490,6 +539,7 @@ def run_command(
         raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
+    cluster_config = _cluster_config(cluster, cluster_file, part_size, shard)
     checkpoint_path = _checkpoint_path(checkpoint, no_checkpoint, output)
     if (resume or restart or force) and checkpoint_path is None:
         raise click.UsageError(
@@ -532,8 +582,26 @@ def run_command(
         restart=restart,
         force=force,
         cache=not no_cache,
+        shard=shard,
+        cluster=cluster_config,
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+
+
+def _cluster_config(
+    address: str | None, scheduler_file: str | None, part_size: int | None, shard: Shard | None
+) -> Cluster | None:
+    if address is not None and scheduler_file is not None:
+        raise click.UsageError("--cluster and --cluster-file exclude each other")
+    if address is None and scheduler_file is None:
+        if part_size is not None:
+            raise click.UsageError("--part-size needs --cluster or --cluster-file")
+        return None
+    if shard is not None:
+        raise click.UsageError(
+            "--shard and --cluster exclude each other: a cluster splits the input itself"
+        )
+    return Cluster(address, scheduler_file, part_size or DEFAULT_PART_SIZE)
 
 
 def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from .engines import LoadedModule, load_module
+from .engines import LoadedModule, load_module, stateful
 from .errors import ExitStatus, FramesFailed, Interrupted, UsageError
 from .files import Role, RunFiles, check_distinct
 from .framing import (
@@ -29,9 +29,11 @@ from .framing import (
 )
 from .inputs import STDIN, ConcatenatedInput, check_inputs
 from .options import DEFAULT_LINGER, Notify, RunConfig, StartPoint
+from .parts import shard_part
 from .policy import DeadLetters, DropLog, FailureHandler
 from .pool import PoolSettings, run_frames
 from .sink import STDOUT, Sink
+from .sources import Inputs, is_url, size_of
 from .tally import Tally
 from .units import format_size
 
@@ -71,6 +73,12 @@ ProgressFactory = Callable[[Tally, "int | None", int], AbstractContextManager[ob
 """Called with (tally, total input bytes if known, bytes already done) around the run."""
 
 
+Body = Callable[
+    [RunConfig, LoadedModule, bytes, RunFiles, Notify, "ProgressFactory | None"], RunSummary
+]
+"""What a run does once its checks pass, its module is loaded and its files are locked."""
+
+
 def run(
     config: RunConfig,
     notify: Notify = lambda message: None,
@@ -79,9 +87,24 @@ def run(
     """Run the module over the inputs into the output. Raises WasmstreamError on failure.
 
     Under --on-error skip|passthrough, a run whose frames partly failed completes (checkpoint
-    `complete`) and then raises FramesFailed, so the exit status still tells.
+    `complete`) and then raises FramesFailed, so the exit status still tells. A run with
+    `config.cluster` goes through `wasmstream.cluster.run`.
     """
+    if config.cluster is not None:
+        raise UsageError("a cluster run goes through wasmstream.cluster.run")
+    return execute(config, _run_loaded, notify, progress)
+
+
+def execute(
+    config: RunConfig,
+    body: Body,
+    notify: Notify = lambda message: None,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """The checks, module and locks every run needs, around `body`."""
     check_inputs(config.inputs)
+    if config.shard is not None or config.cluster is not None:
+        _check_splittable(config)
     check_distinct(
         [Role("input", path) for path in config.inputs or (STDIN,)], _written_files(config)
     )
@@ -89,8 +112,14 @@ def run(
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
+        if (config.shard or config.cluster) and stateful(loaded):
+            what = "--cluster" if config.cluster else "--shard"
+            raise UsageError(
+                f"module {config.module} is stateful (it exports snapshot and restore): its "
+                f"state follows the stream in order, so it cannot run with {what}"
+            )
         with RunFiles(config.checkpoint, config.output) as files:
-            summary = _run_loaded(config, loaded, config_bytes, files, notify, progress)
+            summary = body(config, loaded, config_bytes, files, notify, progress)
     finally:
         loaded.engine.close()
     if summary.failures.failed:
@@ -98,6 +127,34 @@ def run(
         failed.summary = summary
         raise failed
     return summary
+
+
+def _check_splittable(config: RunConfig) -> None:
+    """Shards and cluster parts are byte ranges of files: a stream cannot be cut so."""
+    what = "--cluster" if config.cluster is not None else "--shard"
+    if not config.inputs or STDIN in config.inputs:
+        raise UsageError(f"standard input cannot be split with {what}: give INPUT files")
+    for path in config.inputs:
+        if not is_url(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise UsageError(f"input {path} is not a regular file: it cannot be split ({what})")
+    if config.cluster is not None and config.overload.policy != "block":
+        raise UsageError(
+            "--on-overload drop|sample has no queue to act on with --cluster (tasks in flight "
+            "are bounded instead)"
+        )
+
+
+def shard_start(config: RunConfig) -> tuple[StartPoint, int | None]:
+    """Where a run starts when nothing is saved, and how many bytes it reads (None: all)."""
+    if config.shard is None:
+        return StartPoint(), None
+    inputs = Inputs(config.inputs)
+    try:
+        part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
+    finally:
+        inputs.close()
+    start = StartPoint(part.start, inputs.per_input(part.start), part.first_frame, 0)
+    return start, part.end
 
 
 def _written_files(config: RunConfig) -> list[Role]:
@@ -131,22 +188,26 @@ def _run_loaded(
     progress: ProgressFactory | None,
 ) -> RunSummary:
     plan = None
+    origin, end = shard_start(config)
     if config.checkpoint is not None:
         from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
 
-        plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd)
-    start = plan.start if plan else StartPoint()
+        plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd, origin)
+    start = plan.start if plan else origin
     summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
     if plan is not None and plan.nothing_new():
         notify(f"nothing new to process since checkpoint {config.checkpoint}")
         summary.nothing_to_do = True
         return summary
     watch = plan is not None and plan.watches_stream
-    stream = ConcatenatedInput(config.inputs, start.per_input, keep_head=watch)
+    limit = None if end is None else end - start.input_bytes
+    stream = ConcatenatedInput(config.inputs, start.per_input, keep_head=watch, limit=limit)
     try:
         if plan is not None and plan.saved:
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
             plan.check_stream(stream)
+        elif start.input_bytes:
+            stream.skip_to_start()  # a shard starts where its part does
             for name, count in stream.discarded:
                 notify(f"skipped the first {count} bytes of {name}: already processed")
         summary = _run_stream(
@@ -154,7 +215,7 @@ def _run_loaded(
         )
     finally:
         stream.close()
-    _report_losses(summary, notify)
+    report_losses(summary, notify)
     return summary
 
 
@@ -178,11 +239,11 @@ def _run_stream(
         fd=files.output_fd,
     )
     files.output_used()
-    logs = _Logs(config, summary)
+    logs = Logs(config, summary)
     journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally) if plan else None
     watch = plan is not None and plan.watches_stream
     try:
-        with _progress(progress, summary.tally, config, start):
+        with progress_of(progress, summary.tally, config, start):
             run_frames(
                 frames,
                 lambda: loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes),
@@ -241,7 +302,7 @@ def _framer(
     return frames, skipped
 
 
-class _Logs:
+class Logs:
     """The dead-letter and drop logs, when asked for, hooked to the run's failure handling."""
 
     def __init__(self, config: RunConfig, summary: RunSummary) -> None:
@@ -278,12 +339,12 @@ def _timed_write(sink: Sink, tally: Tally) -> Callable[[memoryview | bytes], int
     return write
 
 
-def _progress(
+def progress_of(
     progress: ProgressFactory | None, tally: Tally, config: RunConfig, start: StartPoint
 ) -> AbstractContextManager[object]:
     if progress is None:
         return nullcontext()
-    return progress(tally, _total_input(config.inputs), start.input_bytes)
+    return progress(tally, total_input(config.inputs), start.input_bytes)
 
 
 class _TimedInput:
@@ -308,10 +369,13 @@ class _TimedInput:
             self._tally.input_seconds += perf_counter() - started
 
 
-def _total_input(inputs: tuple[str, ...]) -> int | None:
+def total_input(inputs: tuple[str, ...]) -> int | None:
     """The input's size when every part is a regular file (for percent and ETA), else None."""
     total = 0
     for path in inputs or (STDIN,):
+        if is_url(path):
+            total += size_of(path)
+            continue
         info = os.fstat(0) if path == STDIN else os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             return None
@@ -319,7 +383,7 @@ def _total_input(inputs: tuple[str, ...]) -> int | None:
     return total
 
 
-def _report_losses(summary: RunSummary, notify: Notify) -> None:
+def report_losses(summary: RunSummary, notify: Notify) -> None:
     """Deliberate loss is accounted, never silent."""
     tally = summary.tally
     if tally.dropped:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .errors import CheckpointError, IOFailure, UsageError
 from .pipes import enlarge_pipe
+from .sources import InputFile, is_url, open_input, size_of
 from .stdio import was_closed
 
 STDIN = "-"
@@ -28,6 +29,9 @@ def check_inputs(paths: Sequence[str]) -> None:
         if path == STDIN:
             if was_closed(STDIN_FD):
                 raise UsageError("standard input is closed: give an INPUT file, or data on stdin")
+            continue
+        if is_url(path):
+            size_of(path)  # raises when it is missing, or fsspec (or its protocol) is not there
             continue
         try:
             mode = os.stat(path).st_mode
@@ -64,11 +68,13 @@ class ConcatenatedInput:
         paths: Sequence[str],
         start_at: Sequence[int] = (),
         keep_head: bool = False,
+        limit: int | None = None,
     ) -> None:
         self.paths = list(paths) or [STDIN]
         self._start_at = list(start_at) or [0] * len(self.paths)
         self._spans: list[_Span] = []
-        self._current: io.FileIO | None = None
+        self._current: InputFile | None = None
+        self._limit = limit  # read at most this many bytes (the end of a shard or a part)
         self._stream_position = 0
         self.head = bytearray()
         self._keep_head = keep_head
@@ -76,6 +82,11 @@ class ConcatenatedInput:
         self.discarded: list[tuple[str, int]] = []  # streams read past (not seeked) to start
 
     def readinto(self, buffer: memoryview, /) -> int:
+        if self._limit is not None:
+            remaining = self._limit - self._stream_position
+            if remaining <= 0:
+                return 0
+            buffer = buffer[:remaining]
         while True:
             if self._current is None:
                 if len(self._spans) == len(self.paths):
@@ -83,7 +94,7 @@ class ConcatenatedInput:
                 self._open_next()
             assert self._current is not None
             try:
-                got = self._current.readinto(buffer)
+                got = self._current.readinto(buffer) or 0
             except OSError as error:
                 raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
             if got:
@@ -110,8 +121,8 @@ class ConcatenatedInput:
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether input (or its end) arrives within `timeout` seconds: for --linger."""
-        if self._current is None:
-            return True
+        if not isinstance(self._current, io.FileIO):
+            return True  # nothing read yet, or an object store: data is there or ends
         poller = select.poll()
         poller.register(self._current.fileno(), select.POLLIN | select.POLLHUP)
         return bool(poller.poll(timeout * 1000))
@@ -136,14 +147,17 @@ class ConcatenatedInput:
                 enlarge_pipe(STDIN_FD)
                 self._current = io.FileIO(STDIN_FD, "rb", closefd=False)
             else:
-                self._current = io.FileIO(path, "rb")
+                self._current = open_input(path)
         except OSError as error:
             raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
         if skip:
             self._skip(self._current, skip, tail if tail is not None else bytearray())
 
-    def _skip(self, stream: io.FileIO, count: int, tail: bytearray) -> None:
+    def _skip(self, stream: InputFile, count: int, tail: bytearray) -> None:
         """Move past `count` bytes of `stream`, keeping the head and tail windows of them."""
+        if not isinstance(stream, io.FileIO):  # a URL: object stores seek
+            stream.seek(count)
+            return
         try:
             if stream.seekable() and os.fstat(stream.fileno()).st_size >= count:
                 self._keep(tail, os.pread(stream.fileno(), min(count, WINDOW), 0), count)
@@ -158,7 +172,7 @@ class ConcatenatedInput:
         """Windows of a seekable input's first `count` bytes (read by pread, not in full)."""
         if len(self.head) < WINDOW:
             self.head += head_part[: WINDOW - len(self.head)]
-        fd = self._current.fileno() if self._current else -1
+        fd = self._current.fileno() if isinstance(self._current, io.FileIO) else -1
         length = min(count, WINDOW)
         tail += os.pread(fd, length, count - length)
         del tail[:-WINDOW]

@@ -13,6 +13,7 @@ file, a digest of its bytes just before the saved output offset.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
@@ -20,8 +21,21 @@ from . import checkpoint
 from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, Status
 from .errors import GuestError
 from .framing import Frame
-from .inputs import ConcatenatedInput
 from .tally import Tally
+
+
+class StreamProgress(Protocol):
+    """What the journal asks of the input (a ConcatenatedInput, or a cluster run's parts)."""
+
+    @property
+    def head(self) -> bytearray: ...
+
+    @property
+    def skipped_tail(self) -> bytes: ...
+
+    def progress(self, stream_offset: int) -> list[int]:
+        """Bytes of each input done once this run has done `stream_offset` bytes."""
+        ...
 
 
 class StreamTail:
@@ -60,7 +74,7 @@ class Journal:
         record: Checkpoint,
         *,
         syncs: list[Callable[[], None]],
-        stream: ConcatenatedInput,
+        stream: StreamProgress,
         tally: Tally,
         clock: checkpoint.Clock,
         stream_tail: StreamTail | None = None,

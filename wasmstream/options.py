@@ -21,6 +21,7 @@ POLICIES = ("fail", "skip", "passthrough")  # --on-error
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
 DEFAULT_LINGER = 0.1
+DEFAULT_PART_SIZE = 64 << 20  # --part-size: the input a cluster task runs on
 
 Notify = Callable[[str], None]
 
@@ -57,6 +58,49 @@ class Overload:
         return f"sample:{self.keep_one_in}" if self.policy == "sample" else self.policy
 
 
+class Shard(NamedTuple):
+    """`--shard K/N`: the K-th (from 1) of N parts of the input."""
+
+    k: int
+    n: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        k, sep, n = text.partition("/")
+        if sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n):
+            return cls(int(k), int(n))
+        raise ValueError(f"not a shard: {text!r} (K/N with 1 <= K <= N, e.g. 2/8)")
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """`--cluster local|local:N|tcp://HOST:PORT` or `--cluster-file FILE`: where parts run."""
+
+    address: str | None = None  # "local", "local:N", or a scheduler's address
+    scheduler_file: str | None = None
+    part_size: int = DEFAULT_PART_SIZE
+
+    @property
+    def local_workers(self) -> int | None:
+        """Worker processes to start for a local cluster (None: join a running scheduler)."""
+        if self.address is None or not self.address.startswith("local"):
+            return None
+        _, _, count = self.address.partition(":")
+        return int(count) if count else default_jobs()
+
+    @staticmethod
+    def check_address(text: str) -> str:
+        name, sep, count = text.partition(":")
+        if name == "local" and (not sep or (count.isdigit() and int(count) >= 1)):
+            return text
+        if "://" in text:
+            return text
+        raise ValueError(f"not a cluster: {text!r} (local, local:N or tcp://HOST:PORT)")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     module: str
@@ -81,6 +125,8 @@ class RunConfig:
     restart: bool = False
     force: bool = False
     cache: bool = True  # keep compiled modules in the user's cache directory
+    shard: Shard | None = None
+    cluster: Cluster | None = None
 
     @property
     def effective_queue_depth(self) -> int:

@@ -30,8 +30,8 @@ from .engines import DirGrant, LoadedModule, Sandbox
 from .errors import CheckpointError
 from .framing import Framing, FramingSpec, Oversize
 from .inputs import STDIN, ConcatenatedInput
-from .journal import Journal, StreamTail
-from .options import Notify, Overload, RunConfig, StartPoint
+from .journal import Journal, StreamProgress, StreamTail
+from .options import Cluster, Notify, Overload, RunConfig, Shard, StartPoint
 
 if TYPE_CHECKING:
     from .tally import Tally
@@ -51,11 +51,15 @@ class CheckpointPlan:
         config_bytes: bytes,
         notify: Notify,
         output_fd: int | None,
+        origin: StartPoint | None = None,
     ) -> None:
         assert config.checkpoint is not None
         self.config = config
         self.output_fd = output_fd
-        self.record = new_record(config, loaded, config_bytes, output_fd)
+        self.origin = (
+            origin or StartPoint()
+        )  # where the run starts when nothing is saved (a shard's start)
+        self.record = new_record(config, loaded, config_bytes, output_fd, origin)
         self.replaces = config.restart
         self.saved = self._previous(notify)
         checkpoint.check_writable(config.checkpoint)  # a full disk fails now, not mid-run
@@ -80,7 +84,7 @@ class CheckpointPlan:
     @property
     def start(self) -> StartPoint:
         if self.saved is None:
-            return StartPoint()
+            return self.origin
         position = self.saved.position
         return StartPoint(
             position.input_bytes, tuple(position.per_input), position.frames, position.output_bytes
@@ -111,7 +115,7 @@ class CheckpointPlan:
                 )
 
     def open_journal(
-        self, syncs: list[Callable[[], None]], stream: ConcatenatedInput, tally: Tally
+        self, syncs: list[Callable[[], None]], stream: StreamProgress, tally: Tally
     ) -> Journal:
         """The journal. When this run replaces an old checkpoint (--restart, or a finished
         run's), a first save replaces it at once: it describes output this run has just
@@ -134,9 +138,14 @@ class CheckpointPlan:
 
 
 def new_record(
-    config: RunConfig, loaded: LoadedModule, config_bytes: bytes, output_fd: int | None
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    output_fd: int | None,
+    origin: StartPoint | None = None,
 ) -> Checkpoint:
-    """The checkpoint this run would write, at position zero."""
+    """The checkpoint this run would write, at its start (`origin`: a shard's, else zero)."""
+    origin = origin or StartPoint()
     stamp = checkpoint.now()
     sandbox = config.sandbox
     output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))
@@ -171,6 +180,8 @@ def new_record(
             env=list(sandbox.env),
             dirs=[(text(d.host), d.guest, d.writable) for d in sandbox.dirs],
             overload=str(config.overload),
+            shard=None if config.shard is None else str(config.shard),
+            part_size=None if config.cluster is None else config.cluster.part_size,
         ),
         command=Command(
             config_arg=optional(config.config_arg),
@@ -181,11 +192,17 @@ def new_record(
             dead_letter=optional(config.dead_letter and os.path.abspath(config.dead_letter)),
             linger=config.framing.linger,
             drop_log=optional(config.drop_log and os.path.abspath(config.drop_log)),
+            cluster=None if config.cluster is None else config.cluster.address,
+            cluster_file=None if config.cluster is None else config.cluster.scheduler_file,
         ),
         inputs=[_input_record(path) for path in (config.inputs or (STDIN,))],
         output=optional(output),
         output_file=output_file,
-        position=Position(per_input=[0] * max(len(config.inputs), 1)),
+        position=Position(
+            input_bytes=origin.input_bytes,
+            per_input=list(origin.per_input) or [0] * max(len(config.inputs), 1),
+            frames=origin.frames,
+        ),
         created=stamp,
         updated=stamp,
     )
@@ -309,4 +326,12 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
         checkpoint_interval=command.checkpoint_interval,
         checkpoint_every=command.checkpoint_every,
         resume=True,
+        shard=None if options.shard is None else Shard.parse(options.shard),
+        cluster=_recorded_cluster(options, command),
     )
+
+
+def _recorded_cluster(options: OutputOptions, command: Command) -> Cluster | None:
+    if options.part_size is None:
+        return None
+    return Cluster(command.cluster, command.cluster_file, options.part_size)

@@ -37,8 +37,9 @@ __all__ = [
     "Sandbox",
     "get_engine",
     "load_module",
+    "load_wasm",
+    "stateful",
 ]
-
 
 
 FEATURES = ("--fuel", "--dir", "WASI command mode")
@@ -116,6 +117,15 @@ class LoadedModule:
     sha256: str
 
 
+STATE_EXPORTS = ("snapshot", "restore")
+
+
+def stateful(loaded: LoadedModule) -> bool:
+    """Whether the module keeps state across frames (exports both `snapshot` and `restore`):
+    such a module sees the stream in order, so it cannot run in shards or on a cluster."""
+    return all(loaded.compiled.info.export(name) is not None for name in STATE_EXPORTS)
+
+
 def read_module(path: str) -> bytes:
     try:
         with open(path, "rb") as module_file:
@@ -133,7 +143,18 @@ def load_module(
 ) -> LoadedModule:
     """Read, compile and check the module at `path`. Raises ModuleError (or UsageError for an
     unknown engine); the caller closes `engine` when done."""
-    wasm = read_module(path)
+    return load_wasm(read_module(path), path, abi_options, engine_name, sandbox, cache)
+
+
+def load_wasm(
+    wasm: bytes,
+    path: str,
+    abi_options: AbiOptions,
+    engine_name: str = DEFAULT_ENGINE,
+    sandbox: Sandbox | None = None,
+    cache: bool = True,
+) -> LoadedModule:
+    """`load_module` for a module's bytes (named `path` in errors)."""
     engine = get_engine(engine_name, sandbox, cache)
     try:
         compiled = engine.compile(wasm, path)

@@ -1,0 +1,326 @@
+"""A run spread over a Dask cluster: parts of the input run as tasks, outputs written in order.
+
+The input is cut into parts (parts.py: whole records, whole frames under fixed framing); each
+part is a task that runs `Transform.run_part` on a worker, with the run's own options. The
+module's bytes are scattered to every worker once, and each worker compiles them once and keeps
+the result (`_transform_for`). The client submits parts in input order, at most `window` in
+flight, and writes each part's output as soon as it and every part before it are done: memory
+stays flat however large the input. Failed frames follow the run's `--on-error`, numbered in
+the whole input; dead letters are written by the client, in order.
+
+The checkpoint is the run's usual one: parts are written in order, so the parts written are
+those before `input_bytes`, and `output_bytes` is where their output ends. A worker that dies
+has its tasks run again elsewhere (Dask's scheduler does that); a scheduler that goes away
+ends the run with exit 8 and a checkpoint `--resume` continues from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+from typing import Any
+
+from .core import (
+    Logs,
+    ProgressFactory,
+    RunSummary,
+    execute,
+    progress_of,
+    report_losses,
+)
+from .core import run as run_locally
+from .engines import LoadedModule, read_module
+from .errors import CheckpointError, IOFailure, UsageError, WasmstreamError
+from .files import RunFiles
+from .framing import Frame
+from .options import Notify, RunConfig, StartPoint
+from .parts import Part, split
+from .sink import Sink
+from .sources import INSTALL_DASK, Inputs
+from .tally import Tally
+from .transform import PartResult, Transform
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    config: RunConfig,
+    notify: Notify = lambda message: None,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """`wasmstream.core.run`, or with `config.cluster`, the same run spread over a cluster."""
+    if config.cluster is None:
+        return run_locally(config, notify, progress)
+    require_dask()
+    return execute(config, _run_on_cluster, notify, progress)
+
+
+def require_dask() -> None:
+    """Fail at once, before any file is opened, when Dask is not installed."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}") from None
+
+
+# --- on the workers ------------------------------------------------------------------------
+
+_TRANSFORMS: dict[tuple[str, RunConfig, bytes], Transform] = {}
+_COMPILING = threading.Lock()
+
+
+def _transform_for(sha256: str, wasm: bytes, settings: RunConfig, config: bytes) -> Transform:
+    """This worker's transform for the module: compiled on its first part, then kept."""
+    key = (sha256, settings, config)
+    with _COMPILING:
+        if key not in _TRANSFORMS:
+            _TRANSFORMS[key] = Transform.from_config(settings, wasm, config)
+        return _TRANSFORMS[key]
+
+
+def run_part_task(
+    sha256: str,
+    wasm: bytes,
+    settings: RunConfig,
+    config: bytes,
+    paths: tuple[str, ...],
+    part: Part,
+    keep_input: bool,
+) -> PartResult:
+    """A cluster task: one part of the input through the module (on a worker)."""
+    transform = _transform_for(sha256, wasm, settings, config)
+    return transform.run_part(Inputs(paths), part, keep_input)
+
+
+# --- on the client -------------------------------------------------------------------------
+
+
+class _Done:
+    """The journal's view of the input: which bytes of each input are done (parts in order)."""
+
+    def __init__(self, inputs: Inputs, start: int) -> None:
+        self._inputs = inputs
+        self._start = start
+        self.head = bytearray()  # files are recognised by inode and head hash, not by these
+        self.skipped_tail = b""
+
+    def progress(self, stream_offset: int) -> list[int]:
+        return list(self._inputs.per_input(self._start + stream_offset))
+
+
+def _run_on_cluster(
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    files: RunFiles,
+    notify: Notify,
+    progress: ProgressFactory | None,
+) -> RunSummary:
+    assert config.cluster is not None
+    inputs = Inputs(config.inputs)
+    parts = split(inputs, config.framing, config.frame_size, config.cluster.part_size)
+    plan = None
+    if config.checkpoint is not None:
+        from .resume import CheckpointPlan
+
+        plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd)
+    start = plan.start if plan else StartPoint()
+    summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
+    if plan is not None and plan.nothing_new():
+        notify(f"nothing new to process since checkpoint {config.checkpoint}")
+        summary.nothing_to_do = True
+        return summary
+    todo = _parts_from(parts, start.input_bytes, inputs.total, config.checkpoint)
+    sink = Sink(
+        config.output,
+        keep=start.output_bytes if plan and plan.saved else None,
+        durable=plan is not None,
+        fd=files.output_fd,
+    )
+    files.output_used()
+    logs = Logs(config, summary)
+    done = _Done(inputs, start.input_bytes)
+    journal = plan.open_journal([sink.sync, *logs.syncs], done, summary.tally) if plan else None
+    try:
+        with _client(config, notify) as client, progress_of(progress, summary.tally, config, start):
+            _Client(client, config, loaded, config_bytes, inputs, sink, summary, start).run(todo)
+    except BaseException as error:
+        if journal is not None:
+            journal.finish(error)
+        raise
+    else:
+        if journal is not None:
+            journal.finish(None)
+    finally:
+        sink.close()
+        logs.close()
+        inputs.close()
+        summary.checkpoints_written = journal.saves if journal else 0
+    report_losses(summary, notify)
+    return summary
+
+
+def _parts_from(parts: list[Part], offset: int, total: int, source: str | None) -> list[Part]:
+    """The parts still to run after `offset` (a checkpoint's), which must be a part boundary."""
+    if offset not in {part.start for part in parts} | {total, 0}:
+        raise CheckpointError(
+            f"checkpoint {source} stops at input offset {offset}, which is not where a part "
+            "starts: it was not written by a cluster run of these inputs and --part-size"
+        )
+    return [part for part in parts if part.start >= offset]
+
+
+@contextmanager
+def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
+    """A Dask client: of a local cluster started for the run, or of a running scheduler."""
+    from distributed import Client, LocalCluster
+
+    assert config.cluster is not None
+    cluster = config.cluster
+    workers = cluster.local_workers
+    try:
+        if workers is not None:
+            local = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,  # spawned: a process that has used wasmtime must not fork
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            client = Client(local, set_as_default=False)
+        elif cluster.scheduler_file is not None:
+            client = Client(scheduler_file=cluster.scheduler_file, set_as_default=False)
+            local = None
+        else:
+            client = Client(cluster.address, set_as_default=False, timeout="10s")
+            local = None
+    except (OSError, ValueError) as error:
+        where = cluster.scheduler_file or cluster.address
+        raise IOFailure(f"cannot reach the Dask scheduler at {where}: {error}") from None
+    try:
+        _announce(client, notify)
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+
+
+def _announce(client: Any, notify: Notify) -> None:
+    info = client.scheduler_info()
+    workers = len(info.get("workers", {}))
+    dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
+    also = f", dashboard {dashboard}" if dashboard else ""
+    notify(f"cluster: {workers} workers at {info.get('address')}{also}")
+
+
+class _Client:
+    """Submits parts in order, a bounded number at a time, and writes their outputs in order."""
+
+    def __init__(
+        self,
+        client: Any,
+        config: RunConfig,
+        loaded: LoadedModule,
+        config_bytes: bytes,
+        inputs: Inputs,
+        sink: Sink,
+        summary: RunSummary,
+        start: StartPoint,
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._sha256 = loaded.sha256
+        self._config_bytes = config_bytes
+        self._paths = inputs.paths
+        self._sink = sink
+        self._summary = summary
+        self._frames = start.frames  # frames of the whole input before the next part
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
+        self._in_flight: deque[tuple[Part, Any]] = deque()
+        summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
+        # What workers need to run a part: the same options, minus the client's own files.
+        self._settings = dataclasses.replace(
+            config,
+            inputs=(),
+            output=None,
+            checkpoint=None,
+            dead_letter=None,
+            drop_log=None,
+            cluster=None,
+            shard=None,
+            resume=False,
+            restart=False,
+        )
+        self._keep_input = config.dead_letter is not None or config.on_error == "passthrough"
+
+    def run(self, parts: list[Part]) -> None:
+        wasm = read_module(self._config.module)
+        wasm_on_workers = self._client.scatter(wasm, broadcast=True, hash=False)
+        pending = iter(parts)
+        for part in pending:
+            self._submit(part, wasm_on_workers)
+            if len(self._in_flight) >= self.window:
+                self._write_next()
+        while self._in_flight:
+            self._write_next()
+
+    def _submit(self, part: Part, wasm: Any) -> None:
+        future = self._client.submit(
+            run_part_task,
+            self._sha256,
+            wasm,
+            self._settings,
+            self._config_bytes,
+            self._paths,
+            part,
+            self._keep_input,
+            key=f"wasmstream-part-{self._sha256[:12]}-{part.start}-{part.end}",
+            pure=False,
+        )
+        self._in_flight.append((part, future))
+
+    def _write_next(self) -> None:
+        part, future = self._in_flight[0]
+        result = self._result(part, future)
+        self._in_flight.popleft()
+        self._write(part, result)
+
+    def _result(self, part: Part, future: Any) -> PartResult:
+        try:
+            result: PartResult = future.result()
+        except WasmstreamError:
+            raise  # raised by the task (an unreadable input, an oversized record): as locally
+        except Exception as error:
+            raise IOFailure(
+                f"the cluster failed while running the part at input offset {part.start}: "
+                f"{type(error).__name__}: {error or 'the scheduler or its workers went away'}"
+            ) from None
+        return result
+
+    def _write(self, part: Part, result: PartResult) -> None:
+        summary, tally = self._summary, self._summary.tally
+        started = perf_counter()
+        written = self._sink.write(result.output)
+        tally.output_seconds += perf_counter() - started
+        for failed in result.failed:  # in order: dead letters and counts, numbered globally
+            index = self._frames + failed.frame - part.first_frame
+            frame = Frame(index, failed.offset, bytearray(failed.data), failed.length)
+            summary.failures.handle(frame, failed.error.at(index, failed.offset))  # fail: raises
+            tally.failed += 1
+        summary.skipped_records += result.skipped_records
+        summary.skipped_bytes += result.skipped_bytes
+        error = result.error
+        if error is not None:  # the output before it is written; the checkpoint stays before
+            assert error.frame is not None and error.offset is not None  # the part: exact
+            raise error.at(self._frames + error.frame - part.first_frame, error.offset)
+        tally.frames += result.frames - 1
+        tally.record(Frame(self._frames, part.start, bytearray(), 0, span=part.length), written)
+        self._frames += result.frames
