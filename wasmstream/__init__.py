@@ -1,15 +1,18 @@
 """wasmstream: run WebAssembly transforms over data streams, in parallel, in order.
 
-The library surface: build a `RunConfig` and call `run`; errors are `WasmstreamError`s.
+The library surface: build a `RunConfig` and call `run` (a whole run, locally or on a Dask
+cluster), or use a `Transform` on chunks or byte ranges of your own; errors are
+`WasmstreamError`s.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
 from .abi import AbiOptions, GuestAbi, ResultKind
-from .core import run
+from .cluster import run
 from .errors import ExitStatus, WasmstreamError
 from .options import RunConfig
+from .transform import Transform
 
 __all__ = [
     "AbiOptions",
@@ -17,6 +20,7 @@ __all__ = [
     "GuestAbi",
     "ResultKind",
     "RunConfig",
+    "Transform",
     "WasmstreamError",
     "__version__",
     "run",

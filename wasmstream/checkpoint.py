@@ -220,7 +220,8 @@ def describe_input(path: str) -> InputRecord:
     if path == "-":
         return _describe_fd("-", 0)
     if is_url(path):
-        head = Inputs([path]).read_at(0, HEAD_BYTES)
+        with Inputs([path]) as inputs:
+            head = inputs.read_at(0, HEAD_BYTES)
         return InputRecord(
             path=path,
             regular=True,
@@ -477,11 +478,8 @@ def _check_input(
 
 def head_sha256(path: str, length: int) -> str:
     if is_url(path):
-        inputs = Inputs([path])
-        try:
+        with Inputs([path]) as inputs:
             return hashlib.sha256(inputs.read_at(0, length)).hexdigest()
-        finally:
-            inputs.close()
     fd = 0 if path == "-" else os.open(path, os.O_RDONLY)
     try:
         return hashlib.sha256(os.pread(fd, length, 0)).hexdigest()

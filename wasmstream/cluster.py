@@ -94,7 +94,8 @@ def run_part_task(
 ) -> PartResult:
     """A cluster task: one part of the input through the module (on a worker)."""
     transform = _transform_for(sha256, wasm, settings, config)
-    return transform.run_part(Inputs(paths), part, keep_input)
+    with Inputs(paths) as inputs:
+        return transform.run_part(inputs, part, keep_input)
 
 
 # --- on the client -------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
                 threads_per_worker=1,
                 processes=True,  # spawned: a process that has used wasmtime must not fork
                 host="127.0.0.1",
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",  # loopback only; bokeh shows it when installed
                 silence_logs=logging.ERROR,
             )
             client = Client(local, set_as_default=False)

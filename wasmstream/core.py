@@ -148,11 +148,8 @@ def shard_start(config: RunConfig) -> tuple[StartPoint, int | None]:
     """Where a run starts when nothing is saved, and how many bytes it reads (None: all)."""
     if config.shard is None:
         return StartPoint(), None
-    inputs = Inputs(config.inputs)
-    try:
+    with Inputs(config.inputs) as inputs:
         part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
-    finally:
-        inputs.close()
     start = StartPoint(part.start, inputs.per_input(part.start), part.first_frame, 0)
     return start, part.end
 

@@ -122,6 +122,12 @@ class Inputs:
         except OSError as error:
             raise IOFailure(f"cannot read input {self.paths[n]}: {error}") from None
 
+    def __enter__(self) -> Inputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for stream in self._open.values():
             stream.close()

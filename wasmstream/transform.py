@@ -144,15 +144,12 @@ class Transform:
         Running consecutive ranges covering the input, and joining their outputs, gives the
         output of one run (parts.py says when byte for byte). Files may be fsspec URLs.
         """
-        inputs = Inputs([paths] if isinstance(paths, str) else paths)
-        try:
+        with Inputs([paths] if isinstance(paths, str) else paths) as inputs:
             if not aligned:
                 if self.settings.framing.framing is Framing.FIXED:
                     size = self.settings.frame_size
                     start, end = (-(-x // size) * size for x in (start, end))
                 start, end = align(inputs, self.settings.framing, [start, end])
-        finally:
-            inputs.close()
         first = start // self.settings.frame_size if not self.settings.framing.record_based else 0
         part = Part(0, start, max(start, end), first)
         yield from self._range_outputs(inputs, part, _Skipped(), self.failed, False)

@@ -1,0 +1,530 @@
+"""Past one machine: shards, parts and cluster runs all give one run's output.
+
+Shards and parts need no Dask (the library API and `--shard`); the cluster tests start a local
+cluster, or a scheduler and two workers as processes on 127.0.0.1, and an S3 server (moto) for
+`s3://` inputs. Each skips, saying why, when what it needs is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wasmstream import Transform
+from wasmstream.framing import Framing, FramingSpec
+from wasmstream.parts import shard_part, split
+from wasmstream.sources import Inputs
+
+from conftest import HEAVY_TABLE, ROOT, fixture, spawn, wasmstream
+
+UPPER = fixture("upper.wasm")
+MARKS = fixture("marks.wasm")  # its output shows where every frame was cut
+HEAVY = fixture("heavy.wasm")
+ENV = {"PYTHONPATH": str(ROOT)}  # workers started as processes import this package
+
+needs_dask = pytest.mark.skipif(
+    shutil.which("dask") is None and not os.path.exists(Path(sys.executable).parent / "dask"),
+    reason="Dask is not installed (pip install 'wasmstream[dask]')",
+)
+
+
+def records(framing: Framing, sizes: list[int]) -> bytes:
+    """An input of records of the given sizes, in the framing's format."""
+    out = bytearray()
+    for n, size in enumerate(sizes):
+        body = bytes((97 + (n + i) % 26) for i in range(size))
+        if framing is Framing.LENGTH_PREFIXED:
+            out += size.to_bytes(4, "big") + body
+        elif framing is Framing.DELIMITER:
+            out += body + b"\x1e"
+        else:
+            out += body + b"\n"
+    return bytes(out)
+
+
+def transform_for(framing: Framing, frame_size: int) -> Transform:
+    if framing is Framing.FIXED:  # fixed frames must be the very same frames: marks shows them
+        return Transform(MARKS, frame_size=frame_size, free="release")
+    delimiter = b"\x1e" if framing is Framing.DELIMITER else b"\n"
+    return Transform(UPPER, framing=framing, frame_size=frame_size, delimiter=delimiter)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    framing=st.sampled_from(list(Framing)),
+    sizes=st.lists(st.integers(0, 40), max_size=40),
+    n=st.integers(1, 5),
+    split_at=st.integers(0, 200),
+    frame_size=st.sampled_from([48, 64, 100]),
+)
+def test_shards_concatenate_to_one_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    framing: Framing,
+    sizes: list[int],
+    n: int,
+    split_at: int,
+    frame_size: int,
+) -> None:
+    """For every framing, the N shards' outputs joined are one run's output, whatever N, and
+    whichever two files the input is split over."""
+    data = records(framing, sizes)
+    folder = tmp_path_factory.mktemp("shards")
+    (folder / "a").write_bytes(data[:split_at])
+    (folder / "b").write_bytes(data[split_at:])
+    paths = [str(folder / "a"), str(folder / "b")]
+    spec = transform_for(framing, frame_size)
+    with spec as transform:
+        whole = b"".join(transform.stream([data]))
+        with Inputs(paths) as inputs:
+            shards = [
+                shard_part(inputs, transform.settings.framing, frame_size, k, n)
+                for k in range(1, n + 1)
+            ]
+        joined = b"".join(b"".join(transform.run_range(paths, p.start, p.end)) for p in shards)
+    assert joined == whole
+    assert [p.start for p in shards[1:]] == [p.end for p in shards[:-1]]
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    framing=st.sampled_from(list(Framing)),
+    sizes=st.lists(st.integers(0, 30), max_size=30),
+    part_size=st.integers(1, 300),
+)
+def test_parts_of_any_size_concatenate_to_one_run(
+    tmp_path_factory: pytest.TempPathFactory, framing: Framing, sizes: list[int], part_size: int
+) -> None:
+    data = records(framing, sizes)
+    path = tmp_path_factory.mktemp("parts") / "in"
+    path.write_bytes(data)
+    with transform_for(framing, 64) as transform:
+        whole = b"".join(transform.stream([data]))
+        with Inputs([str(path)]) as inputs:
+            parts = split(inputs, transform.settings.framing, 64, part_size)
+            results = [transform.run_part(inputs, part) for part in parts]
+    assert b"".join(r.output for r in results) == whole
+    assert all(r.error is None for r in results)
+
+
+def test_a_range_follows_hadoops_rule(tmp_path: Path) -> None:
+    """A record belongs to the range it starts in; a range starting mid-record skips it."""
+    path = tmp_path / "in"
+    path.write_bytes(b"one\ntwo\nthree\n")
+    with Transform(UPPER, framing="lines") as transform:
+        assert b"".join(transform.run_range(str(path), 0, 1)) == b"ONE\n"
+        assert b"".join(transform.run_range(str(path), 1, 5)) == b"TWO\n"
+        assert b"".join(transform.run_range(str(path), 4, 5)) == b"TWO\n"  # starts at 4
+        assert b"".join(transform.run_range(str(path), 5, 14)) == b"THREE\n"
+
+
+def test_stream_cuts_frames_as_the_cli_does() -> None:
+    data = bytes(range(256)) * 5
+    with Transform(MARKS, frame_size=100, free="release") as transform:
+        outputs = list(transform.stream([data[:7], data[7:300], data[300:]]))
+    cli = wasmstream(
+        "run", MARKS, "--frame-size", "100", "--free", "release", "-j", "1", input=data
+    )
+    assert b"".join(outputs) == cli.stdout
+    assert len(outputs) == 13
+
+
+def test_failed_frames_keep_their_place_in_the_whole_input(tmp_path: Path) -> None:
+    path = tmp_path / "in"
+    path.write_bytes(b"a" * 250 + b"!" + b"a" * 49)
+    with Transform(fixture("trap.wasm"), frame_size=100, on_error="skip") as transform:
+        output = b"".join(transform.run_range(str(path), 200, 300))
+    assert output == b""
+    assert [(f.frame, f.offset) for f in transform.failed] == [(2, 200)]
+
+
+# --- --shard ---------------------------------------------------------------------------------
+
+
+def test_shard_option_joins_to_one_run_and_resumes_on_its_own(tmp_path: Path) -> None:
+    data = records(Framing.LINES, [n % 37 for n in range(2000)])
+    (tmp_path / "in").write_bytes(data)
+    args = ["run", UPPER, "in", "--framing", "lines", "--frame-size", "1K", "-j", "1"]
+    for k in (1, 2, 3):
+        done = wasmstream(*args, "--shard", f"{k}/3", "-o", f"out{k}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    joined = b"".join((tmp_path / f"out{k}").read_bytes() for k in (1, 2, 3))
+    assert joined == data.upper()
+    saved = json.loads((tmp_path / "out2.ckpt.json").read_text())
+    assert saved["options"]["shard"] == "2/3" and saved["status"] == "complete"
+    # a finished shard resumed: nothing to redo, the output stays as it is
+    again = wasmstream(*args, "--shard", "2/3", "-o", "out2", "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert b"".join((tmp_path / f"out{k}").read_bytes() for k in (1, 2, 3)) == joined
+    other = wasmstream(*args, "--shard", "1/3", "-o", "out2", "--resume", cwd=tmp_path)
+    assert other.returncode == 9 and b"--shard changed" in other.stderr
+
+
+def test_stdin_cannot_be_sharded() -> None:
+    done = wasmstream("run", UPPER, "--shard", "1/2", input=b"x\n")
+    assert done.returncode == 2 and b"standard input cannot be split" in done.stderr
+
+
+def test_stateful_modules_are_refused(tmp_path: Path) -> None:
+    wat = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "process_chunk") (param i32 i32) (result i32) (local.get 1))
+      (func (export "snapshot") (result i64) (i64.const 0))
+      (func (export "restore") (param i32 i32)))"""
+    import wasmtime
+
+    (tmp_path / "stateful.wasm").write_bytes(wasmtime.wat2wasm(wat))
+    (tmp_path / "in").write_bytes(b"data\n")
+    done = wasmstream("run", "stateful.wasm", "in", "--shard", "1/2", cwd=tmp_path)
+    assert done.returncode == 2 and b"stateful" in done.stderr
+
+
+def test_shard_in_a_bad_form_is_a_usage_error() -> None:
+    done = wasmstream("run", UPPER, "x", "--shard", "3/2")
+    assert done.returncode == 2 and b"not a shard" in done.stderr
+
+
+# --- --cluster -------------------------------------------------------------------------------
+
+
+def heavy_input(size: int) -> bytes:
+    return bytes((n * 7919 + n // 997) & 255 for n in range(size))
+
+
+@needs_dask
+def test_local_cluster_equals_one_run(tmp_path: Path) -> None:
+    data = records(Framing.LINES, [n % 61 for n in range(6000)])
+    (tmp_path / "in").write_bytes(data)
+    args = ["run", UPPER, "in", "--framing", "lines", "--frame-size", "4K"]
+    done = wasmstream(
+        *args,
+        "--cluster",
+        "local:2",
+        "--part-size",
+        "16K",
+        "-o",
+        "out",
+        "--stats",
+        cwd=tmp_path,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == data.upper()
+    assert b"cluster: 2 workers" in done.stderr
+    saved = json.loads((tmp_path / "out.ckpt.json").read_text())
+    assert saved["options"]["part_size"] == 16384 and saved["status"] == "complete"
+
+
+@needs_dask
+def test_cluster_failures_are_numbered_in_the_whole_input(tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"a" * 1000 + b"!" + b"a" * 999)
+    args = [
+        "run",
+        fixture("trap.wasm"),
+        "in",
+        "--frame-size",
+        "100",
+        "--part-size",
+        "300",
+        "--cluster",
+        "local:1",
+    ]
+    done = wasmstream(
+        *args, "--on-error", "skip", "--dead-letter", "dead", "-o", "out", cwd=tmp_path, env=ENV
+    )
+    assert done.returncode == 10, done.stderr
+    assert (tmp_path / "out").read_bytes() == b"a" * 1900
+    letter = json.loads((tmp_path / "dead").read_text())
+    assert (letter["frame"], letter["offset"], letter["length"]) == (10, 1000, 100)
+    failed = wasmstream(*args, "-o", "out2", cwd=tmp_path, env=ENV)
+    assert failed.returncode == 4
+    assert b"frame 10 at offset 1000" in failed.stderr
+    assert (tmp_path / "out2").read_bytes() == b"a" * 900  # the parts before it, whole
+
+
+def test_cluster_needs_dask_or_says_how_to_get_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "distributed.py").write_text("raise ImportError('no distributed here')\n")
+    (tmp_path / "in").write_bytes(b"x\n")
+    env = {"PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"}
+    done = wasmstream("run", UPPER, "in", "--cluster", "local:1", cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert b"pip install 'wasmstream[dask]'" in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Scheduler:
+    """A Dask scheduler and workers as processes on 127.0.0.1, as on a real cluster."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = str(folder / "scheduler.json")
+        self.dask = str(Path(sys.executable).parent / "dask")
+        self.env = {**os.environ, **ENV}
+        self.scheduler = subprocess.Popen(
+            [
+                self.dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                self.file,
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def add_worker(self) -> None:
+        self.workers.append(
+            subprocess.Popen(
+                [
+                    self.dask,
+                    "worker",
+                    "--scheduler-file",
+                    self.file,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def wait_for_workers(self, count: int) -> None:
+        probe = (
+            "import sys; from distributed import Client; "
+            f"c = Client(scheduler_file={self.file!r}, timeout='20s'); "
+            f"c.wait_for_workers({count}, timeout=30); c.close()"
+        )
+        subprocess.run(
+            [sys.executable, "-c", probe], env=self.env, check=True, timeout=60, capture_output=True
+        )
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [w for w in self.workers if w.poll() is None]
+
+    def close(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            if process.poll() is None:
+                process.terminate()
+        for process in [*self.workers, self.scheduler]:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scheduler]:
+    if shutil.which("dask", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("Dask is not installed (pip install 'wasmstream[dask]')")
+    running = Scheduler(tmp_path_factory.mktemp("scheduler"))
+    try:
+        for _ in range(2):
+            running.add_worker()
+        running.wait_for_workers(2)
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture(scope="module")
+def heavy_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    data = heavy_input(6 << 20)
+    path = tmp_path_factory.mktemp("heavy") / "in"
+    path.write_bytes(data)
+    return path, data.translate(HEAVY_TABLE)
+
+
+def cluster_run(scheduler: Scheduler, path: Path, out: Path, *more: str) -> list[str]:
+    return [
+        "run",
+        HEAVY,
+        str(path),
+        "--cluster-file",
+        scheduler.file,
+        "--part-size",
+        "256K",
+        "-o",
+        str(out),
+        "--checkpoint-interval",
+        "100ms",
+        *more,
+    ]
+
+
+def wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_scheduler_and_workers_equal_one_run(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    done = wasmstream(*cluster_run(scheduler, path, tmp_path / "out"), env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == expected
+
+
+def test_client_killed_then_resumed_equals_one_run(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    out = tmp_path / "out"
+    checkpoint = tmp_path / "out.ckpt.json"
+    client = spawn(
+        cluster_run(scheduler, path, out),
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def part_way() -> bool:
+        try:
+            return 0 < json.loads(checkpoint.read_text())["position"]["input_bytes"]
+        except (OSError, ValueError):
+            return False
+
+    wait_for(part_way)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    done_before = json.loads(checkpoint.read_text())["position"]["input_bytes"]
+    assert 0 < done_before < len(expected)
+    resumed = wasmstream(*cluster_run(scheduler, path, out, "--resume"), env=ENV, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == expected
+
+
+def test_a_worker_killed_mid_run_changes_nothing(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    out = tmp_path / "out"
+    client = spawn(
+        cluster_run(scheduler, path, out),
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: out.exists() and out.stat().st_size > 0)
+    victim = scheduler.alive()[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _, stderr = client.communicate(timeout=120)
+    assert client.returncode == 0, stderr
+    assert out.read_bytes() == expected
+    scheduler.add_worker()  # as it was, for whoever comes next
+
+
+# --- fsspec inputs ---------------------------------------------------------------------------
+
+
+def test_memory_url_input_runs_locally_and_in_shards() -> None:
+    fsspec = pytest.importorskip("fsspec")
+    data = records(Framing.LINES, [n % 23 for n in range(500)])
+    with fsspec.open("memory://wasmstream-test/in.txt", "wb") as remote:
+        remote.write(data)
+    with Transform(UPPER, framing="lines", frame_size=256) as transform:
+        url = "memory://wasmstream-test/in.txt"
+        halves = [
+            transform.run_range(url, 0, len(data) // 2),
+            transform.run_range(url, len(data) // 2, len(data)),
+        ]
+        assert b"".join(b"".join(half) for half in halves) == data.upper()
+
+
+def test_a_url_without_fsspecs_protocol_package_names_it() -> None:
+    pytest.importorskip("fsspec")
+    done = wasmstream("run", UPPER, "nosuchproto://bucket/key")
+    assert done.returncode == 2 and b"nosuchproto" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    pytest.importorskip("s3fs")
+    moto = Path(sys.executable).parent / "moto_server"
+    if not moto.exists():
+        pytest.skip("moto's server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_for(lambda: _listening(port), timeout=20)
+        except AssertionError:
+            pytest.skip("moto's S3 server did not start")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@needs_dask
+def test_s3_input_on_a_local_cluster(s3_server: str, tmp_path: Path) -> None:
+    env = {
+        **ENV,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": s3_server,
+        "FSSPEC_S3_ENDPOINT_URL": s3_server,
+    }
+    data = records(Framing.LINES, [n % 41 for n in range(3000)])
+    upload = (
+        "import sys, s3fs; fs = s3fs.S3FileSystem(); fs.mkdir('bucket');"
+        "fs.pipe('bucket/in.txt', sys.stdin.buffer.read())"
+    )
+    subprocess.run(
+        [sys.executable, "-c", upload],
+        input=data,
+        check=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    args = ["run", UPPER, "s3://bucket/in.txt", "--framing", "lines", "-o", "out"]
+    local = wasmstream(*args, cwd=tmp_path, env=env)
+    assert local.returncode == 0, local.stderr
+    assert (tmp_path / "out").read_bytes() == data.upper()
+    spread = wasmstream(
+        *args[:-1], "out2", "--cluster", "local:2", "--part-size", "20K", cwd=tmp_path, env=env
+    )
+    assert spread.returncode == 0, spread.stderr
+    assert (tmp_path / "out2").read_bytes() == data.upper()
