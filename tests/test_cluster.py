@@ -445,6 +445,50 @@ def test_a_worker_killed_mid_run_changes_nothing(
     scheduler.add_worker()  # as it was, for whoever comes next
 
 
+def test_the_scheduler_gone_stops_the_run_resumably(
+    heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    own = Scheduler(tmp_path)
+    try:
+        own.add_worker()
+        own.wait_for_workers(1)
+        out = tmp_path / "out"
+        client = spawn(
+            cluster_run(own, path, out),
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(lambda: out.exists() and out.stat().st_size > 0)
+        own.scheduler.send_signal(signal.SIGKILL)
+        _, stderr = client.communicate(timeout=60)
+    finally:
+        own.close()
+    assert client.returncode == 8, stderr
+    lines = stderr.decode().strip().splitlines()
+    assert lines[-1].startswith("wasmstream: error: lost the Dask cluster"), stderr
+    assert "--resume" in lines[-1]
+    saved = json.loads((tmp_path / "out.ckpt.json").read_text())
+    assert saved["status"] == "failed"
+    resumed = wasmstream(
+        "run",
+        HEAVY,
+        str(path),
+        "--cluster",
+        "local:1",
+        "--part-size",
+        "256K",
+        "-o",
+        str(out),
+        "--resume",
+        env=ENV,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == expected
+
+
 # --- fsspec inputs ---------------------------------------------------------------------------
 
 

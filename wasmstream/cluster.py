@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -184,6 +185,8 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
     assert config.cluster is not None
     cluster = config.cluster
     workers = cluster.local_workers
+    if not os.environ.get("WASMSTREAM_DEBUG"):  # a lost worker or scheduler is reported by us,
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # in one line, not by Dask
     try:
         if workers is not None:
             local = LocalCluster(
@@ -300,9 +303,15 @@ class _Client:
         except WasmstreamError:
             raise  # raised by the task (an unreadable input, an oversized record): as locally
         except Exception as error:
+            why = (str(error) or "the scheduler or its workers went away").splitlines()[0]
+            then = (
+                f"; continue with --resume (checkpoint {self._config.checkpoint})"
+                if self._config.checkpoint
+                else ""
+            )
             raise IOFailure(
-                f"the cluster failed while running the part at input offset {part.start}: "
-                f"{type(error).__name__}: {error or 'the scheduler or its workers went away'}"
+                f"lost the Dask cluster while running the part at input offset {part.start} "
+                f"({type(error).__name__}: {why}){then}"
             ) from None
         return result
 
