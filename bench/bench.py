@@ -302,6 +302,18 @@ def extra_throughput(table: Table, path: Path, size: int, runs: int) -> None:
         )
 
 
+def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
+    """B9 (bench/cluster.py), when Dask is installed."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        table.add("B9 --cluster local:2 vs -j 2", "skipped: no Dask", "", "", ">= 0.8x")
+        return
+    from cluster import cluster_row
+
+    cluster_row(table, directory, size, runs)
+
+
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     big_size, medium_size, small_size = (
@@ -325,6 +337,7 @@ def main(argv: list[str]) -> int:
             lambda: b7_tiny_input(table, directory, runs),
             lambda: wasmer_side_by_side(table, small, medium, runs),
             lambda: extra_throughput(table, small, small_size, runs),
+            lambda: _cluster_row(table, directory, 32 * MiB if quick else 256 * MiB, runs),
         ]
         for step in steps:
             step()
