@@ -7,6 +7,7 @@ cluster, or a scheduler and two workers as processes on 127.0.0.1, and an S3 ser
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wasmstream import Transform
-from wasmstream.framing import Framing, FramingSpec
+from wasmstream.framing import Framing
 from wasmstream.parts import shard_part, split
 from wasmstream.sources import Inputs
 
@@ -35,7 +36,7 @@ HEAVY = fixture("heavy.wasm")
 ENV = {"PYTHONPATH": str(ROOT)}  # workers started as processes import this package
 
 needs_dask = pytest.mark.skipif(
-    shutil.which("dask") is None and not os.path.exists(Path(sys.executable).parent / "dask"),
+    importlib.util.find_spec("distributed") is None,
     reason="Dask is not installed (pip install 'wasmstream[dask]')",
 )
 
@@ -222,6 +223,7 @@ def test_local_cluster_equals_one_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out").read_bytes() == data.upper()
     assert b"cluster: 2 workers" in done.stderr
+    assert b"parts on 2 workers" in done.stderr
     saved = json.loads((tmp_path / "out.ckpt.json").read_text())
     assert saved["options"]["part_size"] == 16384 and saved["status"] == "complete"
 
@@ -410,7 +412,7 @@ def test_client_killed_then_resumed_equals_one_run(
 
     def part_way() -> bool:
         try:
-            return 0 < json.loads(checkpoint.read_text())["position"]["input_bytes"]
+            return json.loads(checkpoint.read_text())["position"]["input_bytes"] > 0
         except (OSError, ValueError):
             return False
 

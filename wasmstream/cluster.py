@@ -45,6 +45,9 @@ from .sink import Sink
 from .sources import INSTALL_DASK, Inputs
 from .tally import Tally
 from .transform import PartResult, Transform
+from .units import format_size
+
+MiB = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +153,9 @@ def _run_on_cluster(
     journal = plan.open_journal([sink.sync, *logs.syncs], done, summary.tally) if plan else None
     try:
         with _client(config, notify) as client, progress_of(progress, summary.tally, config, start):
-            _Client(client, config, loaded, config_bytes, inputs, sink, summary, start).run(todo)
+            runner = _Client(client, config, loaded, config_bytes, inputs, sink, summary, start)
+            runner.run(todo)
+            notify(runner.report())
     except BaseException as error:
         if journal is not None:
             journal.finish(error)
@@ -249,6 +254,9 @@ class _Client:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
         self._in_flight: deque[tuple[Part, Any]] = deque()
+        self._workers = workers
+        self._parts_done = 0
+        self._started = perf_counter()
         summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
         # What workers need to run a part: the same options, minus the client's own files.
         self._settings = dataclasses.replace(
@@ -334,3 +342,14 @@ class _Client:
         tally.frames += result.frames - 1
         tally.record(Frame(self._frames, part.start, bytearray(), 0, span=part.length), written)
         self._frames += result.frames
+        self._parts_done += 1
+
+    def report(self) -> str:
+        """One line for the end of the run: parts, workers, bytes and throughput."""
+        elapsed = perf_counter() - self._started
+        done = self._summary.tally.bytes_in
+        rate = done / MiB / elapsed if elapsed > 0 else 0.0
+        return (
+            f"cluster: {self._parts_done} parts on {self._workers} workers, "
+            f"{format_size(done)} in {elapsed:.1f}s ({rate:.1f} MiB/s)"
+        )
