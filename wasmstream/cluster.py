@@ -16,15 +16,17 @@ ends the run with exit 8 and a checkpoint `--resume` continues from.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import threading
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from .core import (
     Logs,
@@ -48,6 +50,8 @@ from .transform import PartResult, Transform
 from .units import format_size
 
 MiB = 1 << 20
+POLL = 2.0  # seconds between looks at the cluster while a part runs
+NO_WORKERS_GRACE = 60.0  # seconds a run waits for a worker to (re)appear
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +259,7 @@ class _Client:
         self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
         self._in_flight: deque[tuple[Part, Any]] = deque()
         self._workers = workers
+        self._run_id = uuid.uuid4().hex  # task keys: two runs on one scheduler never share
         self._parts_done = 0
         self._started = perf_counter()
         summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
@@ -294,7 +299,7 @@ class _Client:
             self._paths,
             part,
             self._keep_input,
-            key=f"wasmstream-part-{self._sha256[:12]}-{part.start}-{part.end}",
+            key=f"wasmstream-part-{self._run_id}-{part.number}",
             pure=False,
         )
         self._in_flight.append((part, future))
@@ -307,7 +312,7 @@ class _Client:
 
     def _result(self, part: Part, future: Any) -> PartResult:
         try:
-            result: PartResult = future.result()
+            result: PartResult = self._wait(part, future)
         except WasmstreamError:
             raise  # raised by the task (an unreadable input, an oversized record): as locally
         except Exception as error:
@@ -318,10 +323,28 @@ class _Client:
                 else ""
             )
             raise IOFailure(
-                f"lost the Dask cluster while running the part at input offset {part.start} "
+                f"the cluster lost the part at input offset {part.start} "
                 f"({type(error).__name__}: {why}){then}"
             ) from None
         return result
+
+    def _wait(self, part: Part, future: Any) -> PartResult:
+        """The part's result. Dask waits for workers forever; a run without any for
+        NO_WORKERS_GRACE seconds stops (exit 8), resumable, rather than hang."""
+        alone_since = None
+        while True:
+            try:
+                return cast(PartResult, future.result(timeout=POLL))
+            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
+                if self._client.scheduler_info().get("workers"):
+                    alone_since = None
+                    continue
+                alone_since = alone_since or perf_counter()
+                if perf_counter() - alone_since > NO_WORKERS_GRACE:
+                    raise IOFailure(
+                        f"no Dask workers for {NO_WORKERS_GRACE:.0f}s: the part at input "
+                        f"offset {part.start} cannot run"
+                    ) from None
 
     def _write(self, part: Part, result: PartResult) -> None:
         summary, tally = self._summary, self._summary.tally

@@ -203,10 +203,10 @@ def _run_loaded(
         if plan is not None and plan.saved:
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
             plan.check_stream(stream)
-        elif start.input_bytes:
-            stream.skip_to_start()  # a shard starts where its part does
             for name, count in stream.discarded:
                 notify(f"skipped the first {count} bytes of {name}: already processed")
+        elif start.input_bytes:
+            stream.skip_to_start()  # a shard starts where its part does
         summary = _run_stream(
             config, loaded, config_bytes, files, plan, stream, summary, start, progress
         )
