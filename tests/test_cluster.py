@@ -204,6 +204,7 @@ def heavy_input(size: int) -> bytes:
 
 
 @needs_dask
+@pytest.mark.cluster
 def test_local_cluster_equals_one_run(tmp_path: Path) -> None:
     data = records(Framing.LINES, [n % 61 for n in range(6000)])
     (tmp_path / "in").write_bytes(data)
@@ -229,6 +230,7 @@ def test_local_cluster_equals_one_run(tmp_path: Path) -> None:
 
 
 @needs_dask
+@pytest.mark.cluster
 def test_cluster_failures_are_numbered_in_the_whole_input(tmp_path: Path) -> None:
     (tmp_path / "in").write_bytes(b"a" * 1000 + b"!" + b"a" * 999)
     args = [
@@ -388,6 +390,7 @@ def wait_for(condition: object, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.cluster
 def test_scheduler_and_workers_equal_one_run(
     scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -397,6 +400,7 @@ def test_scheduler_and_workers_equal_one_run(
     assert (tmp_path / "out").read_bytes() == expected
 
 
+@pytest.mark.cluster
 def test_client_killed_then_resumed_equals_one_run(
     scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -426,6 +430,7 @@ def test_client_killed_then_resumed_equals_one_run(
     assert out.read_bytes() == expected
 
 
+@pytest.mark.cluster
 def test_a_worker_killed_mid_run_changes_nothing(
     scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -447,6 +452,8 @@ def test_a_worker_killed_mid_run_changes_nothing(
     scheduler.add_worker()  # as it was, for whoever comes next
 
 
+@needs_dask
+@pytest.mark.cluster
 def test_the_scheduler_gone_stops_the_run_resumably(
     heavy_data: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -548,6 +555,7 @@ def _listening(port: int) -> bool:
 
 
 @needs_dask
+@pytest.mark.cluster
 def test_s3_input_on_a_local_cluster(s3_server: str, tmp_path: Path) -> None:
     env = {
         **ENV,
