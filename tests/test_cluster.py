@@ -425,7 +425,8 @@ def test_client_killed_then_resumed_equals_one_run(
     client.wait()
     done_before = json.loads(checkpoint.read_text())["position"]["input_bytes"]
     assert 0 < done_before < len(expected)
-    resumed = wasmstream(*cluster_run(scheduler, path, out, "--resume"), env=ENV, timeout=120)
+    # the recorded command, cluster included
+    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), env=ENV, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == expected
 

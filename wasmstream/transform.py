@@ -86,6 +86,10 @@ class Transform:
     ) -> None:
         if on_error not in POLICIES:
             raise UsageError(f"on_error must be one of {', '.join(POLICIES)}, not {on_error!r}")
+        try:
+            spec = FramingSpec(Framing(framing), delimiter, Oversize(oversize))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         path = "<bytes>" if isinstance(module, bytes) else os.fspath(module)
         settings = RunConfig(
             module=path,
@@ -96,7 +100,7 @@ class Transform:
                 timeout=timeout, fuel=fuel, max_memory=max_memory, max_output=max_output
             ),
             on_error=on_error,
-            framing=FramingSpec(Framing(framing), delimiter, Oversize(oversize)),
+            framing=spec,
             cache=cache,
         )
         wasm = module if isinstance(module, bytes) else _read_module(path)
