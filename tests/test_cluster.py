@@ -342,6 +342,7 @@ class Scheduler:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 @pytest.fixture(scope="module")
