@@ -74,7 +74,10 @@ class ProgressDisplay:
         tally = self._tally
         used, capacity = tally.queue_fill()
         speed = self._progress.tasks[0].speed or 0.0
-        detail = f"{speed / MiB:.1f} MiB/s, {tally.frames} frames, queue {used}/{capacity}"
+        workers = f"{tally.workers} worker{'s' if tally.workers > 1 else ''}"
+        detail = (
+            f"{speed / MiB:.1f} MiB/s, {tally.frames} frames, {workers}, queue {used}/{capacity}"
+        )
         if tally.failed:
             detail += f", {tally.failed} failed"
         if tally.dropped:
@@ -98,6 +101,9 @@ class Stats:
     dropped_frames: int
     skipped_records: int
     checkpoints_written: int
+    workers: int  # instances running frames at the end
+    jobs: str  # how that was decided: "as asked", or auto's last measurement
+    shape_changes: int  # --jobs auto: switches between one instance and the pool
 
     @classmethod
     def of(cls, summary: RunSummary, elapsed: float) -> Stats:
@@ -115,6 +121,9 @@ class Stats:
             dropped_frames=tally.dropped,
             skipped_records=summary.skipped_records,
             checkpoints_written=summary.checkpoints_written,
+            workers=tally.workers,
+            jobs=summary.jobs_reason,
+            shape_changes=summary.switches,
         )
 
     def as_json(self) -> str:
@@ -141,6 +150,8 @@ class Stats:
         if self.skipped_records:
             lines.append(f"skipped     {self.skipped_records} oversized records")
         lines.append(f"checkpoints {self.checkpoints_written}")
+        changes = f", {self.shape_changes} changes" if self.shape_changes else ""
+        lines.append(f"jobs        {self.workers} at the end{changes}: {self.jobs}")
         return "\n".join(f"wasmstream: {line}" for line in lines) + "\n"
 
 

@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 
-
 FEATURES = ("--fuel", "--dir", "WASI command mode")
 
 
