@@ -13,9 +13,10 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCES, fixture, per_frame, wasmstream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import REFERENCES, fixture, per_frame, wasmstream
 
 
 def stats_of(tmp_path: Path, *args: str, data: bytes) -> dict:  # type: ignore[type-arg]
