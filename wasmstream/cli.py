@@ -549,6 +549,7 @@ def run_command(
         force=force,
         cache=not no_cache,
         flip_every=_flip_every(),
+        timings=stats or stats_json is not None,  # else two clock reads a frame each way
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
 
@@ -626,7 +627,8 @@ def resume_command(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'-j' / '--jobs'") from None
     config = config_from_checkpoint(checkpoint, jobs_override, queue_depth, keep_jobs=jobs is None)
-    config = dataclasses.replace(config, force=force, cache=not no_cache)
+    timings = stats or stats_json is not None
+    config = dataclasses.replace(config, force=force, cache=not no_cache, timings=timings)
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
 
 

@@ -137,7 +137,9 @@ def _run_loaded(
         summary.nothing_to_do = True
         return summary
     watch = plan is not None and plan.watches_stream
-    stream = ConcatenatedInput(config.inputs, start.per_input, keep_head=watch, tally=summary.tally)
+    stream = ConcatenatedInput(
+        config.inputs, start.per_input, keep_head=watch, tally=_timed(config, summary)
+    )
     try:
         if plan is not None and plan.saved:
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
@@ -181,7 +183,7 @@ def _run_stream(
         keep=start.output_bytes if plan and plan.saved else None,
         durable=plan is not None,
         fd=files.output_fd,
-        tally=summary.tally,
+        tally=_timed(config, summary),
     )
     files.output_used()
     logs = _Logs(config, summary)
@@ -215,6 +217,11 @@ def _run_stream(
         summary.skipped_records = skipped.records
         summary.skipped_bytes = skipped.bytes
     return summary
+
+
+def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
+    """Where input and output count their waiting time: only when someone will read it."""
+    return summary.tally if config.timings else None
 
 
 def _stopped(

@@ -94,9 +94,11 @@ class ConcatenatedInput:
         self._keep_head = keep_head
         self.skipped_tail = b""
         self.discarded: list[tuple[str, int]] = []  # streams read past (not seeked) to start
-        self._tally = tally if tally is not None else Tally()  # time spent waiting, for --stats
+        self._tally = tally  # where time spent waiting is counted (--stats); None: not timed
 
     def readinto(self, buffer: memoryview, /) -> int:
+        if self._tally is None:
+            return self._readinto(buffer)
         started = perf_counter()
         try:
             return self._readinto(buffer)
@@ -146,7 +148,8 @@ class ConcatenatedInput:
         try:
             return bool(poller.poll(timeout * 1000))
         finally:
-            self._tally.input_seconds += perf_counter() - started
+            if self._tally is not None:
+                self._tally.input_seconds += perf_counter() - started
 
     def progress(self, stream_offset: int) -> list[int]:
         """Bytes of each input consumed once the stream has been processed up to `stream_offset`."""

@@ -80,6 +80,7 @@ class RunConfig:
     restart: bool = False
     force: bool = False
     cache: bool = True  # keep compiled modules in the user's cache directory
+    timings: bool = True  # count time spent waiting for input and output (for --stats)
     flip_every: int | None = None  # tests only: --jobs auto switches shape every N frames
 
     @property

@@ -59,7 +59,7 @@ class Sink:
     ) -> None:
         self.path = path if path not in (None, STDOUT) else None
         self.name = self.path or "standard output"
-        self._tally = tally if tally is not None else Tally()  # time spent writing, for --stats
+        self._tally = tally  # where time spent writing is counted (--stats); None: not timed
         self._owned = fd is None and self.path is not None
         if self.path is None:
             self._fd = STDOUT_FD
@@ -106,6 +106,8 @@ class Sink:
 
     def write(self, data: memoryview | bytes) -> int:
         """Write all of `data`; return its length. A closed pipe raises BrokenPipe."""
+        if self._tally is None:
+            return self._write(data)
         started = perf_counter()
         try:
             return self._write(data)
