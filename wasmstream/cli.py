@@ -353,11 +353,12 @@ queue_depth_option = click.option(
 )
 @click.option(
     "--on-overload",
-    metavar="block|drop|sample:N",
+    metavar="block|adaptive|drop|sample:N",
     callback=_overload_option,
     default="block",
     show_default=True,
-    help="When the queue is full: wait (backpressure), drop the frame, or keep one in N.",
+    help="When the queue fills: wait (backpressure), slow down smoothly from half full, drop "
+    "the frame, or keep one in N.",
 )
 @click.option(
     "--drop-log",
