@@ -40,9 +40,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 FrameSize = Annotated[int, msgspec.Meta(ge=1, le=1 << 32)]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 OneByte = Annotated[str, msgspec.Meta(min_length=1, max_length=1)]
-OverloadText = Annotated[
-    str, msgspec.Meta(pattern="^(block|adaptive|drop|sample:[1-9][0-9]*)$")
-]
+OverloadText = Annotated[str, msgspec.Meta(pattern="^(block|adaptive|drop|sample:[1-9][0-9]*)$")]
 FramingName = Literal["fixed", "lines", "delimiter", "length-prefixed"]
 OversizeName = Literal["error", "split", "skip"]
 PolicyName = Literal["fail", "skip", "passthrough"]
