@@ -484,7 +484,7 @@ def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | N
     def call(*args: int) -> int | None:
         # Every parameter of the guest ABI is an i32: written as the whole 64-bit slot, the
         # upper half zero (an i32 slot is read as its lower 32 bits).
-        for slot, arg in zip(slots, args):
+        for slot, arg in zip(slots, args, strict=False):  # slots may outnumber params
             slot.i64 = arg & 0xFFFFFFFF
         trap = _TrapPointer()
         error = _call_unchecked(context, func_ref, values, size, ctypes.byref(trap))
