@@ -180,24 +180,31 @@ def _overload_option(ctx: click.Context, param: click.Parameter, value: str) -> 
         raise click.BadParameter(str(error), ctx, param) from None
 
 
-def operator_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Options that change what the person at the terminal sees, never the output."""
-    options = [
-        click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
-        click.option(
-            "--progress/--no-progress",
-            default=None,
-            help="Show progress on stderr [default: when stderr is a terminal].",
-        ),
-        click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
-        click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
-        click.option(
-            "--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _stack(
+    *options: Callable[[Callable[..., None]], Callable[..., None]],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Several click options as one decorator, in the order given."""
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+# Options that change what the person at the terminal sees, never the output.
+operator_options = _stack(
+    click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show progress on stderr [default: when stderr is a terminal].",
+    ),
+    click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
+    click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
+    click.option("--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +283,58 @@ queue_depth_option = click.option(
 )
 
 
+# Options that several commands take, declared once (run, bench, inspect).
+export_options = _stack(
+    click.option(
+        "--function",
+        metavar="NAME",
+        default=DEFAULT_TRANSFORM,
+        show_default=True,
+        help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
+    ),
+    click.option(
+        "--alloc",
+        metavar="NAME",
+        help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
+    ),
+    click.option(
+        "--free",
+        metavar="NAME",
+        help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
+    ),
+    click.option(
+        "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+    ),
+)
+config_option = click.option(
+    "--config",
+    "config_arg",
+    metavar="TEXT|@FILE",
+    help="Bytes passed to --init: TEXT, or the contents of FILE.",
+)
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(ENGINE_NAMES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    envvar="WASMSTREAM_ENGINE",
+    help="WebAssembly runtime.",
+)
+framing_option = click.option(
+    "--framing",
+    type=click.Choice([f.value for f in Framing]),
+    default=Framing.FIXED.value,
+    show_default=True,
+    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
+)
+delimiter_option = click.option(
+    "--delimiter",
+    metavar="D",
+    callback=_delimiter_option,
+    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
+)
+
+
 @cli.command("run")
 @click.argument("module", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
@@ -290,53 +349,11 @@ queue_depth_option = click.option(
 )
 @jobs_option
 @queue_depth_option
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
-)
-@click.option(
-    "--alloc",
-    metavar="NAME",
-    help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
-)
-@click.option(
-    "--free",
-    metavar="NAME",
-    help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
-)
-@click.option(
-    "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
-)
-@click.option(
-    "--config",
-    "config_arg",
-    metavar="TEXT|@FILE",
-    help="Bytes passed to --init: TEXT, or the contents of FILE.",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
-)
-@click.option(
-    "--framing",
-    type=click.Choice([f.value for f in Framing]),
-    default=Framing.FIXED.value,
-    show_default=True,
-    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
-)
-@click.option(
-    "--delimiter",
-    metavar="D",
-    callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
-)
+@export_options
+@config_option
+@engine_option
+@framing_option
+@delimiter_option
 @click.option(
     "--oversize",
     type=click.Choice([o.value for o in Oversize]),
@@ -635,25 +652,9 @@ def resume_command(
 
 @cli.command("inspect")
 @click.argument("module", type=click.Path(dir_okay=False))
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export to look for.",
-)
-@click.option("--alloc", metavar="NAME", help="The allocator export to look for.")
-@click.option("--free", metavar="NAME", help="The deallocator export to look for.")
-@click.option("--init", metavar="NAME", help="The init export to look for.")
+@export_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime to check the module with.",
-)
+@engine_option
 def inspect_command(
     module: str,
     function: str,
@@ -691,40 +692,11 @@ def inspect_command(
 @click.option(
     "--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per setting."
 )
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export.",
-)
-@click.option("--alloc", metavar="NAME", help="The allocator export (as for run).")
-@click.option("--free", metavar="NAME", help="The deallocator export (as for run).")
-@click.option("--init", metavar="NAME", help="The init export (as for run).")
-@click.option(
-    "--config", "config_arg", metavar="TEXT|@FILE", help="Bytes passed to --init (as for run)."
-)
-@click.option(
-    "--framing",
-    type=click.Choice([f.value for f in Framing]),
-    default=Framing.FIXED.value,
-    show_default=True,
-    help="How frames are cut (as for run).",
-)
-@click.option(
-    "--delimiter",
-    metavar="D",
-    callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter (as for run).",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
-)
+@export_options
+@config_option
+@framing_option
+@delimiter_option
+@engine_option
 def bench_command(
     module: str,
     input: str | None,
