@@ -747,6 +747,10 @@ def test_quiet_ctrl_c_still_says_how_to_continue(tmp_path: Path) -> None:
 # The crash suite ---------------------------------------------------------------------------
 
 
+def ended_or_saved(process: subprocess.Popen[bytes], ckpt: Path, before: int) -> bool:
+    return process.poll() is not None or progressed(ckpt, before)
+
+
 def progressed(ckpt: Path, before: int) -> bool:
     try:
         return bool(checkpoint_of(ckpt)["position"]["input_bytes"] > before)
@@ -781,8 +785,7 @@ def test_ten_random_kills_at_two_jobs_give_the_uninterrupted_output(tmp_path: Pa
         process = spawn([*args, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # killed at a random moment after this run has saved progress of its own, however slow
         # the machine is to start it
-        ended_or_saved = partial(lambda run, done: run.poll() is not None or progressed(ckpt, done))
-        wait_for(ended_or_saved(process, before), timeout=60)
+        wait_for(partial(ended_or_saved, process, ckpt, before), timeout=60)
         time.sleep(chance.uniform(0.0, 0.25))
         process.kill()
         process.communicate(timeout=10)
