@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import signal
-import stat
 import sys
 import time
 import traceback
@@ -27,6 +26,7 @@ from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptio
 from .core import ProgressFactory, run
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
+from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
 from .options import (
     DEFAULT_CHECKPOINT_INTERVAL,
@@ -586,17 +586,9 @@ def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> s
         return None
     if given is not None:
         return given
-    if output in (None, "-") or not _is_or_will_be_regular(output):
+    if output in (None, "-") or not is_own_file(output):
         return None  # -o /dev/null, a FIFO, a terminal: nothing to resume exactly
     return sidecar_for(output)
-
-
-def _is_or_will_be_regular(path: str | None) -> bool:
-    assert path is not None
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
 
 
 @cli.command("resume")

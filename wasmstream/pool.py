@@ -24,7 +24,7 @@ from queue import Empty, SimpleQueue
 from time import perf_counter, sleep
 
 from .engines.base import Instance
-from .errors import GuestError, WasmstreamError
+from .errors import GuestError, Interrupted, WasmstreamError
 from .framing import Buffer, Frame
 from .options import Overload
 from .policy import FailureHandler
@@ -237,8 +237,12 @@ class _ParallelRun:
             if self._failure is None:
                 self._writer.start()
                 self._feed()
+        except Interrupted as error:  # SIGTERM (Ctrl-C is a KeyboardInterrupt): stop now
+            self._fail(error)
+            raise
         except WasmstreamError as error:  # unreadable input: first write what came before it
-            self._drain()
+            if self._writer.is_alive():
+                self._drain()
             self._fail(error)
             raise
         except BaseException as error:  # Ctrl-C: stop everything now

@@ -87,27 +87,32 @@ class CheckpointPlan:
 
     def check_stream(self, stream: ConcatenatedInput) -> None:
         """After `stream.skip_to_start`: refuse a stream whose bytes before the start are not
-        the ones recorded (another file on stdin, a pipe fed other data). --force overrides."""
+        the ones recorded (another file on stdin, a pipe fed other data). --force skips the
+        check of its first bytes (as of a file's first block), never of the bytes just before
+        the start: resuming after bytes that are not the ones processed duplicates or loses."""
         assert self.saved is not None
         position = self.saved.position
-        if self.config.force:
-            return
         for what, digest, data in (
             ("first", position.stream_head, bytes(stream.head)),
             ("last", position.stream_tail, stream.skipped_tail),
         ):
-            if digest is None:
+            if digest is None or (what == "first" and self.config.force):
                 continue
             window = data[: digest.length] if what == "first" else data[-digest.length :]
             if digest.length and (len(window) != digest.length or Digest.of(window) != digest):
+                hint = "; --force resumes anyway" if what == "first" else ""
                 raise CheckpointError(
                     f"the input's {what} {digest.length} bytes before offset "
                     f"{position.input_bytes} differ from those recorded in checkpoint "
-                    f"{self.config.checkpoint}: it is not the same data; --force resumes anyway"
+                    f"{self.config.checkpoint}: it is not the same data{hint}"
                 )
 
     def open_journal(
-        self, syncs: list[Callable[[], None]], stream: ConcatenatedInput, tally: Tally
+        self,
+        syncs: list[Callable[[], None]],
+        stream: ConcatenatedInput,
+        tally: Tally,
+        pipe_fd: int | None = None,
     ) -> Journal:
         """The journal. When this run replaces an old checkpoint (--restart, or a finished
         run's), a first save replaces it at once: it describes output this run has just
@@ -121,8 +126,13 @@ class CheckpointPlan:
             stream=stream,
             tally=tally,
             clock=checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every),
-            stream_tail=StreamTail(stream.skipped_tail) if self.watches_stream else None,
+            stream_tail=(
+                StreamTail(stream.skipped_tail, self.start.input_bytes)
+                if self.watches_stream
+                else None
+            ),
             output_fd=self.output_fd,
+            pipe_fd=pipe_fd,
         )
         if self.replaces:
             journal.save("running")
