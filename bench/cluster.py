@@ -16,7 +16,7 @@ from bench import FIXTURES, WASMSTREAM, MiB, Table, make_input, medians, rate, v
 
 
 def cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
-    """B9: the cost of the cluster path on one machine (heavy guest, 2 workers vs -j 2)."""
+    """B10: the cost of the cluster path on one machine (heavy guest, 2 workers vs -j 2)."""
     path = make_input(directory, "cluster.bin", size)
     heavy = FIXTURES / "heavy.wasm"
     part = max(MiB, size // 16)  # 16 parts: enough to keep both workers busy to the end
@@ -27,7 +27,7 @@ def cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     )
     ratio = jobs / cluster
     table.add(
-        f"B9 heavy --cluster local:2 vs -j 2, {size // MiB} MiB",
+        f"B10 heavy --cluster local:2 vs -j 2, {size // MiB} MiB",
         rate(size, cluster),
         f"-j 2 {rate(size, jobs)}",
         f"{ratio:.2f}x",

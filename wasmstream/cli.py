@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import signal
-import stat
 import sys
 import time
 import traceback
@@ -28,17 +27,17 @@ from .cluster import run
 from .core import ProgressFactory
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
+from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
 from .options import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_FRAME_SIZE,
     DEFAULT_PART_SIZE,
     POLICIES,
-    Cluster,
     Overload,
     RunConfig,
     Shard,
-    default_jobs,
+    check_cluster_address,
     sidecar_for,
 )
 from .units import format_duration, format_size, parse_duration, parse_size
@@ -198,29 +197,36 @@ def _cluster_option(ctx: click.Context, param: click.Parameter, value: str | Non
     if value is None:
         return None
     try:
-        return Cluster.check_address(value)
+        return check_cluster_address(value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from None
 
 
-def operator_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Options that change what the person at the terminal sees, never the output."""
-    options = [
-        click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
-        click.option(
-            "--progress/--no-progress",
-            default=None,
-            help="Show progress on stderr [default: when stderr is a terminal].",
-        ),
-        click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
-        click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
-        click.option(
-            "--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _stack(
+    *options: Callable[[Callable[..., None]], Callable[..., None]],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Several click options as one decorator, in the order given."""
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+# Options that change what the person at the terminal sees, never the output.
+operator_options = _stack(
+    click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show progress on stderr [default: when stderr is a terminal].",
+    ),
+    click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
+    click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
+    click.option("--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,14 +270,31 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
             write_stats(stats, operator.stats and not operator.quiet, operator.stats_json)
 
 
+def parse_jobs(text: str) -> int | None:
+    """`--jobs`: N (at least 1), or `auto` (None)."""
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a number of at least 1, or 'auto'")
+    return int(text)
+
+
+def _jobs_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return parse_jobs(value or "auto")
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
 jobs_option = click.option(
     "-j",
     "--jobs",
-    type=click.IntRange(min=1),
-    metavar="N",
-    default=default_jobs,
-    show_default="number of CPUs",
-    help="Instances running frames in parallel.",
+    metavar="N|auto",
+    default="auto",
+    show_default=True,
+    callback=_jobs_option,
+    help="Instances running frames in parallel; auto: one on this thread or up to one per CPU, "
+    "whichever the run measures faster.",
 )
 queue_depth_option = click.option(
     "--queue-depth",
@@ -279,6 +302,58 @@ queue_depth_option = click.option(
     metavar="N",
     show_default="2 x jobs",
     help="Frames read ahead of the workers; bounds memory.",
+)
+
+
+# Options that several commands take, declared once (run, bench, inspect).
+export_options = _stack(
+    click.option(
+        "--function",
+        metavar="NAME",
+        default=DEFAULT_TRANSFORM,
+        show_default=True,
+        help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
+    ),
+    click.option(
+        "--alloc",
+        metavar="NAME",
+        help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
+    ),
+    click.option(
+        "--free",
+        metavar="NAME",
+        help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
+    ),
+    click.option(
+        "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+    ),
+)
+config_option = click.option(
+    "--config",
+    "config_arg",
+    metavar="TEXT|@FILE",
+    help="Bytes passed to --init: TEXT, or the contents of FILE.",
+)
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(ENGINE_NAMES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    envvar="WASMSTREAM_ENGINE",
+    help="WebAssembly runtime.",
+)
+framing_option = click.option(
+    "--framing",
+    type=click.Choice([f.value for f in Framing]),
+    default=Framing.FIXED.value,
+    show_default=True,
+    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
+)
+delimiter_option = click.option(
+    "--delimiter",
+    metavar="D",
+    callback=_delimiter_option,
+    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
 )
 
 
@@ -296,53 +371,11 @@ queue_depth_option = click.option(
 )
 @jobs_option
 @queue_depth_option
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
-)
-@click.option(
-    "--alloc",
-    metavar="NAME",
-    help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
-)
-@click.option(
-    "--free",
-    metavar="NAME",
-    help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
-)
-@click.option(
-    "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
-)
-@click.option(
-    "--config",
-    "config_arg",
-    metavar="TEXT|@FILE",
-    help="Bytes passed to --init: TEXT, or the contents of FILE.",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
-)
-@click.option(
-    "--framing",
-    type=click.Choice([f.value for f in Framing]),
-    default=Framing.FIXED.value,
-    show_default=True,
-    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
-)
-@click.option(
-    "--delimiter",
-    metavar="D",
-    callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
-)
+@export_options
+@config_option
+@engine_option
+@framing_option
+@delimiter_option
 @click.option(
     "--oversize",
     type=click.Choice([o.value for o in Oversize]),
@@ -359,11 +392,12 @@ queue_depth_option = click.option(
 )
 @click.option(
     "--on-overload",
-    metavar="block|drop|sample:N",
+    metavar="block|adaptive|drop|sample:N",
     callback=_overload_option,
     default="block",
     show_default=True,
-    help="When the queue is full: wait (backpressure), drop the frame, or keep one in N.",
+    help="When the queue fills: wait (backpressure), slow down smoothly from half full, drop "
+    "the frame, or keep one in N.",
 )
 @click.option(
     "--drop-log",
@@ -483,7 +517,7 @@ def run_command(
     inputs: tuple[str, ...],
     output: str | None,
     frame_size: int,
-    jobs: int,
+    jobs: int | None,
     queue_depth: int | None,
     function: str,
     alloc: str | None,
@@ -539,7 +573,6 @@ def run_command(
         raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
-    cluster_config = _cluster_config(cluster, cluster_file, part_size, shard)
     checkpoint_path = _checkpoint_path(checkpoint, no_checkpoint, output)
     if (resume or restart or force) and checkpoint_path is None:
         raise click.UsageError(
@@ -582,15 +615,27 @@ def run_command(
         restart=restart,
         force=force,
         cache=not no_cache,
+        flip_every=_flip_every(),
+        timings=stats or stats_json is not None,  # else two clock reads a frame each way
         shard=shard,
-        cluster=cluster_config,
+        cluster=cluster,
+        cluster_file=cluster_file,
+        part_size=_part_size(cluster, cluster_file, part_size, shard),
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
 
 
-def _cluster_config(
+def _flip_every() -> int | None:
+    """WASMSTREAM_AUTO_FLIP_EVERY=N makes --jobs auto switch shape every N frames, whatever it
+    measures: for tests of the switching itself, which timing alone would not reach."""
+    value = os.environ.get("WASMSTREAM_AUTO_FLIP_EVERY", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _part_size(
     address: str | None, scheduler_file: str | None, part_size: int | None, shard: Shard | None
-) -> Cluster | None:
+) -> int | None:
+    """A cluster run's part size (None for a run on this machine alone)."""
     if address is not None and scheduler_file is not None:
         raise click.UsageError("--cluster and --cluster-file exclude each other")
     if address is None and scheduler_file is None:
@@ -601,7 +646,7 @@ def _cluster_config(
         raise click.UsageError(
             "--shard and --cluster exclude each other: a cluster splits the input itself"
         )
-    return Cluster(address, scheduler_file, part_size or DEFAULT_PART_SIZE)
+    return part_size or DEFAULT_PART_SIZE
 
 
 def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> str | None:
@@ -611,17 +656,9 @@ def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> s
         return None
     if given is not None:
         return given
-    if output in (None, "-") or not _is_or_will_be_regular(output):
+    if output in (None, "-") or not is_own_file(output):
         return None  # -o /dev/null, a FIFO, a terminal: nothing to resume exactly
     return sidecar_for(output)
-
-
-def _is_or_will_be_regular(path: str | None) -> bool:
-    assert path is not None
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
 
 
 @cli.command("resume")
@@ -632,7 +669,10 @@ def _is_or_will_be_regular(path: str | None) -> bool:
     help="The checkpoint of the run to continue.",
 )
 @click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), metavar="N", help="Override the recorded --jobs."
+    "-j",
+    "--jobs",
+    metavar="N|auto",
+    help="Override the recorded --jobs.",
 )
 @click.option(
     "--queue-depth",
@@ -646,7 +686,7 @@ def _is_or_will_be_regular(path: str | None) -> bool:
 @operator_options
 def resume_command(
     checkpoint: str,
-    jobs: int | None,
+    jobs: str | None,
     queue_depth: int | None,
     force: bool,
     quiet: bool,
@@ -662,32 +702,21 @@ def resume_command(
     """
     from .resume import config_from_checkpoint
 
-    config = config_from_checkpoint(checkpoint, jobs, queue_depth)
-    config = dataclasses.replace(config, force=force, cache=not no_cache)
+    try:
+        jobs_override = parse_jobs(jobs) if jobs is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'-j' / '--jobs'") from None
+    config = config_from_checkpoint(checkpoint, jobs_override, queue_depth, keep_jobs=jobs is None)
+    timings = stats or stats_json is not None
+    config = dataclasses.replace(config, force=force, cache=not no_cache, timings=timings)
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
 
 
 @cli.command("inspect")
 @click.argument("module", type=click.Path(dir_okay=False))
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export to look for.",
-)
-@click.option("--alloc", metavar="NAME", help="The allocator export to look for.")
-@click.option("--free", metavar="NAME", help="The deallocator export to look for.")
-@click.option("--init", metavar="NAME", help="The init export to look for.")
+@export_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime to check the module with.",
-)
+@engine_option
 def inspect_command(
     module: str,
     function: str,
@@ -725,40 +754,11 @@ def inspect_command(
 @click.option(
     "--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per setting."
 )
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export.",
-)
-@click.option("--alloc", metavar="NAME", help="The allocator export (as for run).")
-@click.option("--free", metavar="NAME", help="The deallocator export (as for run).")
-@click.option("--init", metavar="NAME", help="The init export (as for run).")
-@click.option(
-    "--config", "config_arg", metavar="TEXT|@FILE", help="Bytes passed to --init (as for run)."
-)
-@click.option(
-    "--framing",
-    type=click.Choice([f.value for f in Framing]),
-    default=Framing.FIXED.value,
-    show_default=True,
-    help="How frames are cut (as for run).",
-)
-@click.option(
-    "--delimiter",
-    metavar="D",
-    callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter (as for run).",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
-)
+@export_options
+@config_option
+@framing_option
+@delimiter_option
+@engine_option
 def bench_command(
     module: str,
     input: str | None,

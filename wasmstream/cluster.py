@@ -41,7 +41,7 @@ from .engines import LoadedModule, read_module
 from .errors import CheckpointError, IOFailure, UsageError, WasmstreamError
 from .files import RunFiles
 from .framing import Frame
-from .options import Notify, RunConfig, StartPoint
+from .options import Notify, RunConfig, StartPoint, local_workers
 from .parts import Part, split
 from .sink import Sink
 from .sources import INSTALL_DASK, Inputs
@@ -61,8 +61,9 @@ def run(
     notify: Notify = lambda message: None,
     progress: ProgressFactory | None = None,
 ) -> RunSummary:
-    """`wasmstream.core.run`, or with `config.cluster`, the same run spread over a cluster."""
-    if config.cluster is None:
+    """`wasmstream.core.run`, or with `config.part_size` (--cluster), the same run spread over
+    a cluster."""
+    if not config.clustered:
         return run_locally(config, notify, progress)
     require_dask()
     return execute(config, _run_on_cluster, notify, progress)
@@ -130,9 +131,9 @@ def _run_on_cluster(
     notify: Notify,
     progress: ProgressFactory | None,
 ) -> RunSummary:
-    assert config.cluster is not None
+    assert config.part_size is not None
     inputs = Inputs(config.inputs)
-    parts = split(inputs, config.framing, config.frame_size, config.cluster.part_size)
+    parts = split(inputs, config.framing, config.frame_size, config.part_size)
     plan = None
     if config.checkpoint is not None:
         from .resume import CheckpointPlan
@@ -191,9 +192,7 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
     """A Dask client: of a local cluster started for the run, or of a running scheduler."""
     from distributed import Client, LocalCluster
 
-    assert config.cluster is not None
-    cluster = config.cluster
-    workers = cluster.local_workers
+    workers = local_workers(config.cluster)
     if not os.environ.get("WASMSTREAM_DEBUG"):  # a lost worker or scheduler is reported by us,
         logging.getLogger("distributed").setLevel(logging.CRITICAL)  # in one line, not by Dask
     try:
@@ -207,14 +206,14 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
                 silence_logs=logging.ERROR,
             )
             client = Client(local, set_as_default=False)
-        elif cluster.scheduler_file is not None:
-            client = Client(scheduler_file=cluster.scheduler_file, set_as_default=False)
+        elif config.cluster_file is not None:
+            client = Client(scheduler_file=config.cluster_file, set_as_default=False)
             local = None
         else:
-            client = Client(cluster.address, set_as_default=False, timeout="10s")
+            client = Client(config.cluster, set_as_default=False, timeout="10s")
             local = None
     except (OSError, ValueError) as error:
-        where = cluster.scheduler_file or cluster.address
+        where = config.cluster_file or config.cluster
         raise IOFailure(f"cannot reach the Dask scheduler at {where}: {error}") from None
     try:
         _announce(client, notify)
@@ -272,6 +271,8 @@ class _Client:
             dead_letter=None,
             drop_log=None,
             cluster=None,
+            cluster_file=None,
+            part_size=None,
             shard=None,
             resume=False,
             restart=False,

@@ -6,34 +6,29 @@ messages and exit codes in one place, and reports notices through the `notify` c
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from time import perf_counter
+from functools import partial
 from typing import TYPE_CHECKING
 
+from . import framing
+from .adaptive import run_adaptive
 from .engines import LoadedModule, load_module, stateful
+from .engines.base import Instance
 from .errors import ExitStatus, FramesFailed, Interrupted, UsageError
-from .files import Role, RunFiles, check_distinct
-from .framing import (
-    Buffer,
-    Frame,
-    FramingSpec,
-    Skipped,
-    fixed_frames,
-    record_frames,
-)
-from .inputs import STDIN, ConcatenatedInput, check_inputs
-from .options import DEFAULT_LINGER, Notify, RunConfig, StartPoint
+from .files import Role, RunFiles, check_checkpoint_path, check_distinct
+from .framing import Skipped
+from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
+from .options import Notify, RunConfig, StartPoint
 from .parts import shard_part
 from .policy import DeadLetters, DropLog, FailureHandler
-from .pool import PoolSettings, run_frames
+from .pool import Frames, PoolSettings, Write, run_frames
 from .sink import STDOUT, Sink
-from .sources import Inputs, is_url, size_of
+from .sources import Inputs, is_url
 from .tally import Tally
 from .units import format_size
 
@@ -54,6 +49,8 @@ class RunSummary:
     skipped_records: int = 0
     skipped_bytes: int = 0
     nothing_to_do: bool = False
+    jobs_reason: str = ""  # how many instances ran, and why (--stats)
+    switches: int = 0  # --jobs auto: how often the run changed shape
 
 
 def read_config_arg(arg: str | None) -> bytes:
@@ -88,9 +85,9 @@ def run(
 
     Under --on-error skip|passthrough, a run whose frames partly failed completes (checkpoint
     `complete`) and then raises FramesFailed, so the exit status still tells. A run with
-    `config.cluster` goes through `wasmstream.cluster.run`.
+    `config.part_size` (--cluster) goes through `wasmstream.cluster.run`.
     """
-    if config.cluster is not None:
+    if config.clustered:
         raise UsageError("a cluster run goes through wasmstream.cluster.run")
     return execute(config, _run_loaded, notify, progress)
 
@@ -103,17 +100,19 @@ def execute(
 ) -> RunSummary:
     """The checks, module and locks every run needs, around `body`."""
     check_inputs(config.inputs)
-    if config.shard is not None or config.cluster is not None:
+    if config.shard is not None or config.clustered:
         _check_splittable(config)
     check_distinct(
         [Role("input", path) for path in config.inputs or (STDIN,)], _written_files(config)
     )
     check_frame_size(config.frame_size, config.sandbox.max_memory)
+    if config.checkpoint is not None:
+        check_checkpoint_path(config.checkpoint)
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
-        if (config.shard or config.cluster) and stateful(loaded):
-            what = "--cluster" if config.cluster else "--shard"
+        if (config.shard or config.clustered) and stateful(loaded):
+            what = "--cluster" if config.clustered else "--shard"
             raise UsageError(
                 f"module {config.module} is stateful (it exports snapshot and restore): its "
                 f"state follows the stream in order, so it cannot run with {what}"
@@ -131,16 +130,16 @@ def execute(
 
 def _check_splittable(config: RunConfig) -> None:
     """Shards and cluster parts are byte ranges of files: a stream cannot be cut so."""
-    what = "--cluster" if config.cluster is not None else "--shard"
+    what = "--cluster" if config.clustered else "--shard"
     if not config.inputs or STDIN in config.inputs:
         raise UsageError(f"standard input cannot be split with {what}: give INPUT files")
     for path in config.inputs:
         if not is_url(path) and not stat.S_ISREG(os.stat(path).st_mode):
             raise UsageError(f"input {path} is not a regular file: it cannot be split ({what})")
-    if config.cluster is not None and config.overload.policy != "block":
+    if config.clustered and config.overload.policy != "block":
         raise UsageError(
-            "--on-overload drop|sample has no queue to act on with --cluster (tasks in flight "
-            "are bounded instead)"
+            f"--on-overload {config.overload} has no queue to act on with --cluster (tasks in "
+            "flight are bounded instead)"
         )
 
 
@@ -198,7 +197,13 @@ def _run_loaded(
         return summary
     watch = plan is not None and plan.watches_stream
     limit = None if end is None else end - start.input_bytes
-    stream = ConcatenatedInput(config.inputs, start.per_input, keep_head=watch, limit=limit)
+    stream = ConcatenatedInput(
+        config.inputs,
+        start.per_input,
+        keep_head=watch,
+        tally=_timed(config, summary),
+        limit=limit,
+    )
     try:
         if plan is not None and plan.saved:
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
@@ -227,29 +232,43 @@ def _run_stream(
     start: StartPoint,
     progress: ProgressFactory | None,
 ) -> RunSummary:
-    frames, skipped = _framer(config, _TimedInput(stream, summary.tally), start)
+    skipped = Skipped()
+    # The pool pulls frames from framing, which reads from the stream, and writes to the sink:
+    # per frame, nothing passes through here.
+    frames = partial(
+        framing.frames,
+        stream,
+        spec=framing.with_default_linger(config.framing, is_live(config.inputs)),
+        first_index=start.frames,
+        first_offset=start.input_bytes,
+        skipped=skipped,
+    )
     # Only now is the output cut: the module is usable and the checkpoint agrees with this run.
     sink = Sink(
         config.output,
         keep=start.output_bytes if plan and plan.saved else None,
         durable=plan is not None,
         fd=files.output_fd,
+        tally=_timed(config, summary),
     )
     files.output_used()
     logs = Logs(config, summary)
-    journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally) if plan else None
+    journal = None
+    if plan is not None:
+        pipe_fd = sink.fd if sink.is_pipe else None
+        journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally, pipe_fd)
     watch = plan is not None and plan.watches_stream
     try:
         with progress_of(progress, summary.tally, config, start):
-            run_frames(
+            _run_frames(
+                config,
                 frames,
                 lambda: loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes),
-                _timed_write(sink, summary.tally),
+                sink.write,
                 # Frames go straight into guest memory unless the framing carries bytes across
                 # frames, or a watched stream's frames must stay intact until written.
                 _pool_settings(config, direct_read=not config.framing.record_based and not watch),
-                summary.tally,
-                summary.failures,
+                summary,
             )
     except BaseException as error:
         if journal is not None:
@@ -269,6 +288,11 @@ def _run_stream(
     return summary
 
 
+def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
+    """Where input and output count their waiting time: only when someone will read it."""
+    return summary.tally if config.timings else None
+
+
 def _stopped(
     error: KeyboardInterrupt | Interrupted, journal: Journal | None, checkpoint: str | None
 ) -> Interrupted:
@@ -281,22 +305,6 @@ def _stopped(
         f"interrupted at {journal.input_bytes} input bytes; continue with: "
         f"wasmstream resume --checkpoint {shlex.quote(checkpoint)}",
     )
-
-
-def _framer(
-    config: RunConfig, stream: _TimedInput, start: StartPoint
-) -> tuple[Callable[[Callable[[], Buffer]], Iterator[Frame]], Skipped]:
-    """How this run cuts its input into frames, numbered on from `start`."""
-    spec = _with_default_linger(config.framing, config.inputs)
-    skipped = Skipped()
-
-    def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
-        first = {"first_index": start.frames, "first_offset": start.input_bytes}
-        if spec.record_based:
-            return record_frames(stream, next_buffer, spec, skipped=skipped, **first)
-        return fixed_frames(stream, next_buffer, linger=spec.linger, **first)
-
-    return frames, skipped
 
 
 class Logs:
@@ -319,21 +327,40 @@ class Logs:
 def _pool_settings(config: RunConfig, direct_read: bool) -> PoolSettings:
     return PoolSettings(
         frame_size=config.frame_size,
-        jobs=config.jobs,
+        jobs=config.max_jobs,
         queue_depth=config.effective_queue_depth,
         direct_read=direct_read,  # record framing carries bytes across frames: host buffers
         overload=config.overload,
     )
 
 
-def _timed_write(sink: Sink, tally: Tally) -> Callable[[memoryview | bytes], int]:
-    def write(data: memoryview | bytes) -> int:
-        started = perf_counter()
-        written = sink.write(data)
-        tally.output_seconds += perf_counter() - started
-        return written
-
-    return write
+def _run_frames(
+    config: RunConfig,
+    frames: Frames,
+    new_instance: Callable[[], Instance],
+    write: Write,
+    settings: PoolSettings,
+    summary: RunSummary,
+) -> None:
+    """A fixed --jobs runs as asked; auto adapts while it runs (adaptive.py), except under an
+    overload policy, which only the pool has, or on one CPU."""
+    adapt = config.jobs is None and settings.jobs > 1 and settings.overload.policy == "block"
+    if not adapt:
+        summary.jobs_reason = "as asked" if config.jobs is not None else "one CPU, or overload"
+        summary.tally.workers = settings.jobs
+        run_frames(frames, new_instance, write, settings, summary.tally, summary.failures)
+        return
+    controller = run_adaptive(
+        frames,
+        new_instance,
+        write,
+        settings,
+        summary.tally,
+        summary.failures,
+        flip_every=config.flip_every,
+        on_decision=summary,
+    )
+    summary.switches = controller.switches
 
 
 def progress_of(
@@ -341,43 +368,7 @@ def progress_of(
 ) -> AbstractContextManager[object]:
     if progress is None:
         return nullcontext()
-    return progress(tally, total_input(config.inputs), start.input_bytes)
-
-
-class _TimedInput:
-    """The input stream, counting the time spent waiting for it (for --stats)."""
-
-    def __init__(self, stream: ConcatenatedInput, tally: Tally) -> None:
-        self._stream = stream
-        self._tally = tally
-
-    def readinto(self, buffer: memoryview, /) -> int:
-        started = perf_counter()
-        try:
-            return self._stream.readinto(buffer)
-        finally:
-            self._tally.input_seconds += perf_counter() - started
-
-    def wait_readable(self, timeout: float) -> bool:
-        started = perf_counter()
-        try:
-            return self._stream.wait_readable(timeout)
-        finally:
-            self._tally.input_seconds += perf_counter() - started
-
-
-def total_input(inputs: tuple[str, ...]) -> int | None:
-    """The input's size when every part is a regular file (for percent and ETA), else None."""
-    total = 0
-    for path in inputs or (STDIN,):
-        if is_url(path):
-            total += size_of(path)
-            continue
-        info = os.fstat(0) if path == STDIN else os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        total += info.st_size
-    return total
+    return progress(tally, total_size(config.inputs), start.input_bytes)
 
 
 def report_losses(summary: RunSummary, notify: Notify) -> None:
@@ -389,16 +380,3 @@ def report_losses(summary: RunSummary, notify: Notify) -> None:
         notify(
             f"skipped {summary.skipped_records} oversized records ({summary.skipped_bytes} bytes)"
         )
-
-
-def _with_default_linger(spec: FramingSpec, inputs: tuple[str, ...]) -> FramingSpec:
-    """Record framings linger 100 ms by default when reading a pipe or a terminal: on a live
-    stream a frame may take minutes to fill. Fixed frames keep their exact size unless asked."""
-    if spec.linger == 0:  # `--linger off`: wait for full frames, whatever the input is
-        return dataclasses.replace(spec, linger=None)
-    if spec.linger is not None or not spec.record_based:
-        return spec
-    reads_stdin = not inputs or STDIN in inputs
-    if reads_stdin and not stat.S_ISREG(os.fstat(0).st_mode):
-        return dataclasses.replace(spec, linger=DEFAULT_LINGER)
-    return spec

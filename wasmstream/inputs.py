@@ -12,11 +12,13 @@ import os
 import select
 import stat
 from collections.abc import Sequence
+from time import perf_counter
 
 from .errors import CheckpointError, IOFailure, UsageError
 from .pipes import enlarge_pipe
 from .sources import InputFile, is_url, open_input, size_of
 from .stdio import was_closed
+from .tally import Tally
 
 STDIN = "-"
 STDIN_FD = 0  # not sys.stdin: Python sets that to None when descriptor 0 was closed
@@ -41,6 +43,26 @@ def check_inputs(paths: Sequence[str]) -> None:
             raise IOFailure(f"cannot read input {path}: Is a directory")
         if not os.access(path, os.R_OK):
             raise IOFailure(f"cannot read input {path}: Permission denied")
+
+
+def is_live(paths: Sequence[str]) -> bool:
+    """Whether the input includes a live stream: standard input that is a pipe or a terminal."""
+    reads_stdin = not paths or STDIN in paths
+    return reads_stdin and not stat.S_ISREG(os.fstat(STDIN_FD).st_mode)
+
+
+def total_size(paths: Sequence[str]) -> int | None:
+    """The input's size when every part is a regular file (for percent and ETA), else None."""
+    total = 0
+    for path in paths or (STDIN,):
+        if is_url(path):
+            total += size_of(path)
+            continue
+        info = os.fstat(STDIN_FD) if path == STDIN else os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        total += info.st_size - (os.lseek(STDIN_FD, 0, os.SEEK_CUR) if path == STDIN else 0)
+    return total
 
 
 class _Span:
@@ -68,6 +90,7 @@ class ConcatenatedInput:
         paths: Sequence[str],
         start_at: Sequence[int] = (),
         keep_head: bool = False,
+        tally: Tally | None = None,
         limit: int | None = None,
     ) -> None:
         self.paths = list(paths) or [STDIN]
@@ -80,8 +103,18 @@ class ConcatenatedInput:
         self._keep_head = keep_head
         self.skipped_tail = b""
         self.discarded: list[tuple[str, int]] = []  # streams read past (not seeked) to start
+        self._tally = tally  # where time spent waiting is counted (--stats); None: not timed
 
     def readinto(self, buffer: memoryview, /) -> int:
+        if self._tally is None:
+            return self._readinto(buffer)
+        started = perf_counter()
+        try:
+            return self._readinto(buffer)
+        finally:
+            self._tally.input_seconds += perf_counter() - started
+
+    def _readinto(self, buffer: memoryview) -> int:
         if self._limit is not None:
             remaining = self._limit - self._stream_position
             if remaining <= 0:
@@ -125,7 +158,12 @@ class ConcatenatedInput:
             return True  # nothing read yet, or an object store: data is there or ends
         poller = select.poll()
         poller.register(self._current.fileno(), select.POLLIN | select.POLLHUP)
-        return bool(poller.poll(timeout * 1000))
+        started = perf_counter()
+        try:
+            return bool(poller.poll(timeout * 1000))
+        finally:
+            if self._tally is not None:
+                self._tally.input_seconds += perf_counter() - started
 
     def progress(self, stream_offset: int) -> list[int]:
         """Bytes of each input consumed once the stream has been processed up to `stream_offset`."""
@@ -154,27 +192,33 @@ class ConcatenatedInput:
             self._skip(self._current, skip, tail if tail is not None else bytearray())
 
     def _skip(self, stream: InputFile, count: int, tail: bytearray) -> None:
-        """Move past `count` bytes of `stream`, keeping the head and tail windows of them."""
-        if not isinstance(stream, io.FileIO):  # a URL: object stores seek
+        """Move past `count` bytes of `stream`, keeping the head and tail windows of them.
+
+        A seekable input counts from where it starts: a file on stdin may start past its
+        beginning (`{ read -r header; wasmstream …; } < data`), and so may its resume. A URL
+        (an object store) seeks."""
+        if not isinstance(stream, io.FileIO):
             stream.seek(count)
             return
         try:
-            if stream.seekable() and os.fstat(stream.fileno()).st_size >= count:
-                self._keep(tail, os.pread(stream.fileno(), min(count, WINDOW), 0), count)
-                stream.seek(count)
-                return
+            if stream.seekable():
+                origin = stream.tell()
+                if os.fstat(stream.fileno()).st_size - origin >= count:
+                    self._keep(stream.fileno(), tail, origin, count)
+                    stream.seek(origin + count)
+                    return
             self._discard(stream, count, tail)
             self.discarded.append((self._name(), count))
         except OSError as error:
             raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
 
-    def _keep(self, tail: bytearray, head_part: bytes, count: int) -> None:
-        """Windows of a seekable input's first `count` bytes (read by pread, not in full)."""
+    def _keep(self, fd: int, tail: bytearray, origin: int, count: int) -> None:
+        """Windows of a seekable input's first `count` bytes from `origin` (read by pread,
+        not in full)."""
         if len(self.head) < WINDOW:
-            self.head += head_part[: WINDOW - len(self.head)]
-        fd = self._current.fileno() if isinstance(self._current, io.FileIO) else -1
+            self.head += os.pread(fd, min(count, WINDOW - len(self.head)), origin)
         length = min(count, WINDOW)
-        tail += os.pread(fd, length, count - length)
+        tail += os.pread(fd, length, origin + count - length)
         del tail[:-WINDOW]
 
     def _discard(self, stream: io.FileIO, count: int, tail: bytearray) -> None:

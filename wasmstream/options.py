@@ -20,7 +20,6 @@ POLICIES = ("fail", "skip", "passthrough")  # --on-error
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
-DEFAULT_LINGER = 0.1
 DEFAULT_PART_SIZE = 64 << 20  # --part-size: the input a cluster task runs on
 
 Notify = Callable[[str], None]
@@ -40,7 +39,10 @@ def default_jobs() -> int:
 
 @dataclass(frozen=True)
 class Overload:
-    """What the reader does when every buffer is taken: `--on-overload block|drop|sample:N`."""
+    """What the reader does as the queue fills: `--on-overload block|adaptive|drop|sample:N`.
+
+    block waits for a free buffer; adaptive slows down before that (see pool.Pacer); drop and
+    sample let frames go when no buffer is free."""
 
     policy: str = "block"
     keep_one_in: int = 1  # sample:N keeps one frame in N while the queue stays full
@@ -48,11 +50,11 @@ class Overload:
     @classmethod
     def parse(cls, text: str) -> Overload:
         name, _, count = text.partition(":")
-        if name in ("block", "drop") and not count:
+        if name in ("block", "adaptive", "drop") and not count:
             return cls(name)
         if name == "sample" and count.isdigit() and int(count) >= 1:
             return cls("sample", int(count))
-        raise ValueError(f"not an overload policy: {text!r} (block, drop or sample:N)")
+        raise ValueError(f"not an overload policy: {text!r} (block, adaptive, drop or sample:N)")
 
     def __str__(self) -> str:
         return f"sample:{self.keep_one_in}" if self.policy == "sample" else self.policy
@@ -75,30 +77,22 @@ class Shard(NamedTuple):
         return f"{self.k}/{self.n}"
 
 
-@dataclass(frozen=True)
-class Cluster:
-    """`--cluster local|local:N|tcp://HOST:PORT` or `--cluster-file FILE`: where parts run."""
+def local_workers(address: str | None) -> int | None:
+    """Worker processes to start for `--cluster local[:N]` (None: join a running scheduler)."""
+    if address is None or not address.startswith("local"):
+        return None
+    _, _, count = address.partition(":")
+    return int(count) if count else default_jobs()
 
-    address: str | None = None  # "local", "local:N", or a scheduler's address
-    scheduler_file: str | None = None
-    part_size: int = DEFAULT_PART_SIZE
 
-    @property
-    def local_workers(self) -> int | None:
-        """Worker processes to start for a local cluster (None: join a running scheduler)."""
-        if self.address is None or not self.address.startswith("local"):
-            return None
-        _, _, count = self.address.partition(":")
-        return int(count) if count else default_jobs()
-
-    @staticmethod
-    def check_address(text: str) -> str:
-        name, sep, count = text.partition(":")
-        if name == "local" and (not sep or (count.isdigit() and int(count) >= 1)):
-            return text
-        if "://" in text:
-            return text
-        raise ValueError(f"not a cluster: {text!r} (local, local:N or tcp://HOST:PORT)")
+def check_cluster_address(text: str) -> str:
+    """`--cluster`: local, local:N, or a scheduler's address (tcp://HOST:PORT)."""
+    name, sep, count = text.partition(":")
+    if name == "local" and (not sep or (count.isdigit() and int(count) >= 1)):
+        return text
+    if "://" in text:
+        return text
+    raise ValueError(f"not a cluster: {text!r} (local, local:N or tcp://HOST:PORT)")
 
 
 @dataclass(frozen=True)
@@ -107,7 +101,7 @@ class RunConfig:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     frame_size: int = DEFAULT_FRAME_SIZE
-    jobs: int = 1
+    jobs: int | None = None  # None: auto, up to one instance per CPU (see adaptive.py)
     queue_depth: int | None = None  # None: twice the jobs
     abi: AbiOptions = field(default_factory=AbiOptions)
     config_arg: str | None = None  # --config as given: TEXT or @FILE
@@ -125,12 +119,27 @@ class RunConfig:
     restart: bool = False
     force: bool = False
     cache: bool = True  # keep compiled modules in the user's cache directory
+    timings: bool = True  # count time spent waiting for input and output (for --stats)
+    flip_every: int | None = None  # tests only: --jobs auto switches shape every N frames
     shard: Shard | None = None
-    cluster: Cluster | None = None
+    # A cluster run (--cluster ADDRESS or --cluster-file FILE) cuts its input in part_size
+    # parts; part_size is None for every other run.
+    cluster: str | None = None
+    cluster_file: str | None = None
+    part_size: int | None = None
+
+    @property
+    def clustered(self) -> bool:
+        return self.part_size is not None
 
     @property
     def effective_queue_depth(self) -> int:
-        return self.queue_depth if self.queue_depth is not None else 2 * self.jobs
+        return self.queue_depth if self.queue_depth is not None else 2 * self.max_jobs
+
+    @property
+    def max_jobs(self) -> int:
+        """Instances at most: the fixed --jobs, or under auto one per CPU."""
+        return self.jobs if self.jobs is not None else default_jobs()
 
 
 class StartPoint(NamedTuple):

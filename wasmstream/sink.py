@@ -11,10 +11,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from time import perf_counter
 
 from .errors import BrokenPipe, IOFailure
 from .pipes import enlarge_pipe
 from .stdio import was_closed
+from .tally import Tally
 
 STDOUT = "-"
 STDOUT_FD = 1  # not sys.stdout: Python sets that to None when descriptor 1 was closed
@@ -53,9 +55,11 @@ class Sink:
         keep: int | None = None,
         durable: bool = False,
         fd: int | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.path = path if path not in (None, STDOUT) else None
         self.name = self.path or "standard output"
+        self._tally = tally  # where time spent writing is counted (--stats); None: not timed
         self._owned = fd is None and self.path is not None
         if self.path is None:
             self._fd = STDOUT_FD
@@ -66,7 +70,7 @@ class Sink:
         else:
             self._fd = fd
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
-        if self.path is not None and self._regular:
+        if fd is not None:  # the run's own file, locked: cut to where this run starts
             self._cut(keep or 0)
         self._writeback = _sync_file_range() if durable and self._regular else None
         self._position = os.lseek(self._fd, 0, os.SEEK_CUR) if self._writeback else 0
@@ -76,9 +80,16 @@ class Sink:
     def fd(self) -> int:
         return self._fd
 
+    @property
+    def is_pipe(self) -> bool:
+        """A pipe or FIFO: what is written may still wait there, unread."""
+        return stat.S_ISFIFO(os.fstat(self._fd).st_mode)
+
     def _open(self, path: str) -> int:
+        """An output that is not the run's own file (a FIFO, a terminal, /dev/stdout): written
+        at its end, as it is (/dev/stdout under `>> log` must not write over the log)."""
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
         except OSError as error:
             raise IOFailure(f"cannot write output {path}: {error.strerror}") from None
 
@@ -102,6 +113,15 @@ class Sink:
 
     def write(self, data: memoryview | bytes) -> int:
         """Write all of `data`; return its length. A closed pipe raises BrokenPipe."""
+        if self._tally is None:
+            return self._write(data)
+        started = perf_counter()
+        try:
+            return self._write(data)
+        finally:
+            self._tally.output_seconds += perf_counter() - started
+
+    def _write(self, data: memoryview | bytes) -> int:
         total = len(data)
         view = memoryview(data)
         try:

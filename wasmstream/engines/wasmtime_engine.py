@@ -200,6 +200,11 @@ class _Guard:
         self._sandbox = sandbox
         self._deadline_ticks = deadline_ticks
         self.memory: wasmtime.Memory | None = None
+        # Without --timeout the epoch moves only on Ctrl-C, so the deadline armed when the
+        # store starts holds for every call; without --fuel there is nothing to refill. Then a
+        # call costs no ctypes round trip for limits (per frame, that was most of the host's
+        # own time with a cheap guest).
+        self._per_call = sandbox.timeout is not None or sandbox.fuel is not None
 
     def call(
         self, func: Callable[..., int | None], *args: int, exit_ok: bool = False
@@ -208,7 +213,8 @@ class _Guard:
 
         `exit_ok`: a WASI proc_exit(0) is a normal return (a command's end), not an error.
         """
-        self.arm()
+        if self._per_call:
+            self.arm()
         try:
             return func(*args)
         except wasmtime.Trap as trap:
@@ -301,6 +307,7 @@ class WasmtimeInstance(CopyingInstance):
         self._store, self._guard = engine.new_store()
         self._memory_view = memoryview(b"")
         self._memory_at = (0, 0)
+        self._memory_checked = False
         self._instance = self._link(engine, module, source, abi.wasi)
         memory = _export(self._store, self._instance, MEMORY_EXPORT)
         assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
@@ -333,12 +340,23 @@ class WasmtimeInstance(CopyingInstance):
         assert isinstance(export, wasmtime.Func)
         caller = _caller(self._store, export)
         call = self._guard.call
-        return lambda *args: call(caller, *args)
+
+        def call_export(*args: int) -> int | None:
+            self._memory_checked = False  # guest code may grow (and move) memory
+            return call(caller, *args)
+
+        return call_export
 
     def memory(self) -> memoryview:
-        """`Runtime.memory`: a view of all guest memory, rebuilt only when it has grown or
-        moved."""
+        """`Runtime.memory`: a view of all guest memory. Only guest code can grow or move it,
+        so it is looked up again only after a call."""
+        if self._memory_checked:
+            return self._memory_view
         store, memory = self._store, self._memory
+        self._memory_checked = True
+        # Memory moves only when it grows: an unchanged size means an unchanged view.
+        if memory.data_len(store) == self._memory_at[1]:
+            return self._memory_view
         where = (ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store))
         if where != self._memory_at:
             array = (ctypes.c_ubyte * where[1]).from_address(where[0])
@@ -355,6 +373,7 @@ class WasmtimeInstance(CopyingInstance):
     def close(self) -> None:
         self._memory_view.release()
         self._memory_at = (0, 0)
+        self._memory_checked = False
 
 
 class WasmtimeCommand(CopyingInstance):
@@ -455,23 +474,27 @@ def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | N
     results = func.type(store).results
     if _call_unchecked is None or os.environ.get("WASMSTREAM_SLOW_CALLS") == "1":
         return lambda *args: func(store, *args)
-    slots = _ValRawArray * max(len(func.type(store).params), len(results), 1)
-    values = slots()
+    size = max(len(func.type(store).params), len(results), 1)
+    values = (_ValRawArray * size)()
+    slots = [values[n] for n in range(size)]  # each slot's ctypes object, made once
     context = store._context()
     func_ref = ctypes.byref(func._func)
-    field = None if not results else ("i64" if results[0] == wasmtime.ValType.i64() else "i32")
+    wide = bool(results) and results[0] == wasmtime.ValType.i64()
 
     def call(*args: int) -> int | None:
-        for slot, arg in enumerate(args):
-            values[slot].i64 = 0  # clear the upper half: an i32 slot is read as 32 bits
-            values[slot].i32 = arg
+        # Every parameter of the guest ABI is an i32: written as the whole 64-bit slot, the
+        # upper half zero (an i32 slot is read as its lower 32 bits).
+        for slot, arg in zip(slots, args, strict=False):  # slots may outnumber params
+            slot.i64 = arg & 0xFFFFFFFF
         trap = _TrapPointer()
-        error = _call_unchecked(context, func_ref, values, len(values), ctypes.byref(trap))
+        error = _call_unchecked(context, func_ref, values, size, ctypes.byref(trap))
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
         if trap:
             raise wasmtime.Trap._from_ptr(trap)
-        return None if field is None else int(getattr(values[0], field))
+        if not results:
+            return None
+        return int(slots[0].i64) if wide else int(slots[0].i32)
 
     return call
 
