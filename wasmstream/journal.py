@@ -123,7 +123,7 @@ class Journal:
             sync()
         self._record = msgspec.structs.replace(
             self._record,
-            position=self._position(),
+            position=self._position(finished=status == "complete"),
             status=status,
             failure=failure,
             updated=checkpoint.now(),
@@ -132,12 +132,13 @@ class Journal:
         self.saves += 1
         self._clock.reset()
 
-    def _delivered(self) -> _FrameEnd:
-        """Where this run has got to: its last frame written; to a pipe, the last frame whose
-        output the reader has taken."""
+    def _delivered(self, finished: bool) -> _FrameEnd:
+        """Where this run has got to: its last frame written; to a pipe, while the run goes on
+        or when its reader went away, the last frame whose output the reader has taken. (A run
+        that finished has put everything in the pipe, for a reader that is still there.)"""
         tally = self._tally
         now = _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out)
-        if self._pipe_fd is None:
+        if self._pipe_fd is None or finished:
             return now
         taken = now.bytes_out - unread_in_pipe(self._pipe_fd)
         delivered = _FrameEnd(0, 0, 0)
@@ -149,8 +150,8 @@ class Journal:
         self._last = delivered
         return delivered
 
-    def _position(self) -> Position:
-        done = self._delivered()
+    def _position(self, finished: bool) -> Position:
+        done = self._delivered(finished)
         input_bytes = self._start.input_bytes + done.bytes_in
         output_bytes = self._start.output_bytes + done.bytes_out
         head = tail = None
