@@ -23,7 +23,7 @@ import click
 
 from . import interrupts, stdio
 from ._version import __version__
-from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
+from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
 from .core import ProgressFactory, run
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
@@ -247,8 +247,7 @@ jobs_option = click.option(
     "--jobs",
     type=click.IntRange(min=1),
     metavar="N",
-    default=default_jobs,
-    show_default="number of CPUs",
+    show_default="number of CPUs; 1 for a stateful module",
     help="Instances running frames in parallel.",
 )
 queue_depth_option = click.option(
@@ -299,6 +298,20 @@ queue_depth_option = click.option(
     "config_arg",
     metavar="TEXT|@FILE",
     help="Bytes passed to --init: TEXT, or the contents of FILE.",
+)
+@click.option(
+    "--state",
+    type=click.Choice(STATE_MODES),
+    default="auto",
+    show_default=True,
+    help="Guest state kept in checkpoints: the module's snapshot/restore exports if it has "
+    "them (auto), none, or the whole instance's memory and globals (memory).",
+)
+@click.option(
+    "--finish",
+    metavar="NAME",
+    help="Export called once after the last frame, () -> i64 packed; its output ends the "
+    "output [default: finish, if exported].",
 )
 @click.option(
     "--engine",
@@ -438,13 +451,15 @@ def run_command(
     inputs: tuple[str, ...],
     output: str | None,
     frame_size: int,
-    jobs: int,
+    jobs: int | None,
     queue_depth: int | None,
     function: str,
     alloc: str | None,
     free: str | None,
     init: str | None,
     config_arg: str | None,
+    state: str,
+    finish: str | None,
     engine: str,
     timeout: float | None,
     fuel: int | None,
@@ -500,10 +515,17 @@ def run_command(
         inputs=inputs,
         output=output,
         frame_size=frame_size,
-        jobs=jobs,
+        jobs=jobs if jobs is not None else default_jobs(),
+        jobs_given=jobs is not None,
         queue_depth=queue_depth,
         abi=AbiOptions(
-            function=function, alloc=alloc, free=free, init=init, wasi_command=wasi_command
+            function=function,
+            alloc=alloc,
+            free=free,
+            init=init,
+            wasi_command=wasi_command,
+            state=state,
+            finish=finish,
         ),
         config_arg=config_arg,
         engine=engine,

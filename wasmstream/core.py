@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from .engines import LoadedModule, load_module
-from .errors import ExitStatus, FramesFailed, Interrupted, UsageError
+from .abi import GuestAbi, StateKind
+from .engines import Instance, LoadedModule, load_module
+from .errors import CheckpointError, ExitStatus, FramesFailed, Interrupted, StateRefused, UsageError
 from .files import Role, RunFiles, check_distinct
 from .framing import (
     Buffer,
@@ -89,6 +90,7 @@ def run(
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
+        config = settle_for_state(config, loaded.abi)
         with RunFiles(config.checkpoint, config.output) as files:
             summary = _run_loaded(config, loaded, config_bytes, files, notify, progress)
     finally:
@@ -98,6 +100,34 @@ def run(
         failed.summary = summary
         raise failed
     return summary
+
+
+def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
+    """A stateful module (or one with a finish function) runs as one instance, frames in input
+    order: -j defaults to 1 for it, and what cannot keep its state whole is refused up front."""
+    if not abi.one_instance:
+        return config
+    why = (
+        f"keeps state across frames ({abi.state.value})"
+        if abi.state is not StateKind.NONE
+        else f"has a finish function ({abi.finish})"
+    )
+    if config.jobs > 1 and config.jobs_given:
+        raise UsageError(
+            f"{config.module} {why}: it runs as one instance, frames in order; "
+            f"-j {config.jobs} cannot apply (leave -j out, or give -j 1)"
+        )
+    if config.overload.policy != "block":
+        raise UsageError(
+            f"{config.module} {why}: every frame must reach it; --on-overload {config.overload} "
+            "cannot apply"
+        )
+    if config.on_error != "fail" and abi.state is not StateKind.NONE:
+        raise UsageError(
+            f"{config.module} {why}: a failed frame may leave that state half-updated, so "
+            f"--on-error {config.on_error} is refused for it (use --on-error fail, or --state none)"
+        )
+    return dataclasses.replace(config, jobs=1)
 
 
 def _written_files(config: RunConfig) -> list[Role]:
@@ -170,6 +200,40 @@ def _run_stream(
     progress: ProgressFactory | None,
 ) -> RunSummary:
     frames, skipped = _framer(config, _TimedInput(stream, summary.tally), start)
+    instances = _Instances(config, loaded, config_bytes)
+    if loaded.abi.one_instance:  # started, and its saved state restored, before any file changes
+        instances.start_first(plan.saved_state(loaded.abi.state) if plan else None, plan)
+    try:
+        return _run_started(
+            config,
+            loaded,
+            files,
+            plan,
+            stream,
+            summary,
+            start,
+            progress,
+            frames,
+            skipped,
+            instances,
+        )
+    finally:
+        instances.close_unused()
+
+
+def _run_started(
+    config: RunConfig,
+    loaded: LoadedModule,
+    files: RunFiles,
+    plan: CheckpointPlan | None,
+    stream: ConcatenatedInput,
+    summary: RunSummary,
+    start: StartPoint,
+    progress: ProgressFactory | None,
+    frames: Callable[[Callable[[], Buffer]], Iterator[Frame]],
+    skipped: Skipped,
+    instances: _Instances,
+) -> RunSummary:
     # Only now is the output cut: the module is usable and the checkpoint agrees with this run.
     sink = Sink(
         config.output,
@@ -179,19 +243,31 @@ def _run_stream(
     )
     files.output_used()
     logs = _Logs(config, summary)
-    journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally) if plan else None
+    abi = loaded.abi
+    journal = None
+    if plan is not None:
+        stateful = abi.state is not StateKind.NONE
+        journal = plan.open_journal(
+            [sink.sync, *logs.syncs],
+            stream,
+            summary.tally,
+            snapshot=instances.snapshot if stateful else None,
+            state_kind=abi.state.value,
+        )
     watch = plan is not None and plan.watches_stream
+    write = _timed_write(sink, summary.tally)
     try:
         with _progress(progress, summary.tally, config, start):
             run_frames(
                 frames,
-                lambda: loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes),
-                _timed_write(sink, summary.tally),
+                instances.new,
+                write,
                 # Frames go straight into guest memory unless the framing carries bytes across
                 # frames, or a watched stream's frames must stay intact until written.
                 _pool_settings(config, direct_read=not config.framing.record_based and not watch),
                 summary.tally,
                 summary.failures,
+                end=_ending(abi, write, summary.tally, journal) if abi.one_instance else None,
             )
     except BaseException as error:
         if journal is not None:
@@ -209,6 +285,75 @@ def _run_stream(
         summary.skipped_records = skipped.records
         summary.skipped_bytes = skipped.bytes
     return summary
+
+
+class _Instances:
+    """The run's instances. A one-instance run's first is started (and given its saved state)
+    before any file is changed, so that a module refusing that state leaves everything as it
+    was; the latest one made is what a snapshot reads (on the thread that owns it)."""
+
+    def __init__(self, config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> None:
+        self._loaded = loaded
+        self._frame_size = config.frame_size
+        self._config_bytes = config_bytes
+        self._first: Instance | None = None
+        self.current: Instance | None = None
+
+    def start_first(self, saved: bytes | None, plan: CheckpointPlan | None) -> None:
+        instance = self._make()
+        try:
+            if saved is not None:
+                instance.restore(saved)
+        except StateRefused as error:
+            instance.close()
+            assert plan is not None
+            raise CheckpointError(
+                f"module {plan.config.module} refused the state saved with checkpoint "
+                f"{plan.config.checkpoint}: {error.what}"
+            ) from None
+        except BaseException:
+            instance.close()
+            raise
+        self._first = self.current = instance
+
+    def _make(self) -> Instance:
+        return self._loaded.compiled.instantiate(
+            self._loaded.abi, self._frame_size, self._config_bytes
+        )
+
+    def new(self) -> Instance:
+        if self._first is not None:
+            instance, self._first = self._first, None
+            return instance
+        self.current = self._make()
+        return self.current
+
+    def snapshot(self) -> bytes | None:
+        return self.current.snapshot() if self.current is not None else None
+
+    def close_unused(self) -> None:
+        if self._first is not None:
+            self._first.close()
+            self._first = None
+
+
+def _ending(
+    abi: GuestAbi,
+    write: Callable[[memoryview | bytes], int],
+    tally: Tally,
+    journal: Journal | None,
+) -> Callable[[Instance], None]:
+    """After the last frame, on the instance's thread: the finish function's output, written
+    after the last frame's; then the final checkpoint (complete only once that is durable)."""
+
+    def end(instance: Instance) -> None:
+        if abi.finish is not None:
+            output = instance.finish()
+            tally.record_finish(write(output) if output else 0)
+        if journal is not None:
+            journal.complete(finished=abi.finish is not None)
+
+    return end
 
 
 def _stopped(

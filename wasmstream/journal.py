@@ -5,6 +5,13 @@ every interval: first the output is made durable, then the checkpoint that cover
 replaced. `finish` writes the final state: complete, failed (with where), or interrupted
 (resumable as it is).
 
+A stateful run's journal also saves the guest's state with each position: the snapshot is
+taken by the thread that owns the one instance (the serial path writes and records each frame
+on that thread, between frames), written to its own file and fsynced before the checkpoint that
+names it replaces the old one; the superseded state file is removed after. A stateful run that
+fails or is interrupted keeps its last saved position and state (only the status changes): the
+instance may have been stopped half-way through a frame, so its state now is not trusted.
+
 Each save also records what a resumed run needs to recognise its data: for a stream (stdin, a
 pipe), digests of its first bytes and of the bytes just before the saved offset; for an output
 file, a digest of its bytes just before the saved output offset.
@@ -16,8 +23,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from . import checkpoint
-from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, Status
+from . import checkpoint, state
+from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, StateRecord, Status
 from .errors import GuestError
 from .framing import Frame
 from .inputs import ConcatenatedInput
@@ -65,8 +72,13 @@ class Journal:
         clock: checkpoint.Clock,
         stream_tail: StreamTail | None = None,
         output_fd: int | None = None,
+        snapshot: Callable[[], bytes | None] | None = None,
+        state_kind: str = "exports",
     ) -> None:
         self.path = path
+        self._snapshot = snapshot
+        self._state_kind = state_kind
+        self.completed = False
         self._record = record
         self._start = record.position
         self._syncs = syncs
@@ -85,21 +97,54 @@ class Journal:
         if self._clock.due():
             self.save("running")
 
-    def save(self, status: Status, failure: Failure | None = None) -> None:
+    def save(self, status: Status, failure: Failure | None = None, finished: bool = False) -> None:
         for sync in self._syncs:  # the invariant: never claim output that is not durable
             sync()
+        saved_state = self._save_state() if self._snapshot is not None else None
         self._record = msgspec.structs.replace(
             self._record,
-            position=self._position(),
+            position=self._position(finished),
+            state=saved_state,
             status=status,
             failure=failure,
             updated=checkpoint.now(),
         )
         checkpoint.save(self.path, self._record)
+        if self._snapshot is not None:
+            state.remove_others(self.path, saved_state.file if saved_state else None)
         self.saves += 1
         self._clock.reset()
 
-    def _position(self) -> Position:
+    def _save_state(self) -> StateRecord | None:
+        """The guest's state now, written durably beside the checkpoint (before the checkpoint
+        that names it)."""
+        assert self._snapshot is not None
+        data = self._snapshot()
+        if data is None:
+            return None  # no instance yet: a fresh one is the state at this position
+        name, digest = state.write(self.path, data)
+        return StateRecord(
+            kind=self._state_kind,  # type: ignore[arg-type]
+            file=name,
+            sha256=digest,
+            size=len(data),
+        )
+
+    def _keep_last(self, status: Status, failure: Failure | None) -> None:
+        """Only the status changes: the position and state stay those last saved."""
+        self._record = msgspec.structs.replace(
+            self._record, status=status, failure=failure, updated=checkpoint.now()
+        )
+        checkpoint.save(self.path, self._record)
+        self.saves += 1
+
+    def complete(self, finished: bool) -> None:
+        """The final save of a run that went through to the end (with `finished`: the finish
+        function's output is written, and counted)."""
+        self.save("complete", finished=finished)
+        self.completed = True
+
+    def _position(self, finished: bool = False) -> Position:
         input_bytes = self._start.input_bytes + self._tally.bytes_in
         output_bytes = self._start.output_bytes + self._tally.bytes_out
         head = tail = None
@@ -117,6 +162,7 @@ class Journal:
             stream_head=head,
             stream_tail=tail,
             output_tail=output_tail,
+            finished=finished,
         )
 
     @property
@@ -126,10 +172,13 @@ class Journal:
     def finish(self, error: BaseException | None) -> None:
         """The final save: complete, failed at a frame, or interrupted (resumable)."""
         if error is None:
-            self.save("complete")
-        elif isinstance(error, GuestError):
-            self.save("failed", Failure(message=str(error), frame=error.frame, offset=error.offset))
+            if not self.completed:
+                self.complete(finished=False)
+            return
+        save = self._keep_last if self._snapshot is not None else self.save
+        if isinstance(error, GuestError):
+            save("failed", Failure(message=str(error), frame=error.frame, offset=error.offset))
         elif isinstance(error, KeyboardInterrupt) or getattr(error, "status", 0) >= 128:
-            self.save("interrupted")  # a signal or the output pipe closed: resumable as it is
+            save("interrupted", None)  # a signal or the output pipe closed: resumable as it is
         else:
-            self.save("failed", Failure(message=str(error)))
+            save("failed", Failure(message=str(error)))

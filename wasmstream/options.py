@@ -64,6 +64,7 @@ class RunConfig:
     output: str | None = None
     frame_size: int = DEFAULT_FRAME_SIZE
     jobs: int = 1
+    jobs_given: bool = True  # -j was given: a stateful module refuses more than 1, not lowers it
     queue_depth: int | None = None  # None: twice the jobs
     abi: AbiOptions = field(default_factory=AbiOptions)
     config_arg: str | None = None  # --config as given: TEXT or @FILE
