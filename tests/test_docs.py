@@ -67,7 +67,8 @@ def test_run_options_each_have_a_readme_row_and_a_man_entry() -> None:
     options = command_options()
     expected = options["run"] | options[""] - {"--help"}
     rows = readme_table_rows(section(README, "## `wasmstream run", "## "))
-    entries = man_entries(section(MAN, ".SH OPTIONS", ".SH "))
+    # run's entries come first under OPTIONS; each other command has its own .SS after them
+    entries = man_entries(section(MAN, ".SH OPTIONS", ".S"))
     missing = sorted(o for o in expected if where(o, rows) != 1 or where(o, entries) != 1)
     assert not missing, f"not in exactly one README row and one man entry: {missing}"
     documented = set().union(*rows, *entries) - {"-h", "--help"}

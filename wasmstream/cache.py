@@ -41,7 +41,7 @@ def entry_name(wasm: bytes, engine: str, version: str, settings: str) -> str:
     return f"{digest}-{tag}.{engine}"
 
 
-def _header(wasm: bytes, artifact: bytes) -> bytes:
+def header_for(wasm: bytes, artifact: bytes) -> bytes:
     module_digest = hashlib.sha256(wasm).hexdigest()
     artifact_digest = hashlib.sha256(artifact).hexdigest()
     return MAGIC + f"{module_digest}\n{artifact_digest}\n".encode()
@@ -70,7 +70,7 @@ class ModuleCache:
         except OSError:
             return None
         artifact = data[HEADER:]
-        if data[:HEADER] != _header(wasm, artifact):
+        if data[:HEADER] != header_for(wasm, artifact):
             self.discard(name)  # another module's, damaged, or of an older layout
             return None
         return artifact
@@ -86,7 +86,7 @@ class ModuleCache:
             fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    out.write(_header(wasm, artifact))
+                    out.write(header_for(wasm, artifact))
                     out.write(artifact)
                 os.replace(temp, os.path.join(self.directory, name))
             except OSError:

@@ -120,7 +120,7 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     bytes written (how fast, how often to save, where failures are logged)."""
 
     config_arg: str | None = None  # --config as given: TEXT or @FILE
-    jobs: Positive
+    jobs: Positive | None = None  # None: auto
     queue_depth: Positive | None = None
     checkpoint_interval: Seconds
     checkpoint_every: Positive | None = None

@@ -34,7 +34,6 @@ from .options import (
     POLICIES,
     Overload,
     RunConfig,
-    default_jobs,
     sidecar_for,
 )
 from .units import format_duration, format_size, parse_duration, parse_size
@@ -242,13 +241,31 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
             write_stats(stats, operator.stats and not operator.quiet, operator.stats_json)
 
 
+def parse_jobs(text: str) -> int | None:
+    """`--jobs`: N (at least 1), or `auto` (None)."""
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a number of at least 1, or 'auto'")
+    return int(text)
+
+
+def _jobs_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return parse_jobs(value or "auto")
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
 jobs_option = click.option(
     "-j",
     "--jobs",
-    type=click.IntRange(min=1),
-    metavar="N",
-    show_default="number of CPUs; 1 for a stateful module",
-    help="Instances running frames in parallel.",
+    metavar="N|auto",
+    default="auto",
+    show_default=True,
+    callback=_jobs_option,
+    help="Instances running frames in parallel; auto: one on this thread or up to one per CPU, "
+    "whichever the run measures faster.",
 )
 queue_depth_option = click.option(
     "--queue-depth",
@@ -515,8 +532,7 @@ def run_command(
         inputs=inputs,
         output=output,
         frame_size=frame_size,
-        jobs=jobs if jobs is not None else default_jobs(),
-        jobs_given=jobs is not None,
+        jobs=jobs,
         queue_depth=queue_depth,
         abi=AbiOptions(
             function=function,
@@ -554,8 +570,17 @@ def run_command(
         restart=restart,
         force=force,
         cache=not no_cache,
+        flip_every=_flip_every(),
+        timings=stats or stats_json is not None,  # else two clock reads a frame each way
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+
+
+def _flip_every() -> int | None:
+    """WASMSTREAM_AUTO_FLIP_EVERY=N makes --jobs auto switch shape every N frames, whatever it
+    measures: for tests of the switching itself, which timing alone would not reach."""
+    value = os.environ.get("WASMSTREAM_AUTO_FLIP_EVERY", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> str | None:
@@ -586,7 +611,10 @@ def _is_or_will_be_regular(path: str | None) -> bool:
     help="The checkpoint of the run to continue.",
 )
 @click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), metavar="N", help="Override the recorded --jobs."
+    "-j",
+    "--jobs",
+    metavar="N|auto",
+    help="Override the recorded --jobs.",
 )
 @click.option(
     "--queue-depth",
@@ -600,7 +628,7 @@ def _is_or_will_be_regular(path: str | None) -> bool:
 @operator_options
 def resume_command(
     checkpoint: str,
-    jobs: int | None,
+    jobs: str | None,
     queue_depth: int | None,
     force: bool,
     quiet: bool,
@@ -616,8 +644,13 @@ def resume_command(
     """
     from .resume import config_from_checkpoint
 
-    config = config_from_checkpoint(checkpoint, jobs, queue_depth)
-    config = dataclasses.replace(config, force=force, cache=not no_cache)
+    try:
+        jobs_override = parse_jobs(jobs) if jobs is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'-j' / '--jobs'") from None
+    config = config_from_checkpoint(checkpoint, jobs_override, queue_depth, keep_jobs=jobs is None)
+    timings = stats or stats_json is not None
+    config = dataclasses.replace(config, force=force, cache=not no_cache, timings=timings)
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
 
 

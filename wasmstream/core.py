@@ -7,31 +7,25 @@ messages and exit codes in one place, and reports notices through the `notify` c
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
-import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from time import perf_counter
+from functools import partial
 from typing import TYPE_CHECKING
 
+from . import framing
 from .abi import GuestAbi, StateKind
-from .engines import Instance, LoadedModule, load_module
+from .adaptive import run_adaptive
+from .engines import LoadedModule, load_module
+from .engines.base import Instance
 from .errors import CheckpointError, ExitStatus, FramesFailed, Interrupted, StateRefused, UsageError
 from .files import Role, RunFiles, check_distinct
-from .framing import (
-    Buffer,
-    Frame,
-    FramingSpec,
-    Skipped,
-    fixed_frames,
-    record_frames,
-)
-from .inputs import STDIN, ConcatenatedInput, check_inputs
-from .options import DEFAULT_LINGER, Notify, RunConfig, StartPoint
+from .framing import Skipped
+from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
+from .options import Notify, RunConfig, StartPoint
 from .policy import DeadLetters, DropLog, FailureHandler
-from .pool import PoolSettings, run_frames
+from .pool import Frames, PoolSettings, Write, run_frames
 from .sink import STDOUT, Sink
 from .tally import Tally
 from .units import format_size
@@ -53,6 +47,8 @@ class RunSummary:
     skipped_records: int = 0
     skipped_bytes: int = 0
     nothing_to_do: bool = False
+    jobs_reason: str = ""  # how many instances ran, and why (--stats)
+    switches: int = 0  # --jobs auto: how often the run changed shape
 
 
 def read_config_arg(arg: str | None) -> bytes:
@@ -104,7 +100,8 @@ def run(
 
 def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
     """A stateful module (or one with a finish function) runs as one instance, frames in input
-    order: -j defaults to 1 for it, and what cannot keep its state whole is refused up front."""
+    order: `--jobs auto` (the default) means 1 for it, and what cannot keep its state whole is
+    refused up front."""
     if not abi.one_instance:
         return config
     why = (
@@ -112,10 +109,10 @@ def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
         if abi.state is not StateKind.NONE
         else f"has a finish function ({abi.finish})"
     )
-    if config.jobs > 1 and config.jobs_given:
+    if config.jobs is not None and config.jobs > 1:
         raise UsageError(
             f"{config.module} {why}: it runs as one instance, frames in order; "
-            f"-j {config.jobs} cannot apply (leave -j out, or give -j 1)"
+            f"-j {config.jobs} cannot apply (leave -j out, or give -j 1 or auto)"
         )
     if config.overload.policy != "block":
         raise UsageError(
@@ -172,7 +169,9 @@ def _run_loaded(
         summary.nothing_to_do = True
         return summary
     watch = plan is not None and plan.watches_stream
-    stream = ConcatenatedInput(config.inputs, start.per_input, keep_head=watch)
+    stream = ConcatenatedInput(
+        config.inputs, start.per_input, keep_head=watch, tally=_timed(config, summary)
+    )
     try:
         if plan is not None and plan.saved:
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
@@ -199,7 +198,17 @@ def _run_stream(
     start: StartPoint,
     progress: ProgressFactory | None,
 ) -> RunSummary:
-    frames, skipped = _framer(config, _TimedInput(stream, summary.tally), start)
+    skipped = Skipped()
+    # The pool pulls frames from framing, which reads from the stream, and writes to the sink:
+    # per frame, nothing passes through here.
+    frames = partial(
+        framing.frames,
+        stream,
+        spec=framing.with_default_linger(config.framing, is_live(config.inputs)),
+        first_index=start.frames,
+        first_offset=start.input_bytes,
+        skipped=skipped,
+    )
     instances = _Instances(config, loaded, config_bytes)
     if loaded.abi.one_instance:  # started, and its saved state restored, before any file changes
         instances.start_first(plan.saved_state(loaded.abi.state) if plan else None, plan)
@@ -230,7 +239,7 @@ def _run_started(
     summary: RunSummary,
     start: StartPoint,
     progress: ProgressFactory | None,
-    frames: Callable[[Callable[[], Buffer]], Iterator[Frame]],
+    frames: Frames,
     skipped: Skipped,
     instances: _Instances,
 ) -> RunSummary:
@@ -240,6 +249,7 @@ def _run_started(
         keep=start.output_bytes if plan and plan.saved else None,
         durable=plan is not None,
         fd=files.output_fd,
+        tally=_timed(config, summary),
     )
     files.output_used()
     logs = _Logs(config, summary)
@@ -255,19 +265,18 @@ def _run_started(
             state_kind=abi.state.value,
         )
     watch = plan is not None and plan.watches_stream
-    write = _timed_write(sink, summary.tally)
     try:
         with _progress(progress, summary.tally, config, start):
-            run_frames(
+            _run_frames(
+                config,
                 frames,
                 instances.new,
-                write,
+                sink.write,
                 # Frames go straight into guest memory unless the framing carries bytes across
                 # frames, or a watched stream's frames must stay intact until written.
                 _pool_settings(config, direct_read=not config.framing.record_based and not watch),
-                summary.tally,
-                summary.failures,
-                end=_ending(abi, write, summary.tally, journal) if abi.one_instance else None,
+                summary,
+                end=_ending(abi, sink.write, summary.tally, journal) if abi.one_instance else None,
             )
     except BaseException as error:
         if journal is not None:
@@ -339,7 +348,7 @@ class _Instances:
 
 def _ending(
     abi: GuestAbi,
-    write: Callable[[memoryview | bytes], int],
+    write: Write,
     tally: Tally,
     journal: Journal | None,
 ) -> Callable[[Instance], None]:
@@ -356,6 +365,11 @@ def _ending(
     return end
 
 
+def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
+    """Where input and output count their waiting time: only when someone will read it."""
+    return summary.tally if config.timings else None
+
+
 def _stopped(
     error: KeyboardInterrupt | Interrupted, journal: Journal | None, checkpoint: str | None
 ) -> Interrupted:
@@ -368,22 +382,6 @@ def _stopped(
         f"interrupted at {journal.input_bytes} input bytes; continue with: "
         f"wasmstream resume --checkpoint {shlex.quote(checkpoint)}",
     )
-
-
-def _framer(
-    config: RunConfig, stream: _TimedInput, start: StartPoint
-) -> tuple[Callable[[Callable[[], Buffer]], Iterator[Frame]], Skipped]:
-    """How this run cuts its input into frames, numbered on from `start`."""
-    spec = _with_default_linger(config.framing, config.inputs)
-    skipped = Skipped()
-
-    def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
-        first = {"first_index": start.frames, "first_offset": start.input_bytes}
-        if spec.record_based:
-            return record_frames(stream, next_buffer, spec, skipped=skipped, **first)
-        return fixed_frames(stream, next_buffer, linger=spec.linger, **first)
-
-    return frames, skipped
 
 
 class _Logs:
@@ -406,21 +404,43 @@ class _Logs:
 def _pool_settings(config: RunConfig, direct_read: bool) -> PoolSettings:
     return PoolSettings(
         frame_size=config.frame_size,
-        jobs=config.jobs,
+        jobs=config.max_jobs,
         queue_depth=config.effective_queue_depth,
         direct_read=direct_read,  # record framing carries bytes across frames: host buffers
         overload=config.overload,
     )
 
 
-def _timed_write(sink: Sink, tally: Tally) -> Callable[[memoryview | bytes], int]:
-    def write(data: memoryview | bytes) -> int:
-        started = perf_counter()
-        written = sink.write(data)
-        tally.output_seconds += perf_counter() - started
-        return written
-
-    return write
+def _run_frames(
+    config: RunConfig,
+    frames: Frames,
+    new_instance: Callable[[], Instance],
+    write: Write,
+    settings: PoolSettings,
+    summary: RunSummary,
+    end: Callable[[Instance], None] | None = None,
+) -> None:
+    """A fixed --jobs runs as asked; auto adapts while it runs (adaptive.py), except under an
+    overload policy, which only the pool has, or on one CPU. A stateful run (`end`) is serial."""
+    adapt = config.jobs is None and settings.jobs > 1 and settings.overload.policy == "block"
+    if not adapt or end is not None:
+        summary.jobs_reason = "as asked" if config.jobs is not None else "one CPU, or overload"
+        if end is not None:
+            summary.jobs_reason = "one instance: the module keeps state, or has a finish function"
+        summary.tally.workers = settings.jobs
+        run_frames(frames, new_instance, write, settings, summary.tally, summary.failures, end)
+        return
+    controller = run_adaptive(
+        frames,
+        new_instance,
+        write,
+        settings,
+        summary.tally,
+        summary.failures,
+        flip_every=config.flip_every,
+        on_decision=summary,
+    )
+    summary.switches = controller.switches
 
 
 def _progress(
@@ -428,40 +448,7 @@ def _progress(
 ) -> AbstractContextManager[object]:
     if progress is None:
         return nullcontext()
-    return progress(tally, _total_input(config.inputs), start.input_bytes)
-
-
-class _TimedInput:
-    """The input stream, counting the time spent waiting for it (for --stats)."""
-
-    def __init__(self, stream: ConcatenatedInput, tally: Tally) -> None:
-        self._stream = stream
-        self._tally = tally
-
-    def readinto(self, buffer: memoryview, /) -> int:
-        started = perf_counter()
-        try:
-            return self._stream.readinto(buffer)
-        finally:
-            self._tally.input_seconds += perf_counter() - started
-
-    def wait_readable(self, timeout: float) -> bool:
-        started = perf_counter()
-        try:
-            return self._stream.wait_readable(timeout)
-        finally:
-            self._tally.input_seconds += perf_counter() - started
-
-
-def _total_input(inputs: tuple[str, ...]) -> int | None:
-    """The input's size when every part is a regular file (for percent and ETA), else None."""
-    total = 0
-    for path in inputs or (STDIN,):
-        info = os.fstat(0) if path == STDIN else os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        total += info.st_size
-    return total
+    return progress(tally, total_size(config.inputs), start.input_bytes)
 
 
 def _report_losses(summary: RunSummary, notify: Notify) -> None:
@@ -473,16 +460,3 @@ def _report_losses(summary: RunSummary, notify: Notify) -> None:
         notify(
             f"skipped {summary.skipped_records} oversized records ({summary.skipped_bytes} bytes)"
         )
-
-
-def _with_default_linger(spec: FramingSpec, inputs: tuple[str, ...]) -> FramingSpec:
-    """Record framings linger 100 ms by default when reading a pipe or a terminal: on a live
-    stream a frame may take minutes to fill. Fixed frames keep their exact size unless asked."""
-    if spec.linger == 0:  # `--linger off`: wait for full frames, whatever the input is
-        return dataclasses.replace(spec, linger=None)
-    if spec.linger is not None or not spec.record_based:
-        return spec
-    reads_stdin = not inputs or STDIN in inputs
-    if reads_stdin and not stat.S_ISREG(os.fstat(0).st_mode):
-        return dataclasses.replace(spec, linger=DEFAULT_LINGER)
-    return spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
@@ -21,6 +21,7 @@ Buffer = bytearray | memoryview
 """Where a frame is read to: a host buffer, or the guest's own input buffer (saving a copy)."""
 
 LENGTH_PREFIX = 4  # length-prefixed records: a 4-byte big-endian length, then the payload
+DEFAULT_LINGER = 0.1  # seconds: record framings on a live input (see with_default_linger)
 
 
 class ReadableInto(Protocol):
@@ -212,6 +213,33 @@ def record_frames(
         index += 1
         offset += cut
         skipped_before = 0
+
+
+def frames(
+    stream: ReadableInto,
+    next_buffer: Callable[[], Buffer],
+    spec: FramingSpec,
+    *,
+    first_index: int = 0,
+    first_offset: int = 0,
+    skipped: Skipped | None = None,
+) -> Iterator[Frame]:
+    """The frames `spec` cuts `stream` into: fixed-size, or whole records."""
+    first = {"first_index": first_index, "first_offset": first_offset}
+    if spec.record_based:
+        return record_frames(stream, next_buffer, spec, skipped=skipped, **first)
+    return fixed_frames(stream, next_buffer, linger=spec.linger, **first)
+
+
+def with_default_linger(spec: FramingSpec, live: bool) -> FramingSpec:
+    """Record framings linger 100 ms by default on a live input (a pipe or a terminal): there a
+    frame may take minutes to fill. Fixed frames keep their exact size unless asked.
+    `--linger off` (0) waits for full frames whatever the input."""
+    if spec.linger == 0:
+        return replace(spec, linger=None)
+    if spec.linger is not None or not spec.record_based or not live:
+        return spec
+    return replace(spec, linger=DEFAULT_LINGER)
 
 
 def _has_record(cut_of: Callable[[Buffer, int, bool], int], buffer: Buffer, filled: int) -> bool:

@@ -12,10 +12,12 @@ import os
 import select
 import stat
 from collections.abc import Sequence
+from time import perf_counter
 
 from .errors import CheckpointError, IOFailure, UsageError
 from .pipes import enlarge_pipe
 from .stdio import was_closed
+from .tally import Tally
 
 STDIN = "-"
 STDIN_FD = 0  # not sys.stdin: Python sets that to None when descriptor 0 was closed
@@ -37,6 +39,23 @@ def check_inputs(paths: Sequence[str]) -> None:
             raise IOFailure(f"cannot read input {path}: Is a directory")
         if not os.access(path, os.R_OK):
             raise IOFailure(f"cannot read input {path}: Permission denied")
+
+
+def is_live(paths: Sequence[str]) -> bool:
+    """Whether the input includes a live stream: standard input that is a pipe or a terminal."""
+    reads_stdin = not paths or STDIN in paths
+    return reads_stdin and not stat.S_ISREG(os.fstat(STDIN_FD).st_mode)
+
+
+def total_size(paths: Sequence[str]) -> int | None:
+    """The input's size when every part is a regular file (for percent and ETA), else None."""
+    total = 0
+    for path in paths or (STDIN,):
+        info = os.fstat(STDIN_FD) if path == STDIN else os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        total += info.st_size
+    return total
 
 
 class _Span:
@@ -64,6 +83,7 @@ class ConcatenatedInput:
         paths: Sequence[str],
         start_at: Sequence[int] = (),
         keep_head: bool = False,
+        tally: Tally | None = None,
     ) -> None:
         self.paths = list(paths) or [STDIN]
         self._start_at = list(start_at) or [0] * len(self.paths)
@@ -74,8 +94,18 @@ class ConcatenatedInput:
         self._keep_head = keep_head
         self.skipped_tail = b""
         self.discarded: list[tuple[str, int]] = []  # streams read past (not seeked) to start
+        self._tally = tally  # where time spent waiting is counted (--stats); None: not timed
 
     def readinto(self, buffer: memoryview, /) -> int:
+        if self._tally is None:
+            return self._readinto(buffer)
+        started = perf_counter()
+        try:
+            return self._readinto(buffer)
+        finally:
+            self._tally.input_seconds += perf_counter() - started
+
+    def _readinto(self, buffer: memoryview) -> int:
         while True:
             if self._current is None:
                 if len(self._spans) == len(self.paths):
@@ -114,7 +144,12 @@ class ConcatenatedInput:
             return True
         poller = select.poll()
         poller.register(self._current.fileno(), select.POLLIN | select.POLLHUP)
-        return bool(poller.poll(timeout * 1000))
+        started = perf_counter()
+        try:
+            return bool(poller.poll(timeout * 1000))
+        finally:
+            if self._tally is not None:
+                self._tally.input_seconds += perf_counter() - started
 
     def progress(self, stream_offset: int) -> list[int]:
         """Bytes of each input consumed once the stream has been processed up to `stream_offset`."""

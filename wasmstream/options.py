@@ -20,7 +20,6 @@ POLICIES = ("fail", "skip", "passthrough")  # --on-error
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
-DEFAULT_LINGER = 0.1
 
 Notify = Callable[[str], None]
 
@@ -63,8 +62,7 @@ class RunConfig:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     frame_size: int = DEFAULT_FRAME_SIZE
-    jobs: int = 1
-    jobs_given: bool = True  # -j was given: a stateful module refuses more than 1, not lowers it
+    jobs: int | None = None  # None: auto, up to one instance per CPU (see adaptive.py)
     queue_depth: int | None = None  # None: twice the jobs
     abi: AbiOptions = field(default_factory=AbiOptions)
     config_arg: str | None = None  # --config as given: TEXT or @FILE
@@ -82,10 +80,17 @@ class RunConfig:
     restart: bool = False
     force: bool = False
     cache: bool = True  # keep compiled modules in the user's cache directory
+    timings: bool = True  # count time spent waiting for input and output (for --stats)
+    flip_every: int | None = None  # tests only: --jobs auto switches shape every N frames
 
     @property
     def effective_queue_depth(self) -> int:
-        return self.queue_depth if self.queue_depth is not None else 2 * self.jobs
+        return self.queue_depth if self.queue_depth is not None else 2 * self.max_jobs
+
+    @property
+    def max_jobs(self) -> int:
+        """Instances at most: the fixed --jobs, or under auto one per CPU."""
+        return self.jobs if self.jobs is not None else default_jobs()
 
 
 class StartPoint(NamedTuple):

@@ -277,17 +277,15 @@ class _ParallelRun:
             self._fail(error)
             instance = None
         self._ready.release()
-        in_guest = 0.0
         try:
             while (job := self._work.get()) is not None:
                 started = perf_counter()
                 instance = self._run_job(job, instance)
-                in_guest += perf_counter() - started
+                with self._guest_seconds_lock:  # read while the run goes on (--jobs auto)
+                    self._tally.guest_seconds += perf_counter() - started
         finally:
             if instance is not None:
                 instance.close()
-            with self._guest_seconds_lock:
-                self._tally.guest_seconds += in_guest
 
     def _run_job(self, job: _Job, instance: Instance | None) -> Instance | None:
         """Run one job; returns the instance to use next (a fresh one after a guest failure)."""

@@ -74,7 +74,10 @@ class ProgressDisplay:
         tally = self._tally
         used, capacity = tally.queue_fill()
         speed = self._progress.tasks[0].speed or 0.0
-        detail = f"{speed / MiB:.1f} MiB/s, {tally.frames} frames, queue {used}/{capacity}"
+        workers = f"{tally.workers} worker{'s' if tally.workers > 1 else ''}"
+        detail = (
+            f"{speed / MiB:.1f} MiB/s, {tally.frames} frames, {workers}, queue {used}/{capacity}"
+        )
         if tally.failed:
             detail += f", {tally.failed} failed"
         if tally.dropped:
@@ -98,6 +101,9 @@ class Stats:
     dropped_frames: int
     skipped_records: int
     checkpoints_written: int
+    workers: int  # instances running frames at the end
+    jobs: str  # how that was decided: "as asked", or auto's last measurement
+    shape_changes: int  # --jobs auto: switches between one instance and the pool
 
     @classmethod
     def of(cls, summary: RunSummary, elapsed: float) -> Stats:
@@ -106,15 +112,18 @@ class Stats:
             frames=tally.frames,
             bytes_in=tally.bytes_in,
             bytes_out=tally.bytes_out,
-            elapsed_seconds=round(elapsed, 3),
+            elapsed_seconds=round(elapsed, 6),
             throughput_mib_s=round(tally.bytes_in / MiB / elapsed, 1) if elapsed > 0 else 0.0,
-            waiting_for_input_seconds=round(tally.input_seconds, 3),
-            in_guest_seconds=round(tally.guest_seconds, 3),
-            waiting_for_output_seconds=round(tally.output_seconds, 3),
+            waiting_for_input_seconds=round(tally.input_seconds, 6),
+            in_guest_seconds=round(tally.guest_seconds, 6),
+            waiting_for_output_seconds=round(tally.output_seconds, 6),
             failed_frames=tally.failed,
             dropped_frames=tally.dropped,
             skipped_records=summary.skipped_records,
             checkpoints_written=summary.checkpoints_written,
+            workers=tally.workers,
+            jobs=summary.jobs_reason,
+            shape_changes=summary.switches,
         )
 
     def as_json(self) -> str:
@@ -141,6 +150,8 @@ class Stats:
         if self.skipped_records:
             lines.append(f"skipped     {self.skipped_records} oversized records")
         lines.append(f"checkpoints {self.checkpoints_written}")
+        changes = f", {self.shape_changes} changes" if self.shape_changes else ""
+        lines.append(f"jobs        {self.workers} at the end{changes}: {self.jobs}")
         return "\n".join(f"wasmstream: {line}" for line in lines) + "\n"
 
 

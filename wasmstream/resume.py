@@ -300,8 +300,11 @@ def with_position(record: Checkpoint, saved: Checkpoint | None) -> Checkpoint:
     )
 
 
-def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None) -> RunConfig:
-    """The run recorded in the checkpoint at `path`; only -j and the queue depth may change."""
+def config_from_checkpoint(
+    path: str, jobs: int | None, queue_depth: int | None, *, keep_jobs: bool = True
+) -> RunConfig:
+    """The run recorded in the checkpoint at `path`; only -j and the queue depth may change.
+    `keep_jobs`: -j was not given, keep the recorded one (else `jobs`, None being auto)."""
     saved = checkpoint.load(path)
     if saved is None:
         raise CheckpointError(f"no checkpoint at {path}")
@@ -313,7 +316,7 @@ def config_from_checkpoint(path: str, jobs: int | None, queue_depth: int | None)
         inputs=tuple(path_of(i.path) for i in saved.inputs),
         output=optional(saved.output),
         frame_size=options.frame_size,
-        jobs=jobs or command.jobs,
+        jobs=command.jobs if keep_jobs else jobs,
         queue_depth=queue_depth if queue_depth is not None else command.queue_depth,
         abi=AbiOptions(
             function=options.function,

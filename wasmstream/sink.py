@@ -11,10 +11,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from time import perf_counter
 
 from .errors import BrokenPipe, IOFailure
 from .pipes import enlarge_pipe
 from .stdio import was_closed
+from .tally import Tally
 
 STDOUT = "-"
 STDOUT_FD = 1  # not sys.stdout: Python sets that to None when descriptor 1 was closed
@@ -53,9 +55,11 @@ class Sink:
         keep: int | None = None,
         durable: bool = False,
         fd: int | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.path = path if path not in (None, STDOUT) else None
         self.name = self.path or "standard output"
+        self._tally = tally  # where time spent writing is counted (--stats); None: not timed
         self._owned = fd is None and self.path is not None
         if self.path is None:
             self._fd = STDOUT_FD
@@ -102,6 +106,15 @@ class Sink:
 
     def write(self, data: memoryview | bytes) -> int:
         """Write all of `data`; return its length. A closed pipe raises BrokenPipe."""
+        if self._tally is None:
+            return self._write(data)
+        started = perf_counter()
+        try:
+            return self._write(data)
+        finally:
+            self._tally.output_seconds += perf_counter() - started
+
+    def _write(self, data: memoryview | bytes) -> int:
         total = len(data)
         view = memoryview(data)
         try:

@@ -27,6 +27,7 @@ class Tally:
     guest_seconds: float = 0.0
     output_seconds: float = 0.0
     queue_fill: Callable[[], tuple[int, int]] = lambda: (0, 1)  # frames in flight, capacity
+    workers: int = 1  # instances running frames now (--jobs auto changes it during a run)
     on_frame_written: list[Callable[[Frame, int], None]] = field(default_factory=list)
     on_frame_dropped: list[Callable[[Frame], None]] = field(default_factory=list)
 

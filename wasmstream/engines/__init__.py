@@ -41,6 +41,7 @@ __all__ = [
     "load_module",
 ]
 
+
 FEATURES = ("--fuel", "--dir", "WASI command mode", "--state memory")
 
 

@@ -200,6 +200,11 @@ class _Guard:
         self._sandbox = sandbox
         self._deadline_ticks = deadline_ticks
         self.memory: wasmtime.Memory | None = None
+        # Without --timeout the epoch moves only on Ctrl-C, so the deadline armed when the
+        # store starts holds for every call; without --fuel there is nothing to refill. Then a
+        # call costs no ctypes round trip for limits (per frame, that was most of the host's
+        # own time with a cheap guest).
+        self._per_call = sandbox.timeout is not None or sandbox.fuel is not None
 
     def call(
         self, func: Callable[..., int | None], *args: int, exit_ok: bool = False
@@ -208,7 +213,8 @@ class _Guard:
 
         `exit_ok`: a WASI proc_exit(0) is a normal return (a command's end), not an error.
         """
-        self.arm()
+        if self._per_call:
+            self.arm()
         try:
             return func(*args)
         except wasmtime.Trap as trap:
@@ -301,6 +307,7 @@ class WasmtimeInstance(CopyingInstance):
         self._store, self._guard = engine.new_store()
         self._memory_view = memoryview(b"")
         self._memory_at = (0, 0)
+        self._memory_checked = False
         self._instance = self._link(engine, module, source, abi.wasi)
         memory = _export(self._store, self._instance, MEMORY_EXPORT)
         assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
@@ -333,12 +340,20 @@ class WasmtimeInstance(CopyingInstance):
         assert isinstance(export, wasmtime.Func)
         caller = _caller(self._store, export)
         call = self._guard.call
-        return lambda *args: call(caller, *args)
+
+        def call_export(*args: int) -> int | None:
+            self._memory_checked = False  # guest code may grow (and move) memory
+            return call(caller, *args)
+
+        return call_export
 
     def memory(self) -> memoryview:
-        """`Runtime.memory`: a view of all guest memory, rebuilt only when it has grown or
-        moved."""
+        """`Runtime.memory`: a view of all guest memory. Only guest code can grow or move it,
+        so it is looked up again only after a call."""
+        if self._memory_checked:
+            return self._memory_view
         store, memory = self._store, self._memory
+        self._memory_checked = True
         where = (ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store))
         if where != self._memory_at:
             array = (ctypes.c_ubyte * where[1]).from_address(where[0])
@@ -384,6 +399,7 @@ class WasmtimeInstance(CopyingInstance):
     def close(self) -> None:
         self._memory_view.release()
         self._memory_at = (0, 0)
+        self._memory_checked = False
 
 
 class WasmtimeCommand(CopyingInstance):
