@@ -200,7 +200,7 @@ class Guest:
     def _restore_image(self, image: bytes) -> None:
         runtime = self._runtime
         assert isinstance(runtime, WholeInstance)
-        pages, values, pages_into = state.decode_image(image)
+        pages, values, saved = state.decode_image(image)
         now = len(runtime.memory()) // state.PAGE
         if now > pages or len(values) != len(self._abi.state_globals):
             raise StateRefused(
@@ -211,11 +211,10 @@ class Guest:
             runtime.grow_memory(pages - now)
         memory = runtime.memory()
         memory[:] = bytes(len(memory))
-
-        def put(index: int, page: bytes) -> None:
+        for index, page in saved:
+            if index >= pages:
+                raise StateRefused(f"the saved image has page {index} of {pages}")
             memory[index * state.PAGE : (index + 1) * state.PAGE] = page
-
-        pages_into(put)
         for (name, _), value in zip(self._abi.state_globals, values, strict=True):
             runtime.set_global(name, value)
 

@@ -19,13 +19,16 @@ file, a digest of its bytes just before the saved output offset.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
 from collections.abc import Callable
 
 import msgspec
 
 from . import checkpoint, state
 from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, StateRecord, Status
-from .errors import GuestError
+from .errors import GuestError, WasmstreamError
 from .framing import Frame
 from .inputs import ConcatenatedInput
 from .tally import Tally
@@ -60,6 +63,27 @@ class StreamTail:
         return Digest.of(self._bytes)
 
 
+class _Background:
+    """A function run on a thread of its own; `join` waits for it and raises what it raised."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function = function
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="wasmstream-save", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._function()
+        except BaseException as error:  # raised again in the run's own thread, by join
+            self._error = error
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class Journal:
     def __init__(
         self,
@@ -79,6 +103,7 @@ class Journal:
         self._snapshot = snapshot
         self._state_kind = state_kind
         self.completed = False
+        self._pending: _Background | None = None
         self._record = record
         self._start = record.position
         self._syncs = syncs
@@ -98,40 +123,71 @@ class Journal:
             self.save("running")
 
     def save(self, status: Status, failure: Failure | None = None, finished: bool = False) -> None:
+        if self._snapshot is not None:
+            self._save_with_state(status, failure, finished)
+            return
         for sync in self._syncs:  # the invariant: never claim output that is not durable
             sync()
-        saved_state = self._save_state() if self._snapshot is not None else None
         self._record = msgspec.structs.replace(
             self._record,
             position=self._position(finished),
-            state=saved_state,
             status=status,
             failure=failure,
             updated=checkpoint.now(),
         )
         checkpoint.save(self.path, self._record)
-        if self._snapshot is not None:
-            state.remove_others(self.path, saved_state.file if saved_state else None)
         self.saves += 1
         self._clock.reset()
 
-    def _save_state(self) -> StateRecord | None:
-        """The guest's state now, written durably beside the checkpoint (before the checkpoint
-        that names it)."""
-        assert self._snapshot is not None
-        data = self._snapshot()
-        if data is None:
-            return None  # no instance yet: a fresh one is the state at this position
-        name, digest = state.write(self.path, data)
-        return StateRecord(
-            kind=self._state_kind,  # type: ignore[arg-type]
-            file=name,
-            sha256=digest,
-            size=len(data),
+    def _save_with_state(self, status: Status, failure: Failure | None, finished: bool) -> None:
+        """Between two frames, on the instance's thread, the position and the guest's state are
+        taken together, now. The rest — making the output durable, compressing and writing the
+        state file, replacing the checkpoint — runs on a thread of its own while the guest goes
+        on (zlib and fsync release the GIL); a final save does it at once. One save at a time,
+        in order: a save waits for the one before, and raises its failure."""
+        self._wait()
+        position = self._position(finished)
+        data = self._snapshot() if self._snapshot is not None else None
+        self._clock.reset()
+        commit = functools.partial(self._commit, position, data, status, failure)
+        if status == "running":
+            self._pending = _Background(commit)
+        else:
+            commit()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.join()
+
+    def _commit(
+        self, position: Position, data: bytes | None, status: Status, failure: Failure | None
+    ) -> None:
+        for sync in self._syncs:  # everything written so far: at least what `position` covers
+            sync()
+        saved_state = None
+        if data is not None:  # None: no instance yet, a fresh one is the state at `position`
+            name, digest = state.write(self.path, data)  # durable before the checkpoint names it
+            kind = self._state_kind
+            saved_state = StateRecord(kind=kind, file=name, sha256=digest, size=len(data))  # type: ignore[arg-type]
+        record = msgspec.structs.replace(
+            self._record,
+            position=position,
+            state=saved_state,
+            status=status,
+            failure=failure,
+            updated=checkpoint.now(),
         )
+        checkpoint.save(self.path, record)
+        self._record = record
+        state.remove_others(self.path, saved_state.file if saved_state else None)
+        self.saves += 1
 
     def _keep_last(self, status: Status, failure: Failure | None) -> None:
-        """Only the status changes: the position and state stay those last saved."""
+        """Only the status changes: the position and state stay those last saved (a save
+        still being written completes first; if it failed, the one before it stays)."""
+        with contextlib.suppress(WasmstreamError):
+            self._wait()
         self._record = msgspec.structs.replace(
             self._record, status=status, failure=failure, updated=checkpoint.now()
         )

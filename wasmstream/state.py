@@ -2,7 +2,7 @@
 
 Two kinds of state (see `abi.StateKind`): the bytes a module's own `snapshot()` returns, kept
 as they are; or an image of the whole instance (`--state memory`), made here: the mutable
-globals, and the linear memory's non-zero 64 KiB pages, zlib-compressed.
+globals, and the linear memory's non-zero 64 KiB pages. State files are zlib-compressed.
 
 A state is saved beside the checkpoint, in a file named by its digest
 (`CHECKPOINT.state-<first 16 hex digits of its sha256>`), written and fsynced before the
@@ -18,9 +18,9 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from .errors import CheckpointError, GuestError, IOFailure
+from .errors import CheckpointError, IOFailure, StateRefused
 
 PAGE = 65536
 MAGIC = b"WSMEM\x01"
@@ -32,59 +32,67 @@ GlobalValue = int | float
 
 
 def encode_image(memory: memoryview, globals_: Sequence[GlobalValue]) -> bytes:
-    """The whole instance's state: its globals' values and its memory's non-zero pages."""
+    """The whole instance's state: its globals' values and its memory's non-zero pages, each
+    with its index. Uncompressed: this runs between two frames, and copying is all it does
+    (the state file is compressed later, on another thread: see `write`)."""
     pages = len(memory) // PAGE
-    parts = [MAGIC, HEADER.pack(pages, len(globals_))]
+    parts: list[bytes | memoryview] = [MAGIC, HEADER.pack(pages, len(globals_))]
     for value in globals_:
         if isinstance(value, float):
             parts.append(GLOBAL.pack(b"f", struct.unpack("<q", struct.pack("<d", value))[0]))
         else:
             parts.append(GLOBAL.pack(b"i", value))
-    compressor = zlib.compressobj(1)  # fast: a checkpoint must not stall the run
     for index in range(pages):
         page = memory[index * PAGE : (index + 1) * PAGE]
         if page != ZERO_PAGE:
-            parts.append(compressor.compress(PAGE_INDEX.pack(index)))
-            parts.append(compressor.compress(page))
-    parts.append(compressor.flush())
+            parts += (PAGE_INDEX.pack(index), page)
     return b"".join(parts)
 
 
-def decode_image(
-    image: bytes,
-) -> tuple[int, list[GlobalValue], Callable[[Callable[[int, bytes], None]], None]]:
-    """(pages, globals, pages_into): `pages_into(put)` calls put(index, page) for each saved
-    non-zero page. Raises GuestError for an image that is not one."""
-    if not image.startswith(MAGIC) or len(image) < len(MAGIC) + HEADER.size:
-        raise GuestError("the saved state is not a whole-instance image")
-    pages, count = HEADER.unpack_from(image, len(MAGIC))
-    at = len(MAGIC) + HEADER.size
-    values: list[GlobalValue] = []
-    for _ in range(count):
-        kind, raw = GLOBAL.unpack_from(image, at)
-        at += GLOBAL.size
-        values.append(struct.unpack("<d", struct.pack("<q", raw))[0] if kind == b"f" else raw)
-    body = image[at:]
+def decode_image(image: bytes) -> tuple[int, list[GlobalValue], list[tuple[int, memoryview]]]:
+    """(pages, globals, [(index, page)] of the saved non-zero pages). Raises StateRefused for
+    bytes that are not such an image."""
+    try:
+        if not image.startswith(MAGIC):
+            raise ValueError("no header")
+        pages, count = HEADER.unpack_from(image, len(MAGIC))
+        at = len(MAGIC) + HEADER.size
+        values: list[GlobalValue] = []
+        for _ in range(count):
+            kind, raw = GLOBAL.unpack_from(image, at)
+            at += GLOBAL.size
+            values.append(struct.unpack("<d", struct.pack("<q", raw))[0] if kind == b"f" else raw)
+        view, step = memoryview(image), PAGE_INDEX.size + PAGE
+        if (len(image) - at) % step:
+            raise ValueError("a page is cut short")
+        saved = [
+            (
+                PAGE_INDEX.unpack_from(image, offset)[0],
+                view[offset + PAGE_INDEX.size : offset + step],
+            )
+            for offset in range(at, len(image), step)
+        ]
+    except (ValueError, struct.error) as error:
+        raise StateRefused(f"the saved state is not a whole-instance image ({error})") from None
+    return pages, values, saved
 
-    def pages_into(put: Callable[[int, bytes], None]) -> None:
-        data = zlib.decompress(body)
-        step = PAGE_INDEX.size + PAGE
-        for offset in range(0, len(data), step):
-            (index,) = PAGE_INDEX.unpack_from(data, offset)
-            put(index, data[offset + PAGE_INDEX.size : offset + step])
 
-    return pages, values, pages_into
+def compress(state: bytes) -> bytes:
+    """zlib at its fastest setting that still finds runs (counters, tables): Z_RLE."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return compressor.compress(state) + compressor.flush()
 
 
 def file_for(checkpoint_path: str, state: bytes) -> tuple[str, str]:
-    """(file name beside the checkpoint, full sha256) for `state`."""
+    """(file name beside the checkpoint, full sha256) for `state` (of its bytes, uncompressed)."""
     digest = hashlib.sha256(state).hexdigest()
     return f"{os.path.basename(checkpoint_path)}.state-{digest[:16]}", digest
 
 
 def write(checkpoint_path: str, state: bytes) -> tuple[str, str]:
-    """Write `state` durably beside the checkpoint (unless that file is already there);
-    returns (file name, sha256). Raises IOFailure."""
+    """Write `state` durably beside the checkpoint, compressed (unless that file is already
+    there); returns (file name, sha256). Raises IOFailure. zlib releases the GIL: on a thread of
+    its own, this runs while the guest goes on."""
     name, digest = file_for(checkpoint_path, state)
     folder = os.path.dirname(os.path.abspath(checkpoint_path))
     target = os.path.join(folder, name)
@@ -94,7 +102,7 @@ def write(checkpoint_path: str, state: bytes) -> tuple[str, str]:
         fd, temp = tempfile.mkstemp(prefix=".", suffix=".state.tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(state)
+                out.write(compress(state))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temp, target)
@@ -126,6 +134,10 @@ def read(checkpoint_path: str, name: str, sha256: str) -> bytes:
             f"cannot read the state saved with checkpoint {checkpoint_path}: {path}: "
             f"{error.strerror}"
         ) from None
+    try:
+        data = zlib.decompress(data)
+    except zlib.error:
+        data = b""
     if hashlib.sha256(data).hexdigest() != sha256:
         raise CheckpointError(
             f"state file {path} does not hold the state checkpoint {checkpoint_path} recorded"
