@@ -261,3 +261,17 @@ def test_checkpoint_show_and_inspect_describe_the_state(tmp_path: Path) -> None:
 def test_wasmer_refuses_whole_instance_state() -> None:
     result = wasmstream("run", fixture("linenum_memory.wasm"), "--state", "memory", input=b"a")
     assert_clean_failure(result, ExitStatus.USAGE, "--state memory is not supported by the wasmer")
+
+
+def test_a_finished_run_is_not_extended_when_its_input_grows(tmp_path: Path) -> None:
+    """Its finish output ends the file: appending frames after it would be wrong."""
+    folder, args = grown_run(tmp_path, "c/wc.wasm")
+    before = files_of(folder)
+    result = wasmstream(*args, "--resume")
+    assert_clean_failure(result, ExitStatus.CHECKPOINT, "finish output", "--restart")
+    assert files_of(folder) == before
+
+
+def test_finish_names_an_export_that_must_exist() -> None:
+    result = wasmstream("run", fixture("linenum_snapshot.wasm"), "--finish", "flush", input=b"a")
+    assert_clean_failure(result, ExitStatus.INVALID_MODULE, "missing export flush")

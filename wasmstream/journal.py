@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Callable
 
@@ -149,11 +150,11 @@ class Journal:
         position = self._position(finished)
         data = self._snapshot() if self._snapshot is not None else None
         self._clock.reset()
-        commit = functools.partial(self._commit, position, data, status, failure)
         if status == "running":
+            commit = functools.partial(self._commit, position, data, status, failure, 1)
             self._pending = _Background(commit)
-        else:
-            commit()
+        else:  # the run waits for this one: compress on every core
+            self._commit(position, data, status, failure, min(os.cpu_count() or 1, 4))
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -161,13 +162,20 @@ class Journal:
             pending.join()
 
     def _commit(
-        self, position: Position, data: bytes | None, status: Status, failure: Failure | None
+        self,
+        position: Position,
+        data: bytes | None,
+        status: Status,
+        failure: Failure | None,
+        parts: int,
     ) -> None:
         for sync in self._syncs:  # everything written so far: at least what `position` covers
             sync()
         saved_state = None
         if data is not None:  # None: no instance yet, a fresh one is the state at `position`
-            name, digest = state.write(self.path, data)  # durable before the checkpoint names it
+            name, digest = state.write(
+                self.path, data, parts
+            )  # durable before the checkpoint names it
             kind = self._state_kind
             saved_state = StateRecord(kind=kind, file=name, sha256=digest, size=len(data))  # type: ignore[arg-type]
         record = msgspec.structs.replace(
