@@ -162,6 +162,12 @@ def _run_loaded(
         from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
 
         plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd)
+        abi = loaded.abi
+        if plan.saved is not None and abi.finish is not None and abi.state is StateKind.NONE:
+            notify(
+                f"resuming without the guest's state (it keeps none in checkpoints): {abi.finish}"
+                " will see only the frames from here on"
+            )
     start = plan.start if plan else StartPoint()
     summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
     if plan is not None and plan.nothing_new():
