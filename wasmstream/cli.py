@@ -807,15 +807,28 @@ def bench_command(
 @click.option("--name", metavar="NAME", help="The module's name, NAME.wasm [default: DIR's name].")
 @click.option("--force", is_flag=True, help="Write into DIR even if it is not empty.")
 @click.option(
+    "--stateful",
+    is_flag=True,
+    help="A transform that keeps state across frames (snapshot, restore, finish); C only.",
+)
+@click.option(
     "--list",
     "list_languages",
     is_flag=True,
     help="List the languages, whether each one's toolchain is here, and what to install if not.",
 )
 def init_command(
-    directory: str | None, lang: str | None, name: str | None, force: bool, list_languages: bool
+    directory: str | None,
+    lang: str | None,
+    name: str | None,
+    force: bool,
+    stateful: bool,
+    list_languages: bool,
 ) -> None:
     """Create DIR with a transform that upper-cases ASCII, ready to change and build.
+
+    With --stateful (C), a transform that numbers lines across frames and counts them at the
+    end instead: its state is saved with each checkpoint.
 
     DIR gets the transform's source, the guest SDK for its language (one file), a Makefile
     (`make` builds NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares
@@ -839,8 +852,9 @@ def init_command(
         raise click.UsageError("init needs DIR and --lang (or --list)")
     path = Path(directory)
     project_name = name if name is not None else scaffold.default_name(path)
-    scaffold.create_project(path, lang, project_name, force)
-    click.echo(f"created {directory}: a {lang} transform that builds {project_name}.wasm")
+    scaffold.create_project(path, lang, project_name, force, stateful)
+    kind = "a stateful" if stateful else "a"
+    click.echo(f"created {directory}: {kind} {lang} transform that builds {project_name}.wasm")
     toolchain = scaffold.find_toolchain(lang)
     if toolchain.found is None:
         click.echo(f"to build it, install {toolchain.install}")

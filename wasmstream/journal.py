@@ -19,11 +19,11 @@ file, a digest of its bytes just before the saved output offset.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
 from collections.abc import Callable
+from queue import SimpleQueue
 
 import msgspec
 
@@ -64,25 +64,43 @@ class StreamTail:
         return Digest.of(self._bytes)
 
 
-class _Background:
-    """A function run on a thread of its own; `join` waits for it and raises what it raised."""
+class _Saver:
+    """The thread that writes a stateful run's saves, in order, while the guest goes on.
 
-    def __init__(self, function: Callable[[], None]) -> None:
-        self._function = function
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="wasmstream-save", daemon=True)
-        self._thread.start()
+    Started with the journal, before any frame: a thread started mid-run, by a `start()` that a
+    signal interrupts, could go on writing unwatched. `drain` waits for everything submitted so
+    far (an end marker through the same queue: nothing submitted escapes it, even when a
+    signal interrupts the waiting) and raises the first failure since the last drain.
+    """
 
-    def _run(self) -> None:
-        try:
-            self._function()
-        except BaseException as error:  # raised again in the run's own thread, by join
-            self._error = error
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[Callable[[], None] | threading.Event | None] = SimpleQueue()
+        self._failure: BaseException | None = None
+        threading.Thread(target=self._loop, name="wasmstream-save", daemon=True).start()
 
-    def join(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if isinstance(job, threading.Event):
+                job.set()
+            elif self._failure is None:  # after a failure, nothing more until it is raised
+                try:
+                    job()
+                except BaseException as error:  # raised again in the run's thread, by drain
+                    self._failure = error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def drain(self) -> None:
+        done = threading.Event()
+        self._jobs.put(done)
+        done.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        self._jobs.put(None)
 
 
 class Journal:
@@ -104,7 +122,7 @@ class Journal:
         self._snapshot = snapshot
         self._state_kind = state_kind
         self.completed = False
-        self._pending: _Background | None = None
+        self._saver = _Saver() if snapshot is not None else None
         self._record = record
         self._start = record.position
         self._syncs = syncs
@@ -146,20 +164,15 @@ class Journal:
         state file, replacing the checkpoint — runs on a thread of its own while the guest goes
         on (zlib and fsync release the GIL); a final save does it at once. One save at a time,
         in order: a save waits for the one before, and raises its failure."""
-        self._wait()
+        assert self._saver is not None
+        self._saver.drain()
         position = self._position(finished)
         data = self._snapshot() if self._snapshot is not None else None
         self._clock.reset()
         if status == "running":
-            commit = functools.partial(self._commit, position, data, status, failure, 1)
-            self._pending = _Background(commit)
+            self._saver.submit(functools.partial(self._commit, position, data, status, failure, 1))
         else:  # the run waits for this one: compress on every core
             self._commit(position, data, status, failure, min(os.cpu_count() or 1, 4))
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.join()
 
     def _commit(
         self,
@@ -194,8 +207,15 @@ class Journal:
     def _keep_last(self, status: Status, failure: Failure | None) -> None:
         """Only the status changes: the position and state stay those last saved (a save
         still being written completes first; if it failed, the one before it stays)."""
-        with contextlib.suppress(WasmstreamError):
-            self._wait()
+        assert self._saver is not None
+        while True:  # even through a second Ctrl-C: no save may go on behind this one
+            try:
+                self._saver.drain()
+            except KeyboardInterrupt:
+                continue
+            except WasmstreamError:
+                pass  # that save failed: the one before it stays
+            break
         self._record = msgspec.structs.replace(
             self._record, status=status, failure=failure, updated=checkpoint.now()
         )
@@ -238,7 +258,16 @@ class Journal:
         if error is None:
             if not self.completed:
                 self.complete(finished=False)
+            if self._saver is not None:
+                self._saver.close()
             return
+        try:
+            self._final_save(error)
+        finally:
+            if self._saver is not None:
+                self._saver.close()
+
+    def _final_save(self, error: BaseException) -> None:
         save = self._keep_last if self._snapshot is not None else self.save
         if isinstance(error, GuestError):
             save("failed", Failure(message=str(error), frame=error.frame, offset=error.offset))
