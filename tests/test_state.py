@@ -275,3 +275,30 @@ def test_a_finished_run_is_not_extended_when_its_input_grows(tmp_path: Path) -> 
 def test_finish_names_an_export_that_must_exist() -> None:
     result = wasmstream("run", fixture("linenum_snapshot.wasm"), "--finish", "flush", input=b"a")
     assert_clean_failure(result, ExitStatus.INVALID_MODULE, "missing export flush")
+
+
+def test_sigint_during_background_saves_leaves_a_consistent_checkpoint(tmp_path: Path) -> None:
+    """Saves are written on a thread of their own; Ctrl-C at any point leaves the checkpoint
+    `interrupted`, naming the one state file there is, and the resume is exact."""
+    data = lines(20_000, seed=3)
+    out, ckpt = tmp_path / "out", tmp_path / "out.ckpt.json"
+    args = ["run", fixture("linenum_snapshot.wasm"), "-", "-o", str(out), "--frame-size", "50"]
+    for delay in (0.0, 0.004, 0.011):
+        for stale in tmp_path.glob("out*"):
+            stale.unlink()
+        process = spawn(
+            [*args, "--checkpoint-every", "1"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdin is not None
+        process.stdin.write(data[:10_000])
+        process.stdin.flush()
+        wait_for_progress(ckpt, 500, process)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+        saved = json.loads(ckpt.read_bytes())
+        assert saved["status"] == "interrupted"
+        assert [p.name for p in tmp_path.glob("out.ckpt.json.state-*")] == [saved["state"]["file"]]
+        resumed = wasmstream(*args, "--resume", input=data)
+        assert resumed.returncode == 0, resumed.stderr
+        assert out.read_bytes() == numbered(data)
