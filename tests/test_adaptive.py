@@ -102,3 +102,61 @@ def test_switching_keeps_checkpoints_exact(tmp_path: Path) -> None:
     assert out.read_bytes() == per_frame(REFERENCES["hexdump.wasm"], data, 4096)
     saved = json.loads((tmp_path / "out.ckpt.json").read_text())
     assert saved["position"]["input_bytes"] == len(data) and saved["status"] == "complete"
+
+
+def test_adaptive_overload_slows_down_and_loses_nothing(tmp_path: Path) -> None:
+    """The output is read slowly: the queue fills, the reader is paced, and every frame is
+    written in order (the accounting of block: nothing dropped)."""
+    import subprocess
+    import time
+
+    from conftest import spawn
+
+    data = random.Random(4).randbytes(400 << 10)
+    stats = tmp_path / "stats.json"
+    process = spawn(
+        [
+            "run",
+            fixture("upper.wasm"),
+            "--frame-size",
+            "4K",
+            "-j",
+            "2",
+            "--queue-depth",
+            "8",
+            "--on-overload",
+            "adaptive",
+            "--stats-json",
+            str(stats),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(data)
+    process.stdin.close()
+    got = b""
+    while chunk := process.stdout.read(8192):  # a slow reader downstream
+        got += chunk
+        time.sleep(0.002)
+    assert process.stderr is not None
+    with process.stdout, process.stderr:
+        stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0, stderr
+    assert got == data.upper()
+    summary = json.loads(stats.read_text())
+    assert summary["dropped_frames"] == 0 and summary["frames"] == 100
+
+
+def test_the_pacer_waits_more_the_fuller_the_queue() -> None:
+    from wasmstream.pool import Pacer
+
+    pacer = Pacer()
+    pacer.per_frame = 0.004
+    waited = []
+    for used in (2, 5, 6, 7, 9, 10):  # of 10
+        before = pacer.paused
+        pacer.pause(used, 10)
+        waited.append(round(pacer.paused - before, 4))
+    assert waited == [0.0, 0.0, 0.001, 0.002, 0.004, 0.004]

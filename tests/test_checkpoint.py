@@ -35,6 +35,18 @@ def read_checkpoint(path: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
+def moved_on(ckpt: Path, start: int, process: subprocess.Popen[bytes], limit: float = 30) -> None:
+    """Wait until the checkpoint records progress past `start`, or the process has ended."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if read_checkpoint(ckpt)["position"]["input_bytes"] > start:
+                return
+        except (OSError, ValueError):
+            pass  # not written yet
+        time.sleep(0.01)
+
+
 def test_sigkill_at_random_moments_then_resume_gives_identical_output(tmp_path: Path) -> None:
     data = random.Random(11).randbytes(64 * 2**20)
     source, out = tmp_path / "in.bin", tmp_path / "out.hex"
@@ -64,7 +76,10 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_output(tmp_path: 
         process = start(*args, "--resume")
         runs += 1
         if kills < 10:
-            time.sleep(rng.uniform(0.15, 0.45))
+            # Kill at a random moment after this run has saved a checkpoint of its own (on a
+            # busy machine, start-up alone can outlast a delay counted from the start).
+            moved_on(ckpt, starts[-1], process)
+            time.sleep(rng.uniform(0.0, 0.3))
             if process.poll() is None:
                 process.kill()
                 kills += 1

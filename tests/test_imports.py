@@ -79,3 +79,14 @@ def test_the_walk_sees_function_level_imports_and_cycles() -> None:
     assert "wasmstream.resume" in edges["wasmstream.core"]  # imported inside a function
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_run_option_is_recorded_in_checkpoints_or_deliberately_not() -> None:
+    """A new option must say how a checkpoint keeps it (recorded.RECORDED) or why it does not
+    (recorded.NOT_RECORDED): otherwise `wasmstream resume` would silently run without it."""
+    from wasmstream.checkpoint import Command, OutputOptions
+    from wasmstream.recorded import RECORDED, unrecorded_options
+
+    assert unrecorded_options() == set()
+    sections = set(OutputOptions.__struct_fields__) | set(Command.__struct_fields__)
+    assert sections - {"config_sha256"} == set(RECORDED)

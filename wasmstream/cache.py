@@ -64,11 +64,14 @@ class ModuleCache:
         """The artifact compiled from `wasm`, if the entry exists, is trusted and checks out."""
         if not self.trusted():
             return None
-        try:
-            with open(os.path.join(self.directory, name), "rb") as entry:
-                data = entry.read()
+        try:  # a FIFO put at an entry's name must not hang the run: not blocking, regular only
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return None
+        with open(fd, "rb") as entry:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = entry.read()
         artifact = data[HEADER:]
         if data[:HEADER] != header_for(wasm, artifact):
             self.discard(name)  # another module's, damaged, or of an older layout

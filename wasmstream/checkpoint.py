@@ -37,10 +37,10 @@ Status = Literal["running", "interrupted", "complete", "failed"]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
-FrameSize = Annotated[int, msgspec.Meta(ge=1, le=1 << 32)]
+FrameSize = Annotated[int, msgspec.Meta(ge=1, le=(1 << 32) - (1 << 16))]  # fits guest memory
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 OneByte = Annotated[str, msgspec.Meta(min_length=1, max_length=1)]
-OverloadText = Annotated[str, msgspec.Meta(pattern="^(block|drop|sample:[1-9][0-9]*)$")]
+OverloadText = Annotated[str, msgspec.Meta(pattern="^(block|adaptive|drop|sample:[1-9][0-9]*)$")]
 FramingName = Literal["fixed", "lines", "delimiter", "length-prefixed"]
 OversizeName = Literal["error", "split", "skip"]
 PolicyName = Literal["fail", "skip", "passthrough"]
@@ -243,14 +243,17 @@ def describe_input(path: str) -> InputRecord:
 
 
 def _describe_fd(path: str, fd: int) -> InputRecord:
+    """The input at `fd`, from where it is now: a file on stdin may have been read partly
+    before wasmstream got it, and its data starts there."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         return InputRecord(path=path, regular=False)
-    head = os.pread(fd, HEAD_BYTES, 0)
+    origin = os.lseek(fd, 0, os.SEEK_CUR)
+    head = os.pread(fd, HEAD_BYTES, origin)
     return InputRecord(
         path=path,
         regular=True,
-        size=info.st_size,
+        size=info.st_size - origin,
         mtime_ns=info.st_mtime_ns,
         device=info.st_dev,
         inode=info.st_ino,
@@ -293,6 +296,12 @@ def load(path: str) -> Checkpoint | None:
 def inconsistency(saved: Checkpoint) -> str | None:
     """What contradicts itself in `saved` (each value was already checked on its own)."""
     position = saved.position
+    for path in _paths(saved):
+        problem = _path_problem(path)
+        if problem:
+            return problem
+    if saved.output is not None and position.output_bytes and position.output_tail is None:
+        return "it records output written to a file but no digest of it"
     if not saved.inputs:
         return "it lists no input"
     if len(position.per_input) != len(saved.inputs):
@@ -306,6 +315,24 @@ def inconsistency(saved: Checkpoint) -> str | None:
         return f"{position.frames} frames cannot come from {position.input_bytes} bytes"
     if saved.output is None and position.output_tail is not None:
         return "it has an output digest but no output file"
+    return None
+
+
+def _paths(saved: Checkpoint) -> list[str]:
+    command, options = saved.command, saved.options
+    named = [saved.module.path, saved.output, command.config_arg, command.dead_letter]
+    named += [command.drop_log, *(i.path for i in saved.inputs), *(d[0] for d in options.dirs)]
+    return [path for path in named if path is not None]
+
+
+def _path_problem(text: str) -> str | None:
+    """Why a recorded path cannot be a path (hand-edited: a NUL, broken base64), or None."""
+    try:
+        path = text_path(text)
+    except ValueError:  # binascii.Error is a ValueError
+        return f"path {text!r} is not a path encoded as this wasmstream writes them"
+    if not path or "\0" in path:
+        return f"path {text!r} is empty or holds a NUL byte"
     return None
 
 
@@ -456,7 +483,14 @@ def _digest_at(fd: int, length: int, offset: int) -> Digest | None:
 def _check_input(
     then: InputRecord, current: InputRecord, done: int, force: bool, source: str
 ) -> None:
-    name = "standard input" if current.path == "-" else current.path
+    path = text_path(current.path)
+    name = "standard input" if path == "-" else path
+    if path != "-" and then.regular != current.regular:
+        kind = {True: "a regular file", False: "a stream (pipe, FIFO or device)"}
+        raise CheckpointError(
+            f"input {name} was {kind[then.regular]} when checkpoint {source} was written and "
+            f"is {kind[current.regular]} now"
+        )
     if current.regular and current.size is not None and current.size < done:
         raise CheckpointError(
             f"input {name} has {current.size} bytes, fewer than the {done} already processed "
@@ -470,7 +504,7 @@ def _check_input(
             f"input {name} is not the file recorded in checkpoint {source} (another inode); "
             "--force resumes anyway"
         )
-    if then.head_sha256 != head_sha256(current.path, then.head_length):
+    if then.head_sha256 != head_sha256(path, then.head_length):
         raise CheckpointError(
             f"input {name} does not start with the data recorded in checkpoint {source}; "
             "--force resumes anyway"
@@ -480,7 +514,8 @@ def _check_input(
 def head_sha256(path: str, length: int) -> str:
     fd = 0 if path == "-" else os.open(path, os.O_RDONLY)
     try:
-        return hashlib.sha256(os.pread(fd, length, 0)).hexdigest()
+        origin = os.lseek(fd, 0, os.SEEK_CUR)  # stdin: from where it starts (see _describe_fd)
+        return hashlib.sha256(os.pread(fd, length, origin)).hexdigest()
     finally:
         if path != "-":
             os.close(fd)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import signal
-import stat
 import sys
 import time
 import traceback
@@ -27,6 +26,7 @@ from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MO
 from .core import ProgressFactory, run
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
+from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
 from .options import (
     DEFAULT_CHECKPOINT_INTERVAL,
@@ -180,24 +180,31 @@ def _overload_option(ctx: click.Context, param: click.Parameter, value: str) -> 
         raise click.BadParameter(str(error), ctx, param) from None
 
 
-def operator_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Options that change what the person at the terminal sees, never the output."""
-    options = [
-        click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
-        click.option(
-            "--progress/--no-progress",
-            default=None,
-            help="Show progress on stderr [default: when stderr is a terminal].",
-        ),
-        click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
-        click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
-        click.option(
-            "--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _stack(
+    *options: Callable[[Callable[..., None]], Callable[..., None]],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Several click options as one decorator, in the order given."""
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+# Options that change what the person at the terminal sees, never the output.
+operator_options = _stack(
+    click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors."),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show progress on stderr [default: when stderr is a terminal].",
+    ),
+    click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
+    click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
+    click.option("--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +283,58 @@ queue_depth_option = click.option(
 )
 
 
+# Options that several commands take, declared once (run, bench, inspect).
+export_options = _stack(
+    click.option(
+        "--function",
+        metavar="NAME",
+        default=DEFAULT_TRANSFORM,
+        show_default=True,
+        help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
+    ),
+    click.option(
+        "--alloc",
+        metavar="NAME",
+        help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
+    ),
+    click.option(
+        "--free",
+        metavar="NAME",
+        help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
+    ),
+    click.option(
+        "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+    ),
+)
+config_option = click.option(
+    "--config",
+    "config_arg",
+    metavar="TEXT|@FILE",
+    help="Bytes passed to --init: TEXT, or the contents of FILE.",
+)
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(ENGINE_NAMES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    envvar="WASMSTREAM_ENGINE",
+    help="WebAssembly runtime.",
+)
+framing_option = click.option(
+    "--framing",
+    type=click.Choice([f.value for f in Framing]),
+    default=Framing.FIXED.value,
+    show_default=True,
+    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
+)
+delimiter_option = click.option(
+    "--delimiter",
+    metavar="D",
+    callback=_delimiter_option,
+    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
+)
+
+
 @cli.command("run")
 @click.argument("module", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
@@ -290,32 +349,11 @@ queue_depth_option = click.option(
 )
 @jobs_option
 @queue_depth_option
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export: (i32 ptr, i32 len) -> i32 or i64.",
-)
-@click.option(
-    "--alloc",
-    metavar="NAME",
-    help=f"Allocator export [default: first of {', '.join(ALLOCATOR_NAMES)}].",
-)
-@click.option(
-    "--free",
-    metavar="NAME",
-    help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
-)
-@click.option(
-    "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
-)
-@click.option(
-    "--config",
-    "config_arg",
-    metavar="TEXT|@FILE",
-    help="Bytes passed to --init: TEXT, or the contents of FILE.",
-)
+@export_options
+@config_option
+@engine_option
+@framing_option
+@delimiter_option
 @click.option(
     "--state",
     type=click.Choice(STATE_MODES),
@@ -329,27 +367,6 @@ queue_depth_option = click.option(
     metavar="NAME",
     help="Export called once after the last frame, () -> i64 packed; its output ends the "
     "output [default: finish, if exported].",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
-)
-@click.option(
-    "--framing",
-    type=click.Choice([f.value for f in Framing]),
-    default=Framing.FIXED.value,
-    show_default=True,
-    help="How frames are cut: fixed size, or whole lines / delimited / length-prefixed records.",
-)
-@click.option(
-    "--delimiter",
-    metavar="D",
-    callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter: one byte, or \\0 \\n \\t \\r \\\\ \\xHH.",
 )
 @click.option(
     "--oversize",
@@ -367,11 +384,12 @@ queue_depth_option = click.option(
 )
 @click.option(
     "--on-overload",
-    metavar="block|drop|sample:N",
+    metavar="block|adaptive|drop|sample:N",
     callback=_overload_option,
     default="block",
     show_default=True,
-    help="When the queue is full: wait (backpressure), drop the frame, or keep one in N.",
+    help="When the queue fills: wait (backpressure), slow down smoothly from half full, drop "
+    "the frame, or keep one in N.",
 )
 @click.option(
     "--drop-log",
@@ -590,17 +608,9 @@ def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> s
         return None
     if given is not None:
         return given
-    if output in (None, "-") or not _is_or_will_be_regular(output):
+    if output in (None, "-") or not is_own_file(output):
         return None  # -o /dev/null, a FIFO, a terminal: nothing to resume exactly
     return sidecar_for(output)
-
-
-def _is_or_will_be_regular(path: str | None) -> bool:
-    assert path is not None
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
 
 
 @cli.command("resume")
@@ -656,25 +666,9 @@ def resume_command(
 
 @cli.command("inspect")
 @click.argument("module", type=click.Path(dir_okay=False))
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export to look for.",
-)
-@click.option("--alloc", metavar="NAME", help="The allocator export to look for.")
-@click.option("--free", metavar="NAME", help="The deallocator export to look for.")
-@click.option("--init", metavar="NAME", help="The init export to look for.")
+@export_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime to check the module with.",
-)
+@engine_option
 def inspect_command(
     module: str,
     function: str,
@@ -712,40 +706,11 @@ def inspect_command(
 @click.option(
     "--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per setting."
 )
-@click.option(
-    "--function",
-    metavar="NAME",
-    default=DEFAULT_TRANSFORM,
-    show_default=True,
-    help="The transform export.",
-)
-@click.option("--alloc", metavar="NAME", help="The allocator export (as for run).")
-@click.option("--free", metavar="NAME", help="The deallocator export (as for run).")
-@click.option("--init", metavar="NAME", help="The init export (as for run).")
-@click.option(
-    "--config", "config_arg", metavar="TEXT|@FILE", help="Bytes passed to --init (as for run)."
-)
-@click.option(
-    "--framing",
-    type=click.Choice([f.value for f in Framing]),
-    default=Framing.FIXED.value,
-    show_default=True,
-    help="How frames are cut (as for run).",
-)
-@click.option(
-    "--delimiter",
-    metavar="D",
-    callback=_delimiter_option,
-    help="Record delimiter for --framing delimiter (as for run).",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINE_NAMES),
-    default=DEFAULT_ENGINE,
-    show_default=True,
-    envvar="WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
-)
+@export_options
+@config_option
+@framing_option
+@delimiter_option
+@engine_option
 def bench_command(
     module: str,
     input: str | None,

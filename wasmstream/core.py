@@ -20,7 +20,7 @@ from .adaptive import run_adaptive
 from .engines import LoadedModule, load_module
 from .engines.base import Instance
 from .errors import CheckpointError, ExitStatus, FramesFailed, Interrupted, StateRefused, UsageError
-from .files import Role, RunFiles, check_distinct
+from .files import Role, RunFiles, check_checkpoint_path, check_distinct
 from .framing import Skipped
 from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
 from .options import Notify, RunConfig, StartPoint
@@ -83,6 +83,8 @@ def run(
         [Role("input", path) for path in config.inputs or (STDIN,)], _written_files(config)
     )
     check_frame_size(config.frame_size, config.sandbox.max_memory)
+    if config.checkpoint is not None:
+        check_checkpoint_path(config.checkpoint)
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
@@ -267,6 +269,7 @@ def _run_started(
             [sink.sync, *logs.syncs],
             stream,
             summary.tally,
+            pipe_fd=sink.fd if sink.is_pipe else None,
             snapshot=instances.snapshot if stateful else None,
             state_kind=abi.state.value,
         )

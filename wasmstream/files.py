@@ -74,12 +74,26 @@ def check_distinct(inputs: Iterable[Role], written: Iterable[Role]) -> None:
 
 
 def _written_key(role: Role) -> tuple[int, int] | str | None:
-    """A regular file by (device, inode); a file not created yet by its resolved name; None for
-    what may be written by several at once (a pipe, a terminal, /dev/null)."""
+    """A regular file by (device, inode); a file not created yet by its resolved name (links
+    followed, a dangling one included: writing through it creates its target); None for what
+    may be written by several at once (a pipe, a terminal, /dev/null)."""
     identity = _identity(role)
     if identity is not None or role.path == STDIO:
         return identity
-    return os.path.realpath(role.path) if not os.path.lexists(role.path) else None
+    return os.path.realpath(role.path) if not os.path.exists(role.path) else None
+
+
+def check_checkpoint_path(path: str) -> None:
+    """A checkpoint is a regular file, or a name not taken yet: never a device, a FIFO or a
+    directory (a save renames a file over it; reading a FIFO waits forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise IOFailure(f"cannot use checkpoint {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"checkpoint {path} is not a regular file: name a file for it")
 
 
 def _same_file_message(role: Role, other: Role) -> str:
@@ -102,44 +116,52 @@ class RunLock:
         self._sidecar = sidecar
 
     @classmethod
-    def acquire_file(cls, path: str, what: str, flags: int) -> RunLock:
+    def acquire_file(cls, path: str, what: str, flags: int, shown: str | None = None) -> RunLock:
+        """`shown`: how messages name the file (`path` itself by default)."""
+        named = f"{what} {path}" if shown is None else shown
         try:
             fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as error:
-            raise IOFailure(f"cannot write {what} {path}: {error.strerror}") from None
-        cls._lock_or_refuse(fd, path, what)
+            raise IOFailure(f"cannot write {named}: {error.strerror}") from None
+        cls._lock_or_refuse(fd, named)
         return cls(fd, path, sidecar=False)
 
     @classmethod
     def acquire_sidecar(cls, path: str, what: str) -> RunLock:
-        lock_path = f"{path}.lock"
+        # by the checkpoint's resolved name: a link to it shares its lock
+        lock_path = f"{os.path.realpath(path)}.lock"
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             except OSError as error:
                 raise IOFailure(f"cannot create lock file {lock_path}: {error.strerror}") from None
-            cls._lock_or_refuse(fd, path, what)
+            cls._lock_or_refuse(fd, f"{what} {path}")
             # The holder before us may have removed the file between our open and our lock: then
             # we hold a lock on a name nobody else can find. Only a lock on the file that is at
             # the path now counts.
             if _same_inode(fd, lock_path):
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return cls(fd, lock_path, sidecar=True)
+        lock = cls(fd, lock_path, sidecar=True)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # for people; the kernel keeps the lock
+        except OSError as error:
+            lock.release()
+            raise IOFailure(f"cannot write lock file {lock_path}: {error.strerror}") from None
+        return lock
 
     @staticmethod
-    def _lock_or_refuse(fd: int, path: str, what: str) -> None:
+    def _lock_or_refuse(fd: int, named: str) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             holder = _lock_holder(fd)
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise IOFailure(f"cannot lock {what} {path}: {error.strerror}") from None
+                raise IOFailure(f"cannot lock {named}: {error.strerror}") from None
             by = f"another wasmstream run (PID {holder})" if holder else "another run"
-            raise RunLocked(f"{what} {path} is in use by {by}") from None
+            raise RunLocked(f"{named} is in use by {by}") from None
 
     def release(self) -> None:
         if self.fd < 0:
@@ -194,8 +216,16 @@ class RunFiles:
 
     def __enter__(self) -> RunFiles:
         try:
-            if self._output is not None and _is_or_will_be_regular(self._output):
+            if self._output is not None and is_own_file(self._output):
                 self._lock_output(self._output)
+            elif self._output is None and _stdout_is_a_file():
+                # `>> log` from two runs at once would interleave: lock the file behind stdout
+                # through a descriptor of our own (its lock ends with this process, whoever
+                # else holds the shell's descriptor)
+                lock = RunLock.acquire_file(
+                    "/proc/self/fd/1", "output", os.O_RDONLY, shown="standard output (a file)"
+                )
+                self._locks.append(lock)
             if self._checkpoint is not None:
                 self._locks.append(RunLock.acquire_sidecar(self._checkpoint, "checkpoint"))
         except BaseException:
@@ -205,9 +235,11 @@ class RunFiles:
 
     def _lock_output(self, path: str) -> None:
         self._created = not os.path.lexists(path)
-        try:  # read-write when allowed: checkpoints record a digest of the output's last bytes
+        try:  # read-write: a checkpoint records a digest of the output's last bytes
             lock = RunLock.acquire_file(path, "output", os.O_RDWR)
         except IOFailure:
+            if self._checkpoint is not None:  # it could not be checked on resume: say so now
+                raise
             lock = RunLock.acquire_file(path, "output", os.O_WRONLY)
         self._locks.append(lock)
         self.output_fd = lock.fd
@@ -229,9 +261,21 @@ class RunFiles:
         self._locks.clear()
 
 
-def _is_or_will_be_regular(path: str) -> bool:
-    """Locked and checked like a file: a regular file, or a name not taken yet (not a FIFO,
-    a terminal or /dev/null, which a run writes to as they are)."""
+def _stdout_is_a_file() -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(1).st_mode)
+    except OSError:
+        return False
+
+
+def is_own_file(path: str) -> bool:
+    """Whether an output is a file of the run's own, to lock, cut, checkpoint and resume: a
+    regular file or a name not taken yet. Not a FIFO, a terminal or /dev/null, nor /dev/stdout
+    and its kin, which may lead to a regular file but name a descriptor someone else opened
+    (and whose sidecar would land in /dev): those are written to as they are."""
+    special = ("/dev/", "/proc/")
+    if os.path.abspath(path).startswith(special) or os.path.realpath(path).startswith(special):
+        return False
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:

@@ -54,7 +54,7 @@ def total_size(paths: Sequence[str]) -> int | None:
         info = os.fstat(STDIN_FD) if path == STDIN else os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             return None
-        total += info.st_size
+        total += info.st_size - (os.lseek(STDIN_FD, 0, os.SEEK_CUR) if path == STDIN else 0)
     return total
 
 
@@ -178,24 +178,29 @@ class ConcatenatedInput:
             self._skip(self._current, skip, tail if tail is not None else bytearray())
 
     def _skip(self, stream: io.FileIO, count: int, tail: bytearray) -> None:
-        """Move past `count` bytes of `stream`, keeping the head and tail windows of them."""
+        """Move past `count` bytes of `stream`, keeping the head and tail windows of them.
+
+        A seekable input counts from where it starts: a file on stdin may start past its
+        beginning (`{ read -r header; wasmstream …; } < data`), and so may its resume."""
         try:
-            if stream.seekable() and os.fstat(stream.fileno()).st_size >= count:
-                self._keep(tail, os.pread(stream.fileno(), min(count, WINDOW), 0), count)
-                stream.seek(count)
-                return
+            if stream.seekable():
+                origin = stream.tell()
+                if os.fstat(stream.fileno()).st_size - origin >= count:
+                    self._keep(stream.fileno(), tail, origin, count)
+                    stream.seek(origin + count)
+                    return
             self._discard(stream, count, tail)
             self.discarded.append((self._name(), count))
         except OSError as error:
             raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
 
-    def _keep(self, tail: bytearray, head_part: bytes, count: int) -> None:
-        """Windows of a seekable input's first `count` bytes (read by pread, not in full)."""
+    def _keep(self, fd: int, tail: bytearray, origin: int, count: int) -> None:
+        """Windows of a seekable input's first `count` bytes from `origin` (read by pread,
+        not in full)."""
         if len(self.head) < WINDOW:
-            self.head += head_part[: WINDOW - len(self.head)]
-        fd = self._current.fileno() if self._current else -1
+            self.head += os.pread(fd, min(count, WINDOW - len(self.head)), origin)
         length = min(count, WINDOW)
-        tail += os.pread(fd, length, count - length)
+        tail += os.pread(fd, length, origin + count - length)
         del tail[:-WINDOW]
 
     def _discard(self, stream: io.FileIO, count: int, tail: bytearray) -> None:

@@ -6,6 +6,7 @@ separate small function, so what the JSON says and what the text says cannot dri
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from typing import Any
@@ -196,9 +197,9 @@ def checkpoint_report(path: str) -> dict[str, Any]:
     return {
         "checkpoint": path,
         "status": saved.status,
-        "module": saved.module.path,
-        "inputs": [i.path for i in saved.inputs],
-        "output": saved.output or "<stdout>",
+        "module": _shown(saved.module.path),
+        "inputs": [_shown(i.path) for i in saved.inputs],
+        "output": _shown(saved.output) if saved.output else "<stdout>",
         "input_bytes_done": done,
         "input_bytes_total": total,
         "percent_done": round(100 * done / total, 1) if total else None,
@@ -213,6 +214,11 @@ def checkpoint_report(path: str) -> dict[str, Any]:
         ),
         "record": msgspec.to_builtins(saved),
     }
+
+
+def _shown(recorded: str) -> str:
+    """A recorded path for people: decoded, its bytes that are not UTF-8 as \\xHH escapes."""
+    return os.fsencode(checkpoint.text_path(recorded)).decode("utf-8", "backslashreplace")
 
 
 def format_checkpoint_report(report: dict[str, Any]) -> str:

@@ -19,11 +19,17 @@ file, a digest of its bytes just before the saved output offset.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import struct
+import termios
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
+from typing import NamedTuple
 
 import msgspec
 
@@ -36,32 +42,51 @@ from .tally import Tally
 
 
 class StreamTail:
-    """The last WINDOW bytes of the input stream up to the last frame written.
+    """The last bytes of the input stream up to the last frame written (WINDOW of them, and
+    SLACK more, so that a save may claim a little less than all that was written: see
+    `Journal`'s pipe outputs).
 
     Fed with each frame as it is written, whose input is still intact then (the run keeps frames
     in host buffers when it watches a stream); a gap (bytes skipped or dropped, never seen in a
     frame) starts it afresh, so it only ever holds bytes that really precede the offset.
     """
 
-    def __init__(self, seed: bytes) -> None:
+    SLACK = 4 << 20
+
+    def __init__(self, seed: bytes, end: int) -> None:
         self._bytes = bytearray(seed[-WINDOW:])
+        self._end = end  # the stream offset just after the last byte held
         self._gap = False
 
     def frame_dropped(self, frame: Frame) -> None:
         self._gap = True  # a dropped frame's buffer is scratch space, overwritten since
 
     def frame_written(self, frame: Frame, written: int) -> None:
-        if self._gap or frame.span != frame.length:
+        if self._gap or frame.span != frame.length:  # bytes the frames never held
             self._bytes.clear()
             self._gap = False
-            if frame.span != frame.length:  # oversized records skipped just before it
-                self._bytes += frame.data[-WINDOW:]
-            return
-        self._bytes += frame.data[-WINDOW:]
-        del self._bytes[:-WINDOW]
+        self._bytes += frame.data[-(WINDOW + self.SLACK) :]
+        del self._bytes[: -(WINDOW + self.SLACK)]
+        self._end = frame.offset + frame.length
 
-    def digest(self) -> Digest:
-        return Digest.of(self._bytes)
+    def digest(self, at: int) -> Digest:
+        """The digest of the WINDOW bytes (or fewer, if fewer are known) before offset `at`."""
+        held = len(self._bytes) - (self._end - at)
+        return Digest.of(self._bytes[max(held - WINDOW, 0) : max(held, 0)])
+
+
+class _FrameEnd(NamedTuple):
+    bytes_in: int
+    frames: int
+    bytes_out: int
+
+
+def unread_in_pipe(fd: int) -> int:
+    """Bytes written to the pipe at `fd` that its reader has not taken yet (0 if not a pipe)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except OSError:
+        return 0
 
 
 class _Saver:
@@ -117,6 +142,7 @@ class Journal:
         output_fd: int | None = None,
         snapshot: Callable[[], bytes | None] | None = None,
         state_kind: str = "exports",
+        pipe_fd: int | None = None,
     ) -> None:
         self.path = path
         self._snapshot = snapshot
@@ -131,6 +157,11 @@ class Journal:
         self._clock = clock
         self._stream_tail = stream_tail
         self._output_fd = output_fd
+        # Output to a pipe (stdout, a FIFO): a save claims only what its reader has taken, so
+        # that if the reader dies the bytes left in the pipe are not counted as delivered.
+        self._pipe_fd = pipe_fd
+        self._ends: deque[_FrameEnd] = deque()
+        self._last: _FrameEnd | None = None
         self.saves = 0
         if stream_tail is not None:
             tally.on_frame_dropped.append(stream_tail.frame_dropped)
@@ -138,6 +169,9 @@ class Journal:
         tally.on_frame_written.append(self.frame_written)
 
     def frame_written(self, frame: Frame, written: int) -> None:
+        if self._pipe_fd is not None:
+            tally = self._tally
+            self._ends.append(_FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out))
         if self._clock.due():
             self.save("running")
 
@@ -166,6 +200,11 @@ class Journal:
         in order: a save waits for the one before, and raises its failure."""
         assert self._saver is not None
         self._saver.drain()
+        if self._pipe_fd is not None:
+            # The state is the instance's now: to a pipe, the position must be now too, so wait
+            # until the reader has taken all (a reader that dies ends the wait with the run).
+            while unread_in_pipe(self._pipe_fd):
+                time.sleep(0.001)
         position = self._position(finished)
         data = self._snapshot() if self._snapshot is not None else None
         self._clock.reset()
@@ -186,9 +225,8 @@ class Journal:
             sync()
         saved_state = None
         if data is not None:  # None: no instance yet, a fresh one is the state at `position`
-            name, digest = state.write(
-                self.path, data, parts
-            )  # durable before the checkpoint names it
+            # durable before the checkpoint names it
+            name, digest = state.write(self.path, data, parts)
             kind = self._state_kind
             saved_state = StateRecord(kind=kind, file=name, sha256=digest, size=len(data))  # type: ignore[arg-type]
         record = msgspec.structs.replace(
@@ -228,20 +266,38 @@ class Journal:
         self.save("complete", finished=finished)
         self.completed = True
 
+    def _delivered(self) -> _FrameEnd:
+        """Where this run has got to: its last frame written; to a pipe, the last frame whose
+        output the reader has taken."""
+        tally = self._tally
+        now = _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out)
+        if self._pipe_fd is None:
+            return now
+        taken = now.bytes_out - unread_in_pipe(self._pipe_fd)
+        delivered = _FrameEnd(0, 0, 0)
+        while self._ends and self._ends[0].bytes_out <= taken:
+            delivered = self._ends.popleft()
+        if delivered == _FrameEnd(0, 0, 0) and self._last is not None:
+            delivered = self._last  # nothing newer was taken: where the last save stood
+        self._ends.appendleft(delivered)  # later saves can only move on from here
+        self._last = delivered
+        return delivered
+
     def _position(self, finished: bool = False) -> Position:
-        input_bytes = self._start.input_bytes + self._tally.bytes_in
-        output_bytes = self._start.output_bytes + self._tally.bytes_out
+        done = self._delivered()
+        input_bytes = self._start.input_bytes + done.bytes_in
+        output_bytes = self._start.output_bytes + done.bytes_out
         head = tail = None
         if self._stream_tail is not None:
             head = Digest.of(self._stream.head[: min(WINDOW, input_bytes)])
-            tail = self._stream_tail.digest()
+            tail = self._stream_tail.digest(input_bytes)
         output_tail = None
         if self._output_fd is not None:
             output_tail = checkpoint.output_tail(self._output_fd, output_bytes)
         return Position(
             input_bytes=input_bytes,
-            per_input=self._stream.progress(self._tally.bytes_in),
-            frames=self._start.frames + self._tally.frames,
+            per_input=self._stream.progress(done.bytes_in),
+            frames=self._start.frames + done.frames,
             output_bytes=output_bytes,
             stream_head=head,
             stream_tail=tail,

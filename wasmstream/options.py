@@ -38,7 +38,10 @@ def default_jobs() -> int:
 
 @dataclass(frozen=True)
 class Overload:
-    """What the reader does when every buffer is taken: `--on-overload block|drop|sample:N`."""
+    """What the reader does as the queue fills: `--on-overload block|adaptive|drop|sample:N`.
+
+    block waits for a free buffer; adaptive slows down before that (see pool.Pacer); drop and
+    sample let frames go when no buffer is free."""
 
     policy: str = "block"
     keep_one_in: int = 1  # sample:N keeps one frame in N while the queue stays full
@@ -46,11 +49,11 @@ class Overload:
     @classmethod
     def parse(cls, text: str) -> Overload:
         name, _, count = text.partition(":")
-        if name in ("block", "drop") and not count:
+        if name in ("block", "adaptive", "drop") and not count:
             return cls(name)
         if name == "sample" and count.isdigit() and int(count) >= 1:
             return cls("sample", int(count))
-        raise ValueError(f"not an overload policy: {text!r} (block, drop or sample:N)")
+        raise ValueError(f"not an overload policy: {text!r} (block, adaptive, drop or sample:N)")
 
     def __str__(self) -> str:
         return f"sample:{self.keep_one_in}" if self.policy == "sample" else self.policy

@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from time import perf_counter
+from time import perf_counter, sleep
 
 from .engines.base import Instance
-from .errors import GuestError, WasmstreamError
+from .errors import GuestError, Interrupted, WasmstreamError
 from .framing import Buffer, Frame
 from .options import Overload
 from .policy import FailureHandler
@@ -149,6 +149,40 @@ class _Buffers:
         return self._made - self._free.qsize()
 
 
+class Pacer:
+    """`--on-overload adaptive`: slows the reader smoothly as the queue fills, rather than
+    letting it run until the queue is full and then stop dead (block).
+
+    Below LOW of the queue's capacity the reader does not wait; between LOW and HIGH it waits,
+    before each frame, a growing share of the time the writer takes per frame (measured, as a
+    moving average), so that reading slows towards the pace of writing; at the top it waits for
+    a free buffer, as block does. Frames are never dropped: the accounting is block's.
+    """
+
+    LOW, HIGH = 0.5, 0.9  # watermarks, as shares of the queue's capacity
+    SMOOTHING = 0.1  # weight of the newest interval in the moving average
+
+    def __init__(self) -> None:
+        self._last = perf_counter()
+        self.per_frame = 0.0  # seconds the writer takes per frame, averaged
+        self.paused = 0.0  # seconds the reader waited in all (for tests and --stats)
+
+    def frame_written(self) -> None:
+        now = perf_counter()
+        interval, self._last = now - self._last, now
+        self.per_frame += self.SMOOTHING * (interval - self.per_frame)
+
+    def pause(self, used: int, capacity: int) -> None:
+        fill = used / capacity
+        if fill <= self.LOW:
+            return
+        share = min(1.0, (fill - self.LOW) / (self.HIGH - self.LOW))
+        delay = share * self.per_frame
+        if delay > 0:
+            self.paused += delay
+            sleep(delay)
+
+
 class _Job:
     __slots__ = ("done", "dropped", "error", "frame", "output")
 
@@ -187,6 +221,7 @@ class _ParallelRun:
         self._write = write
         self._tally = tally
         self._free = _Buffers(settings.frame_size, settings.queue_depth + jobs)
+        self._pacer = Pacer()
         self._work: SimpleQueue[_Job | None] = SimpleQueue()
         self._in_order: SimpleQueue[_Job | None] = SimpleQueue()
         self._failure: BaseException | None = None
@@ -211,8 +246,12 @@ class _ParallelRun:
             if self._failure is None:
                 self._writer.start()
                 self._feed()
+        except Interrupted as error:  # SIGTERM (Ctrl-C is a KeyboardInterrupt): stop now
+            self._fail(error)
+            raise
         except WasmstreamError as error:  # unreadable input: first write what came before it
-            self._drain()
+            if self._writer.is_alive():
+                self._drain()
             self._fail(error)
             raise
         except BaseException as error:  # Ctrl-C: stop everything now
@@ -224,8 +263,10 @@ class _ParallelRun:
             raise self._failure
 
     def _feed(self) -> None:
-        block = self._overload.policy == "block"
-        next_buffer = self._free.get if block else self._buffer_or_scratch
+        policy = self._overload.policy
+        next_buffer = {"block": self._free.get, "adaptive": self._paced_buffer}.get(
+            policy, self._buffer_or_scratch
+        )
         for frame in self._frames(next_buffer):
             if self._failure is not None:
                 return
@@ -235,6 +276,11 @@ class _ParallelRun:
             job = _Job(frame)
             self._work.put(job)
             self._in_order.put(job)
+
+    def _paced_buffer(self) -> Buffer:
+        """--on-overload adaptive: a free buffer, after a pause that grows as the queue fills."""
+        self._pacer.pause(self._free.in_use(), self._free.capacity)
+        return self._free.get()
 
     def _buffer_or_scratch(self) -> Buffer:
         """A free buffer; when there is none, the scratch buffer (the frame is dropped) or,
@@ -327,6 +373,7 @@ class _ParallelRun:
                 self._fail(error)
             finally:
                 self._free.put(job.frame.buffer)
+                self._pacer.frame_written()
 
     def _write_job(self, job: _Job) -> None:
         if isinstance(job.error, _Stop):

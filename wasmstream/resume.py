@@ -6,7 +6,6 @@ Imported only by runs that keep a checkpoint, so that the others never load msgs
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,23 +14,21 @@ import msgspec
 
 from . import checkpoint, state
 from ._version import __version__
-from .abi import AbiOptions, StateKind
+from .abi import StateKind
 from .checkpoint import (
     Checkpoint,
-    Command,
     Digest,
     InputRecord,
     ModuleRecord,
     OutputFile,
-    OutputOptions,
     Position,
 )
-from .engines import DirGrant, LoadedModule, Sandbox
+from .engines import LoadedModule
 from .errors import CheckpointError
-from .framing import Framing, FramingSpec, Oversize
 from .inputs import STDIN, ConcatenatedInput
 from .journal import Journal, StreamTail
-from .options import Notify, Overload, RunConfig, StartPoint
+from .options import Notify, RunConfig, StartPoint
+from .recorded import record_options, recorded_run
 
 if TYPE_CHECKING:
     from .tally import Tally
@@ -91,23 +88,24 @@ class CheckpointPlan:
 
     def check_stream(self, stream: ConcatenatedInput) -> None:
         """After `stream.skip_to_start`: refuse a stream whose bytes before the start are not
-        the ones recorded (another file on stdin, a pipe fed other data). --force overrides."""
+        the ones recorded (another file on stdin, a pipe fed other data). --force skips the
+        check of its first bytes (as of a file's first block), never of the bytes just before
+        the start: resuming after bytes that are not the ones processed duplicates or loses."""
         assert self.saved is not None
         position = self.saved.position
-        if self.config.force:
-            return
         for what, digest, data in (
             ("first", position.stream_head, bytes(stream.head)),
             ("last", position.stream_tail, stream.skipped_tail),
         ):
-            if digest is None:
+            if digest is None or (what == "first" and self.config.force):
                 continue
             window = data[: digest.length] if what == "first" else data[-digest.length :]
             if digest.length and (len(window) != digest.length or Digest.of(window) != digest):
+                hint = "; --force resumes anyway" if what == "first" else ""
                 raise CheckpointError(
                     f"the input's {what} {digest.length} bytes before offset "
                     f"{position.input_bytes} differ from those recorded in checkpoint "
-                    f"{self.config.checkpoint}: it is not the same data; --force resumes anyway"
+                    f"{self.config.checkpoint}: it is not the same data{hint}"
                 )
 
     def saved_state(self, kind: StateKind) -> bytes | None:
@@ -137,6 +135,7 @@ class CheckpointPlan:
         syncs: list[Callable[[], None]],
         stream: ConcatenatedInput,
         tally: Tally,
+        pipe_fd: int | None = None,
         snapshot: Callable[[], bytes | None] | None = None,
         state_kind: str = "exports",
     ) -> Journal:
@@ -152,8 +151,13 @@ class CheckpointPlan:
             stream=stream,
             tally=tally,
             clock=checkpoint.Clock(config.checkpoint_interval, config.checkpoint_every),
-            stream_tail=StreamTail(stream.skipped_tail) if self.watches_stream else None,
+            stream_tail=(
+                StreamTail(stream.skipped_tail, self.start.input_bytes)
+                if self.watches_stream
+                else None
+            ),
             output_fd=self.output_fd,
+            pipe_fd=pipe_fd,
             snapshot=snapshot,
             state_kind=state_kind,
         )
@@ -167,7 +171,7 @@ def new_record(
 ) -> Checkpoint:
     """The checkpoint this run would write, at position zero."""
     stamp = checkpoint.now()
-    sandbox = config.sandbox
+    options, command = record_options(config, config_bytes)
     output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))
     output_file = None
     if output_fd is not None:
@@ -181,38 +185,8 @@ def new_record(
         engine=loaded.engine.name,
         engine_version=loaded.engine.version(),
         module=ModuleRecord(path=text(os.path.abspath(config.module)), sha256=loaded.sha256),
-        options=OutputOptions(
-            function=config.abi.function,
-            alloc=config.abi.alloc,
-            free=config.abi.free,
-            init=config.abi.init,
-            config_sha256=hashlib.sha256(config_bytes).hexdigest(),
-            frame_size=config.frame_size,
-            framing=config.framing.framing.value,
-            delimiter=config.framing.delimiter.decode("latin-1"),
-            oversize=config.framing.oversize.value,
-            on_error=config.on_error,  # type: ignore[arg-type]
-            wasi_command=config.abi.wasi_command,
-            timeout=sandbox.timeout,
-            fuel=sandbox.fuel,
-            max_memory=sandbox.max_memory,
-            max_output=sandbox.max_output,
-            env=list(sandbox.env),
-            dirs=[(text(d.host), d.guest, d.writable) for d in sandbox.dirs],
-            overload=str(config.overload),
-            state=config.abi.state,  # type: ignore[arg-type]
-            finish=config.abi.finish,
-        ),
-        command=Command(
-            config_arg=optional(config.config_arg),
-            jobs=config.jobs,
-            queue_depth=config.queue_depth,
-            checkpoint_interval=config.checkpoint_interval,
-            checkpoint_every=config.checkpoint_every,
-            dead_letter=optional(config.dead_letter and os.path.abspath(config.dead_letter)),
-            linger=config.framing.linger,
-            drop_log=optional(config.drop_log and os.path.abspath(config.drop_log)),
-        ),
+        options=options,
+        command=command,
         inputs=[_input_record(path) for path in (config.inputs or (STDIN,))],
         output=optional(output),
         output_file=output_file,
@@ -308,49 +282,18 @@ def config_from_checkpoint(
     saved = checkpoint.load(path)
     if saved is None:
         raise CheckpointError(f"no checkpoint at {path}")
-    options, command = saved.options, saved.command
     path_of = checkpoint.text_path
-    optional = checkpoint.optional_text_path
+    recorded = recorded_run(saved.options, saved.command)
+    if not keep_jobs:
+        recorded["jobs"] = jobs
+    if queue_depth is not None:
+        recorded["queue_depth"] = queue_depth
     return RunConfig(
         module=path_of(saved.module.path),
         inputs=tuple(path_of(i.path) for i in saved.inputs),
-        output=optional(saved.output),
-        frame_size=options.frame_size,
-        jobs=command.jobs if keep_jobs else jobs,
-        queue_depth=queue_depth if queue_depth is not None else command.queue_depth,
-        abi=AbiOptions(
-            function=options.function,
-            alloc=options.alloc,
-            free=options.free,
-            init=options.init,
-            wasi_command=options.wasi_command,
-            state=options.state,
-            finish=options.finish,
-        ),
-        config_arg=optional(command.config_arg),
+        output=checkpoint.optional_text_path(saved.output),
         engine=saved.engine,
-        sandbox=Sandbox(
-            timeout=options.timeout,
-            fuel=options.fuel,
-            max_memory=options.max_memory,
-            max_output=options.max_output,
-            env=tuple(options.env),
-            dirs=tuple(
-                DirGrant(path_of(host), guest, writable) for host, guest, writable in options.dirs
-            ),
-        ),
-        on_error=options.on_error,
-        dead_letter=optional(command.dead_letter),
-        framing=FramingSpec(
-            framing=Framing(options.framing),
-            delimiter=options.delimiter.encode("latin-1"),
-            oversize=Oversize(options.oversize),
-            linger=command.linger,
-        ),
-        overload=Overload.parse(options.overload),
-        drop_log=optional(command.drop_log),
         checkpoint=path,
-        checkpoint_interval=command.checkpoint_interval,
-        checkpoint_every=command.checkpoint_every,
         resume=True,
+        **recorded,
     )

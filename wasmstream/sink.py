@@ -70,7 +70,7 @@ class Sink:
         else:
             self._fd = fd
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
-        if self.path is not None and self._regular:
+        if fd is not None:  # the run's own file, locked: cut to where this run starts
             self._cut(keep or 0)
         self._writeback = _sync_file_range() if durable and self._regular else None
         self._position = os.lseek(self._fd, 0, os.SEEK_CUR) if self._writeback else 0
@@ -80,9 +80,16 @@ class Sink:
     def fd(self) -> int:
         return self._fd
 
+    @property
+    def is_pipe(self) -> bool:
+        """A pipe or FIFO: what is written may still wait there, unread."""
+        return stat.S_ISFIFO(os.fstat(self._fd).st_mode)
+
     def _open(self, path: str) -> int:
+        """An output that is not the run's own file (a FIFO, a terminal, /dev/stdout): written
+        at its end, as it is (/dev/stdout under `>> log` must not write over the log)."""
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
         except OSError as error:
             raise IOFailure(f"cannot write output {path}: {error.strerror}") from None
 

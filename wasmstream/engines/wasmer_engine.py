@@ -25,9 +25,11 @@ import signal
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .. import interrupts
 from ..abi import ExportDesc, FuncSig, GuestAbi, ImportDesc, ModuleInfo
 from ..errors import (
     GuestError,
@@ -79,6 +81,9 @@ class WasmerEngine:
         self._wasmer, compiler = _import_wasmer()
         self._store = self._wasmer.Store(self._wasmer.engine.Universal(compiler.Compiler))
         self._sandbox = sandbox
+        # Ctrl-C and SIGTERM: a guest looping in a worker never answers, and the threads
+        # waiting for it would keep the run from stopping. Kill the workers; their frames fail.
+        self._remove_hook = interrupts.on_interrupt(_kill_workers)
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -97,7 +102,7 @@ class WasmerEngine:
         return WasmerModule(wasm, _module_info(self._wasmer, module), self._sandbox, source)
 
     def close(self) -> None:
-        pass
+        self._remove_hook()
 
 
 class WasmerModule:
@@ -136,8 +141,9 @@ class WasmerWorker(CopyingInstance):
             [sys.executable, "-m", "wasmstream.engines.wasmer_worker", *map(str, fds)],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno(),  # what the guest prints must never reach the data
+            stdout=2,  # what the guest prints must never reach the data
         )
+        _WORKERS.add(self._process)
         for fd in fds:
             os.close(fd)
         spec = {
@@ -221,6 +227,15 @@ class WasmerWorker(CopyingInstance):
         for region in (self._input, self._output):
             with contextlib.suppress(BufferError):  # a frame still viewing it: freed with it
                 region.close()
+
+
+_WORKERS: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+
+
+def _kill_workers() -> None:
+    for process in list(_WORKERS):
+        with contextlib.suppress(OSError):
+            process.kill()
 
 
 def _error(status: int, message: str, starting: bool) -> Exception:

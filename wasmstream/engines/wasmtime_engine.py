@@ -354,6 +354,9 @@ class WasmtimeInstance(CopyingInstance):
             return self._memory_view
         store, memory = self._store, self._memory
         self._memory_checked = True
+        # Memory moves only when it grows: an unchanged size means an unchanged view.
+        if memory.data_len(store) == self._memory_at[1]:
+            return self._memory_view
         where = (ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store))
         if where != self._memory_at:
             array = (ctypes.c_ubyte * where[1]).from_address(where[0])
@@ -500,23 +503,27 @@ def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | N
     results = func.type(store).results
     if _call_unchecked is None or os.environ.get("WASMSTREAM_SLOW_CALLS") == "1":
         return lambda *args: func(store, *args)
-    slots = _ValRawArray * max(len(func.type(store).params), len(results), 1)
-    values = slots()
+    size = max(len(func.type(store).params), len(results), 1)
+    values = (_ValRawArray * size)()
+    slots = [values[n] for n in range(size)]  # each slot's ctypes object, made once
     context = store._context()
     func_ref = ctypes.byref(func._func)
-    field = None if not results else ("i64" if results[0] == wasmtime.ValType.i64() else "i32")
+    wide = bool(results) and results[0] == wasmtime.ValType.i64()
 
     def call(*args: int) -> int | None:
-        for slot, arg in enumerate(args):
-            values[slot].i64 = 0  # clear the upper half: an i32 slot is read as 32 bits
-            values[slot].i32 = arg
+        # Every parameter of the guest ABI is an i32: written as the whole 64-bit slot, the
+        # upper half zero (an i32 slot is read as its lower 32 bits).
+        for slot, arg in zip(slots, args, strict=False):  # slots may outnumber params
+            slot.i64 = arg & 0xFFFFFFFF
         trap = _TrapPointer()
-        error = _call_unchecked(context, func_ref, values, len(values), ctypes.byref(trap))
+        error = _call_unchecked(context, func_ref, values, size, ctypes.byref(trap))
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
         if trap:
             raise wasmtime.Trap._from_ptr(trap)
-        return None if field is None else int(getattr(values[0], field))
+        if not results:
+            return None
+        return int(slots[0].i64) if wide else int(slots[0].i32)
 
     return call
 
