@@ -26,6 +26,7 @@ def stats_of(tmp_path: Path, *args: str, data: bytes) -> dict:  # type: ignore[t
     return json.loads(stats.read_text())  # type: ignore[no-any-return]
 
 
+@pytest.mark.wasmtime_only  # wasmer's guest time is a round trip to another process: it pays
 def test_a_cheap_guest_runs_on_one_instance(tmp_path: Path) -> None:
     stats = stats_of(tmp_path, fixture("identity.wasm"), "--frame-size", "4K", data=bytes(48 << 20))
     assert stats["workers"] == 1 and stats["shape_changes"] == 0, stats

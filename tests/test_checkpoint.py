@@ -364,7 +364,7 @@ def test_refuses_changed_output_option(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "flag"),
     [
-        (["--fuel", "100000000"], "--fuel"),
+        pytest.param(["--fuel", "100000000"], "--fuel", marks=pytest.mark.wasmtime_only),
         (["--max-output", "1M"], "--max-output"),
         (["--on-overload", "drop"], "--on-overload"),
         (["--on-error", "skip"], "--on-error"),

@@ -794,3 +794,252 @@ def test_ten_random_kills_at_two_jobs_give_the_uninterrupted_output(tmp_path: Pa
     assert resumed_past_zero >= 9  # every round but the first resumed from a checkpoint
     reference = wasmstream("run", HEAVY, "--frame-size", "64K", str(source), timeout=120).stdout
     assert out.read_bytes() == reference
+
+
+# Found by a hostile tester of the fixes above --------------------------------------------
+
+
+def test_a_dangling_link_cannot_put_dead_letters_into_the_output(tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"hello world\nbang!here\nmore data\n")
+    (tmp_path / "dl.json").symlink_to(tmp_path / "out.txt")  # out.txt does not exist yet
+    result = wasmstream(
+        "run",
+        fixture("trap.wasm"),
+        str(source),
+        "-o",
+        str(tmp_path / "out.txt"),
+        "--frame-size",
+        "10",
+        "--on-error",
+        "skip",
+        "--dead-letter",
+        str(tmp_path / "dl.json"),
+    )
+    assert_clean_failure(result, ExitStatus.USAGE, "is the same file as the output")
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"hello\n")
+    os.mkfifo(tmp_path / "ck.fifo")
+    for extra in ([], ["--restart"]):
+        result = wasmstream(
+            "run",
+            UPPER,
+            str(source),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tmp_path / "ck.fifo"),
+            *extra,
+            timeout=20,
+        )
+        assert_clean_failure(result, ExitStatus.USAGE, "is not a regular file")
+    assert (tmp_path / "ck.fifo").is_fifo()
+
+
+def test_output_through_dev_stdout_keeps_no_sidecar_and_appends(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_bytes(b"kept\n")
+    result = shell(f'echo data | "$0" -m wasmstream run {UPPER} -o /dev/stdout >> "$1"', str(log))
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert log.read_bytes() == b"kept\nDATA\n"
+    assert not Path("/dev/stdout.ckpt.json").exists()
+
+
+def test_stdin_that_starts_after_a_header_resumes_from_there(tmp_path: Path) -> None:
+    lines = b"".join(b"line %07d abcdefghijklmnopqrstuvwxyz\n" % n for n in range(120_000))
+    data = tmp_path / "data.txt"
+    data.write_bytes(b"HEADER\n" + lines)
+    ckpt, out = tmp_path / "c.json", tmp_path / "out.txt"
+    command = (
+        f'{{ read -r h; exec "$0" -m wasmstream run {HEAVY} -j 1 --frame-size 4K '
+        f'--checkpoint {ckpt} --checkpoint-every 1 -o {out} "$@"; }} < {data}'
+    )
+    process = subprocess.Popen(["sh", "-c", command, _python()], stderr=subprocess.DEVNULL)
+    wait_for(lambda: progressed(ckpt, 8192))
+    process.kill()
+    process.wait(timeout=10)
+    resumed = shell(command, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == wasmstream("run", HEAVY, "--frame-size", "4K", input=lines).stdout
+
+
+def test_at_least_once_to_a_pipe_whose_reader_goes_away(tmp_path: Path) -> None:
+    """`| head -c` closes the pipe with much of what was written still unread in it: the
+    checkpoint must not count those bytes as delivered."""
+    data = random.Random(12).randbytes(3 << 20)
+    source, ckpt = tmp_path / "in", tmp_path / "c.json"
+    source.write_bytes(data)
+    expected = data.upper()
+    first = shell(
+        f'"$0" -m wasmstream run {UPPER} "$1" --checkpoint "$2" | head -c 100000',
+        str(source),
+        str(ckpt),
+    )
+    assert first.stdout == expected[:100_000]
+    saved = checkpoint_of(ckpt)
+    assert saved["status"] == "interrupted"
+    delivered = saved["position"]["output_bytes"]
+    assert 0 < delivered <= 100_000  # not the megabyte the pipe still held
+    rest = wasmstream("run", UPPER, str(source), "--checkpoint", str(ckpt), "--resume")
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout == expected[delivered:]
+
+
+def test_two_runs_appending_to_one_file_on_stdout_do_not_interleave(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with open(out, "ab") as appended:
+        first = spawn(
+            ["run", UPPER, "--frame-size", "6"],
+            stdin=subprocess.PIPE,
+            stdout=appended,
+            stderr=subprocess.PIPE,
+        )
+        assert first.stdin is not None
+        first.stdin.write(b"aaaa1\n")
+        first.stdin.flush()
+        time.sleep(0.5)
+        second = subprocess.run(
+            [_python(), "-m", "wasmstream", "run", UPPER],
+            input=b"cccc\n",
+            stdout=appended,
+            stderr=subprocess.PIPE,
+            timeout=30,
+        )
+        _, stderr = first.communicate(b"aaaa2\n", timeout=30)
+    assert second.returncode == ExitStatus.CHECKPOINT
+    assert b"standard output (a file) is in use" in second.stderr
+    assert first.returncode == 0, stderr
+    assert out.read_bytes() == b"AAAA1\nAAAA2\n"
+
+
+def test_a_link_to_a_busy_checkpoint_shares_its_lock(tmp_path: Path) -> None:
+    first, _ = slow_run(tmp_path)
+    (tmp_path / "alias.json").symlink_to(tmp_path / "out.ckpt.json")
+    try:
+        other = wasmstream("run", UPPER, "--checkpoint", str(tmp_path / "alias.json"), input=b"x")
+        assert_clean_failure(other, ExitStatus.CHECKPOINT, "in use by")
+    finally:
+        first.communicate(b"", timeout=30)
+
+
+def test_sigterm_while_pool_instances_start_is_an_interruption(tmp_path: Path) -> None:
+    source = tmp_path / "hi.txt"
+    source.write_bytes(b"hi\n")
+    process = spawn(
+        ["run", fixture("startloop.wasm"), str(source), "-j", "2", "-o", str(tmp_path / "out")],
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == ExitStatus.TERMINATED, stderr
+    assert checkpoint_of(tmp_path / "out.ckpt.json")["status"] == "interrupted"
+
+
+@pytest.mark.wasmer_only
+def test_sigterm_stops_wasmer_workers_stuck_in_a_guest(tmp_path: Path) -> None:
+    source = tmp_path / "bang.txt"
+    source.write_bytes(b"a" * 100_000 + b"!" + b"b" * 100_000)
+    process = spawn(
+        [
+            "run",
+            fixture("hostile.wasm"),
+            str(source),
+            "--function",
+            "spin",
+            "--frame-size",
+            "4K",
+            "-j",
+            "2",
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(3)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == ExitStatus.TERMINATED, stderr
+    assert time.monotonic() - sent < 5
+
+
+def test_a_non_utf8_input_name_resumes(tmp_path: Path) -> None:
+    name = os.fsdecode(bytes(tmp_path) + b"/in-\xfe")
+    Path(name).write_bytes(b"data\n" * 100)
+    out = tmp_path / "out"
+    assert wasmstream("run", UPPER, name, "-o", str(out)).returncode == 0
+    again = wasmstream("run", UPPER, name, "-o", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    show = wasmstream("checkpoint", "show", str(tmp_path / "out.ckpt.json"))
+    assert b"in-\\xfe" in show.stdout
+
+
+def test_a_full_checkpoint_folder_at_start_is_an_io_error(tmp_path: Path, small_disk: Path) -> None:
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={small_disk / 'fill'}", "bs=1k", "count=1024"],
+        capture_output=True,
+    )
+    source = tmp_path / "in"
+    source.write_bytes(b"data\n")
+    result = wasmstream(
+        "run",
+        UPPER,
+        str(source),
+        "-o",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(small_disk / "c.json"),
+    )
+    assert_clean_failure(result, ExitStatus.IO_ERROR, "No space left on device")
+
+
+def _nul_path(record: dict) -> None:  # type: ignore[type-arg]
+    record["inputs"][0]["path"] += "\u0000.txt"
+
+
+def _no_output_digest(record: dict) -> None:  # type: ignore[type-arg]
+    record["position"]["output_tail"] = None
+
+
+def _stream_now(record: dict) -> None:  # type: ignore[type-arg]
+    record["inputs"][0]["regular"] = False
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (_nul_path, "holds a NUL byte"),
+        (_no_output_digest, "no digest"),
+        (_stream_now, "was a stream"),
+    ],
+)
+def test_more_hand_edited_checkpoints_are_refused(
+    tmp_path: Path,
+    edit,
+    needle: str,  # type: ignore[no-untyped-def]
+) -> None:
+    _, out, ckpt = finished_run(tmp_path)
+    record = checkpoint_of(ckpt)
+    edit(record)
+    ckpt.write_text(json.dumps(record))
+    before = snapshot(out, ckpt)
+    result = wasmstream("resume", "--checkpoint", str(ckpt), timeout=30)
+    assert_clean_failure(result, ExitStatus.CHECKPOINT, needle)
+    assert snapshot(out, ckpt) == before
+
+
+@pytest.mark.wasmtime_only  # the cache holds wasmtime's serialized modules
+def test_a_fifo_in_the_cache_cannot_hang_a_run(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    env = {"WASMSTREAM_CACHE_DIR": str(cache)}
+    assert wasmstream("run", UPPER, input=b"a", env=env).stdout == b"A"
+    (entry,) = cache.iterdir()
+    entry.unlink()
+    os.mkfifo(entry)
+    result = wasmstream("run", UPPER, input=b"a", env=env, timeout=20)
+    assert (result.returncode, result.stdout) == (0, b"A")
