@@ -75,6 +75,8 @@ RECORDED: dict[str, tuple[str, Codec]] = {
     "env": ("sandbox.env", PAIRS),
     "dirs": ("sandbox.dirs", GRANTS),
     "overload": ("overload", OVERLOAD),
+    "state": ("abi.state", SAME),
+    "finish": ("abi.finish", SAME),
     # Command: how to run it again; none of these changes the bytes written
     "config_arg": ("config_arg", TEXT),
     "jobs": ("jobs", SAME),

@@ -9,10 +9,11 @@ once).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from ..abi import AbiOptions, GuestAbi, resolve_abi
+from ..abi import AbiOptions, GuestAbi, StateKind, resolve_abi
 from ..errors import ModuleError, UsageError
 from .base import (
     DEFAULT_MAX_MEMORY,
@@ -22,6 +23,7 @@ from .base import (
     Engine,
     Instance,
     Sandbox,
+    check_header,
 )
 
 __all__ = [
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-FEATURES = ("--fuel", "--dir", "WASI command mode")
+FEATURES = ("--fuel", "--dir", "WASI command mode", "--state memory")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ ENGINES = {
             ("--fuel", "wasmer 1.1 has no instruction counting"),
             ("--dir", "its WASI follows symlinks out of a granted directory"),
             ("WASI command mode", "its WASI cannot capture a program's stdout"),
+            (
+                "--state memory",
+                "whole-instance capture is implemented for wasmtime only; a module exporting "
+                "snapshot and restore keeps its state under either engine",
+            ),
         )
     ),
 }
@@ -74,6 +81,7 @@ def refuse_unsupported(name: str, sandbox: Sandbox, abi: GuestAbi | None = None)
         "--fuel": sandbox.fuel is not None,
         "--dir": bool(sandbox.dirs),
         "WASI command mode": abi is not None and abi.command,
+        "--state memory": abi is not None and abi.state is StateKind.MEMORY,
     }
     for feature in FEATURES:
         why = ENGINES[name].reason_against(feature)
@@ -133,10 +141,19 @@ def load_module(
     """Read, compile and check the module at `path`. Raises ModuleError (or UsageError for an
     unknown engine); the caller closes `engine` when done."""
     wasm = read_module(path)
+    capture, instrumented = None, wasm
+    if abi_options.state == "memory" and not abi_options.wasi_command:
+        from ..instrument import instrument
+
+        check_header(wasm, path)
+        # Capture needs every mutable global exported: done to the binary, before compiling.
+        instrumented, capture = instrument(wasm, path)
     engine = get_engine(engine_name, sandbox, cache)
     try:
-        compiled = engine.compile(wasm, path)
+        compiled = engine.compile(instrumented, path)
         abi = resolve_abi(compiled.info, abi_options, path)
+        if capture is not None:
+            abi = dataclasses.replace(abi, state_globals=capture.globals)
         refuse_unsupported(engine_name, sandbox or Sandbox(), abi)
     except BaseException:
         engine.close()
