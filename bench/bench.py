@@ -5,6 +5,7 @@ a noisy neighbour hurts both alike. Prints one table; exits 0 whatever the numbe
 reports, it does not gate).
 
     python bench/bench.py [--quick]   # --quick: smaller inputs, fewer runs
+    python bench/bench.py --only b9 [--size MIB] [--runs N]   # one row, for a quick check
 """
 
 from __future__ import annotations
@@ -212,6 +213,28 @@ def b5_checkpoint_cost(table: Table, big: Path, size: int, runs: int, scratch: P
     )
 
 
+def b9_stateful_checkpoint_cost(
+    table: Table, big: Path, size: int, runs: int, scratch: Path
+) -> None:
+    """A stateful run (--state memory) with 16 MiB of live state in linear memory, checkpointing
+    at the default interval (a whole-instance snapshot with each save) vs no checkpoint."""
+    module = FIXTURES / "bigstate.wasm"
+    out = scratch / "state.out"
+    with_ckpt, without = medians(
+        runs,
+        f"rm -f {out}.ckpt.json*; {WASMSTREAM} run {module} --state memory {big} -o {out}",
+        f"{WASMSTREAM} run {module} --state memory {big} -o {out} --no-checkpoint",
+    )
+    ratio = without / with_ckpt
+    table.add(
+        "B9 stateful, 16 MiB state, checkpoints (2s) vs none",
+        rate(size, with_ckpt),
+        f"none {rate(size, without)}",
+        f"{ratio:.2f}x",
+        verdict(ratio >= 0.95, ">= 0.95x"),
+    )
+
+
 def b6_warm_start(table: Table, scratch: Path, runs: int) -> None:
     """A ~6 MB module on a tiny input: compiled once, then loaded from the cache."""
     sys.path.insert(0, str(ROOT / "bench"))
@@ -401,7 +424,22 @@ def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     cluster_row(table, directory, size, runs)
 
 
+def only_b9(argv: list[str]) -> int:
+    """One row alone (B9), on an input of --size MiB (default 256)."""
+    size = int(argv[argv.index("--size") + 1]) * MiB if "--size" in argv else 256 * MiB
+    runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else 3
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="wasmstream-bench-") as scratch:
+        directory = Path(scratch)
+        data = make_input(directory, "data.bin", size)
+        b9_stateful_checkpoint_cost(table, data, size, runs, directory)
+    table.print()
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if "--only" in argv:
+        return only_b9(argv)
     quick = "--quick" in argv
     big_size, medium_size, small_size = (
         (64 * MiB, 8 * MiB, 16 * MiB) if quick else (512 * MiB, 32 * MiB, 16 * MiB)
@@ -430,6 +468,7 @@ def main(argv: list[str]) -> int:
             lambda: b4_against_plain_loop(table, big, big_size, runs),
             lambda: b5_checkpoint_cost(table, big, big_size, runs, directory),
             lambda: b6_warm_start(table, directory, runs),
+            lambda: b9_stateful_checkpoint_cost(table, big, big_size, runs, directory),
             lambda: b7_tiny_input(table, directory, runs),
             lambda: wasmer_side_by_side(table, small, medium, runs),
             lambda: extra_throughput(table, small, small_size, runs),

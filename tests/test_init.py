@@ -11,8 +11,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -269,3 +271,46 @@ def test_guide_shows_every_example_as_it_is() -> None:
     assert sorted(shown) == [str(path.relative_to(GUIDE.parent)) for path in example_files()]
     for relative, text in shown.items():
         assert (GUIDE.parent / relative).read_text() == text, relative
+
+
+def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Path) -> None:
+    """`init --stateful`: make test passes; its state carries across frames and a resume."""
+    if find_toolchain("c").found is None:
+        pytest.skip("no C toolchain here")
+    directory = tmp_path / "numbered"
+    result = wasmstream("init", str(directory), "--lang", "c", "--stateful")
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"a stateful c transform" in result.stdout
+    make(directory, "test")
+    data = b"".join(b"line %d\n" % n for n in range(1, 301))
+    expected = b"".join(b"%d: line %d\n" % (n, n) for n in range(1, 301)) + b"300 lines\n"
+    out = tmp_path / "out.txt"
+    args = ["run", str(directory / "numbered.wasm"), "-", "-o", str(out), "--frame-size", "7"]
+    # Stopped (SIGINT) half-way, with a checkpoint after every frame; resumed on the whole input.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wasmstream", *args, "--checkpoint-every", "1"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(data[:1500])
+    process.stdin.flush()
+    checkpoint = tmp_path / "out.txt.ckpt.json"
+    for _ in range(500):
+        if checkpoint.exists() and json.loads(checkpoint.read_bytes())["position"]["frames"] > 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert json.loads(checkpoint.read_bytes())["state"]["kind"] == "exports"
+    resumed = wasmstream(*args, "--resume", input=data)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert out.read_bytes() == expected
+
+
+@pytest.mark.parametrize("lang", ["zig", "rust", "assemblyscript"])
+def test_stateful_template_is_refused_for_other_languages(lang: str, tmp_path: Path) -> None:
+    result = wasmstream("init", str(tmp_path / "x"), "--lang", lang, "--stateful")
+    assert result.returncode == 2  # usage error
+    assert b"--stateful has a template for c only" in result.stderr
+    assert not (tmp_path / "x").exists()

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import GuestError, ModuleError
+from .errors import GuestError, ModuleError, UsageError
 from .units import format_size
 
 WASI_MODULE = "wasi_snapshot_preview1"
@@ -21,6 +21,8 @@ COMMAND_START = "_start"
 DEFAULT_TRANSFORM = "process_chunk"
 ALLOCATOR_NAMES = ("alloc", "allocate", "malloc")
 DEALLOCATOR_NAMES = ("dealloc", "free")
+SNAPSHOT, RESTORE, DEFAULT_FINISH = "snapshot", "restore", "finish"
+STATE_MODES = ("auto", "none", "memory")  # --state
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,14 @@ class ModuleInfo:
         return next((export for export in self.exports if export.name == name), None)
 
 
+class StateKind(enum.Enum):
+    """What of a guest's state a checkpoint saves."""
+
+    NONE = "none"  # nothing: a resumed run starts the guest afresh
+    EXPORTS = "exports"  # the module's own: snapshot() and restore(ptr, len)
+    MEMORY = "memory"  # the whole instance: linear memory and every mutable global
+
+
 class ResultKind(enum.Enum):
     IN_PLACE = "i32"  # n: the output is the first n bytes of the input buffer
     PACKED = "i64"  # (ptr << 32) | len: the output is elsewhere in guest memory
@@ -79,6 +89,8 @@ class AbiOptions:
     free: str | None = None
     init: str | None = None
     wasi_command: bool = False  # run the module's _start once per frame (WASI command mode)
+    state: str = "auto"  # --state: auto (the module's exports, if any), none, memory
+    finish: str | None = None  # --finish NAME (None: `finish` if exported)
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,15 @@ class GuestAbi:
     init_returns_status: bool = False
     reactor: bool = False
     wasi: bool = False
+    state: StateKind = StateKind.NONE
+    state_globals: tuple[tuple[str, str], ...] = ()  # MEMORY: (reserved export, value type)
+    finish: str | None = None  # called once after the last frame: () -> i64 packed
+    range_dealloc: str | None = None  # frees snapshot() and finish() ranges, whatever `result`
+
+    @property
+    def one_instance(self) -> bool:
+        """Whether the run must use one instance, frames in input order."""
+        return self.state is not StateKind.NONE or self.finish is not None
 
 
 I32, I64 = "i32", "i64"
@@ -106,6 +127,8 @@ ALLOC_SIGS = (FuncSig((I32,), (I32,)),)
 DEALLOC_SIGS = (FuncSig((I32, I32), ()), FuncSig((I32,), ()))
 INIT_SIGS = (FuncSig((I32, I32), ()), FuncSig((I32, I32), (I32,)))
 REACTOR_SIGS = (FuncSig((), ()),)
+SNAPSHOT_SIGS = FINISH_SIGS = (FuncSig((), (I64,)),)
+RESTORE_SIGS = (FuncSig((I32, I32), (I32,)),)
 
 
 def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
@@ -118,6 +141,11 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
     if options.wasi_command or (
         info.export(options.function) is None and info.export(COMMAND_START)
     ):
+        if options.state == "memory" or options.finish:
+            raise UsageError(
+                f"{source} runs as a WASI command (a fresh instance per frame): it has no state "
+                "to keep, and no finish function"
+            )
         return _command_abi(info, source)
     _require_memory(info, source)
     transform_sig = _require_func(
@@ -140,6 +168,7 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
     reactor = info.export(REACTOR_INIT) is not None
     if reactor:
         _require_func(info, REACTOR_INIT, "reactor initializer", REACTOR_SIGS, source)
+    state = _state_kind(info, options.state, source)
     return GuestAbi(
         transform=options.function,
         result=result,
@@ -151,7 +180,38 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
         init_returns_status=init_sig is not None and bool(init_sig.results),
         reactor=reactor,
         wasi=any(imp.module == WASI_MODULE for imp in info.imports),
+        state=state,
+        finish=_finish(info, options.finish, source),
+        range_dealloc=dealloc,
     )
+
+
+def _state_kind(info: ModuleInfo, mode: str, source: str) -> StateKind:
+    """--state auto: the module's own snapshot and restore when it exports both (one alone is
+    refused: its state would be silently lost); none: ignore them; memory: the whole instance."""
+    if mode == "memory":
+        return StateKind.MEMORY
+    if mode == "none":
+        return StateKind.NONE
+    has = [name for name in (SNAPSHOT, RESTORE) if info.export(name) is not None]
+    if not has:
+        return StateKind.NONE
+    if len(has) == 1:
+        lacking = RESTORE if has == [SNAPSHOT] else SNAPSHOT
+        raise ModuleError(
+            f"{source}: exports {has[0]} but not {lacking}: a stateful module exports both "
+            "(or run it with --state none)"
+        )
+    _require_func(info, SNAPSHOT, "state snapshot", SNAPSHOT_SIGS, source)
+    _require_func(info, RESTORE, "state restore", RESTORE_SIGS, source)
+    return StateKind.EXPORTS
+
+
+def _finish(info: ModuleInfo, chosen: str | None, source: str) -> str | None:
+    name = chosen or (DEFAULT_FINISH if info.export(DEFAULT_FINISH) else None)
+    if name is not None:
+        _require_func(info, name, "finish function", FINISH_SIGS, source)
+    return name
 
 
 def _command_abi(info: ModuleInfo, source: str) -> GuestAbi:
@@ -218,6 +278,7 @@ def output_range(
     buffer_size: int,
     memory_size: int,
     max_output: int,
+    what: str = "output",
 ) -> tuple[int, int]:
     """Where a frame's output lies in guest memory, from the transform's result.
 
@@ -226,7 +287,8 @@ def output_range(
     range outside guest memory (never read it), an output over --max-output.
     """
     if result < 0:
-        raise GuestError(f"guest returned error code {result}")
+        who = "guest" if what == "output" else what
+        raise GuestError(f"{who} returned error code {result}")
     if kind is ResultKind.IN_PLACE:
         if result > buffer_size:
             raise GuestError(
@@ -237,11 +299,11 @@ def output_range(
         start, length = result >> 32, result & 0xFFFFFFFF
     if start + length > memory_size:
         raise GuestError(
-            f"output range {start:#x}..{start + length:#x} ({length} bytes) is outside guest "
+            f"{what} range {start:#x}..{start + length:#x} ({length} bytes) is outside guest "
             f"memory ({memory_size} bytes)"
         )
-    if length > max_output:
+    if length > max_output and what != SNAPSHOT:  # a state is as large as it is
         raise GuestError(
-            f"output of {length} bytes exceeds the --max-output limit of {format_size(max_output)}"
+            f"{what} of {length} bytes exceeds the --max-output limit of {format_size(max_output)}"
         )
     return start, length

@@ -46,6 +46,9 @@ ShardText = Annotated[str, msgspec.Meta(pattern="^[1-9][0-9]*/[1-9][0-9]*$")]
 FramingName = Literal["fixed", "lines", "delimiter", "length-prefixed"]
 OversizeName = Literal["error", "split", "skip"]
 PolicyName = Literal["fail", "skip", "passthrough"]
+StateMode = Literal["auto", "none", "memory"]
+StateName = Literal["exports", "memory"]
+StateFile = Annotated[str, msgspec.Meta(pattern=r"^[^/\0]+\.state-[0-9a-f]{16}$")]
 
 # Paths are kept as text when they are UTF-8 (nearly always); a name that is not (Linux allows
 # any bytes) is kept as NUL + base64 of its bytes, which no real path can start with.
@@ -106,6 +109,8 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     env: list[tuple[str, str]] = msgspec.field(default_factory=list)
     dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
     overload: OverloadText = "block"
+    state: StateMode = "auto"
+    finish: str | None = None
     shard: ShardText | None = None  # --shard K/N: which part of the input this run is
     part_size: Positive | None = None  # with --cluster: where parts (and so frames) are cut
 
@@ -165,6 +170,17 @@ class Position(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # The output's last bytes before output_bytes: a resumed run checks them before it cuts
     # the output there, so it never keeps (or truncates) a file that is not this run's output.
     output_tail: Digest | None = None
+    # The finish function's output is written and counted in output_bytes: the run is over.
+    finished: bool = False
+
+
+class StateRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The guest's state at `position`, in a file beside the checkpoint (see state.py)."""
+
+    kind: StateName  # the module's own snapshot, or an image of the whole instance
+    file: StateFile
+    sha256: Sha256
+    size: Count
 
 
 class OutputFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -192,6 +208,7 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     output: str | None  # absolute path, or None for standard output
     output_file: OutputFile | None = None
     position: Position
+    state: StateRecord | None = None
     status: Status = "running"
     failure: Failure | None = None
     created: str

@@ -22,7 +22,7 @@ import click
 
 from . import interrupts, stdio
 from ._version import __version__
-from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, AbiOptions
+from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
 from .cluster import run
 from .core import ProgressFactory
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
@@ -377,6 +377,20 @@ delimiter_option = click.option(
 @framing_option
 @delimiter_option
 @click.option(
+    "--state",
+    type=click.Choice(STATE_MODES),
+    default="auto",
+    show_default=True,
+    help="Guest state kept in checkpoints: the module's snapshot/restore exports if it has "
+    "them (auto), none, or the whole instance's memory and globals (memory).",
+)
+@click.option(
+    "--finish",
+    metavar="NAME",
+    help="Export called once after the last frame, () -> i64 packed; its output ends the "
+    "output [default: finish, if exported].",
+)
+@click.option(
     "--oversize",
     type=click.Choice([o.value for o in Oversize]),
     default=Oversize.ERROR.value,
@@ -524,6 +538,8 @@ def run_command(
     free: str | None,
     init: str | None,
     config_arg: str | None,
+    state: str,
+    finish: str | None,
     engine: str,
     timeout: float | None,
     fuel: int | None,
@@ -586,7 +602,13 @@ def run_command(
         jobs=jobs,
         queue_depth=queue_depth,
         abi=AbiOptions(
-            function=function, alloc=alloc, free=free, init=init, wasi_command=wasi_command
+            function=function,
+            alloc=alloc,
+            free=free,
+            init=init,
+            wasi_command=wasi_command,
+            state=state,
+            finish=finish,
         ),
         config_arg=config_arg,
         engine=engine,
@@ -820,15 +842,28 @@ def bench_command(
 @click.option("--name", metavar="NAME", help="The module's name, NAME.wasm [default: DIR's name].")
 @click.option("--force", is_flag=True, help="Write into DIR even if it is not empty.")
 @click.option(
+    "--stateful",
+    is_flag=True,
+    help="A transform that keeps state across frames (snapshot, restore, finish); C only.",
+)
+@click.option(
     "--list",
     "list_languages",
     is_flag=True,
     help="List the languages, whether each one's toolchain is here, and what to install if not.",
 )
 def init_command(
-    directory: str | None, lang: str | None, name: str | None, force: bool, list_languages: bool
+    directory: str | None,
+    lang: str | None,
+    name: str | None,
+    force: bool,
+    stateful: bool,
+    list_languages: bool,
 ) -> None:
     """Create DIR with a transform that upper-cases ASCII, ready to change and build.
+
+    With --stateful (C), a transform that numbers lines across frames and counts them at the
+    end instead: its state is saved with each checkpoint.
 
     DIR gets the transform's source, the guest SDK for its language (one file), a Makefile
     (`make` builds NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares
@@ -852,8 +887,9 @@ def init_command(
         raise click.UsageError("init needs DIR and --lang (or --list)")
     path = Path(directory)
     project_name = name if name is not None else scaffold.default_name(path)
-    scaffold.create_project(path, lang, project_name, force)
-    click.echo(f"created {directory}: a {lang} transform that builds {project_name}.wasm")
+    scaffold.create_project(path, lang, project_name, force, stateful)
+    kind = "a stateful" if stateful else "a"
+    click.echo(f"created {directory}: {kind} {lang} transform that builds {project_name}.wasm")
     toolchain = scaffold.find_toolchain(lang)
     if toolchain.found is None:
         click.echo(f"to build it, install {toolchain.install}")

@@ -6,6 +6,7 @@ messages and exit codes in one place, and reports notices through the `notify` c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import stat
@@ -16,10 +17,11 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from . import framing
+from .abi import GuestAbi, StateKind
 from .adaptive import run_adaptive
-from .engines import LoadedModule, load_module, stateful
+from .engines import LoadedModule, load_module
 from .engines.base import Instance
-from .errors import ExitStatus, FramesFailed, Interrupted, UsageError
+from .errors import CheckpointError, ExitStatus, FramesFailed, Interrupted, StateRefused, UsageError
 from .files import Role, RunFiles, check_checkpoint_path, check_distinct
 from .framing import Skipped
 from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
@@ -111,12 +113,9 @@ def execute(
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
-        if (config.shard or config.clustered) and stateful(loaded):
-            what = "--cluster" if config.clustered else "--shard"
-            raise UsageError(
-                f"module {config.module} is stateful (it exports snapshot and restore): its "
-                f"state follows the stream in order, so it cannot run with {what}"
-            )
+        if (config.shard or config.clustered) and loaded.abi.one_instance:
+            raise UsageError(_sequential(config, loaded.abi))
+        config = settle_for_state(config, loaded.abi)
         with RunFiles(config.checkpoint, config.output) as files:
             summary = body(config, loaded, config_bytes, files, notify, progress)
     finally:
@@ -126,6 +125,35 @@ def execute(
         failed.summary = summary
         raise failed
     return summary
+
+
+def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
+    """A stateful module (or one with a finish function) runs as one instance, frames in input
+    order: `--jobs auto` (the default) means 1 for it, and what cannot keep its state whole is
+    refused up front."""
+    if not abi.one_instance:
+        return config
+    why = (
+        f"keeps state across frames ({abi.state.value})"
+        if abi.state is not StateKind.NONE
+        else f"has a finish function ({abi.finish})"
+    )
+    if config.jobs is not None and config.jobs > 1:
+        raise UsageError(
+            f"{config.module} {why}: it runs as one instance, frames in order; "
+            f"-j {config.jobs} cannot apply (leave -j out, or give -j 1 or auto)"
+        )
+    if config.overload.policy != "block":
+        raise UsageError(
+            f"{config.module} {why}: every frame must reach it; --on-overload {config.overload} "
+            "cannot apply"
+        )
+    if config.on_error != "fail" and abi.state is not StateKind.NONE:
+        raise UsageError(
+            f"{config.module} {why}: a failed frame may leave that state half-updated, so "
+            f"--on-error {config.on_error} is refused for it (use --on-error fail, or --state none)"
+        )
+    return dataclasses.replace(config, jobs=1)
 
 
 def _check_splittable(config: RunConfig) -> None:
@@ -151,6 +179,20 @@ def shard_start(config: RunConfig) -> tuple[StartPoint, int | None]:
         part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
     start = StartPoint(part.start, inputs.per_input(part.start), part.first_frame, 0)
     return start, part.end
+
+
+def _sequential(config: RunConfig, abi: GuestAbi) -> str:
+    """Why a module that must see the stream in order, in one instance, cannot be split."""
+    what = "--cluster" if config.clustered else "--shard"
+    why = (
+        f"keeps state across frames ({abi.state.value})"
+        if abi.state is not StateKind.NONE
+        else f"has a finish function ({abi.finish})"
+    )
+    return (
+        f"module {config.module} {why}: it must see the stream in order, in one instance, so "
+        f"it cannot run with {what}"
+    )
 
 
 def _written_files(config: RunConfig) -> list[Role]:
@@ -189,6 +231,12 @@ def _run_loaded(
         from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
 
         plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd, origin)
+        abi = loaded.abi
+        if plan.saved is not None and abi.finish is not None and abi.state is StateKind.NONE:
+            notify(
+                f"resuming without the guest's state (it keeps none in checkpoints): {abi.finish}"
+                " will see only the frames from here on"
+            )
     start = plan.start if plan else origin
     summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
     if plan is not None and plan.nothing_new():
@@ -243,6 +291,40 @@ def _run_stream(
         first_offset=start.input_bytes,
         skipped=skipped,
     )
+    instances = _Instances(config, loaded, config_bytes)
+    if loaded.abi.one_instance:  # started, and its saved state restored, before any file changes
+        instances.start_first(plan.saved_state(loaded.abi.state) if plan else None, plan)
+    try:
+        return _run_started(
+            config,
+            loaded,
+            files,
+            plan,
+            stream,
+            summary,
+            start,
+            progress,
+            frames,
+            skipped,
+            instances,
+        )
+    finally:
+        instances.close_unused()
+
+
+def _run_started(
+    config: RunConfig,
+    loaded: LoadedModule,
+    files: RunFiles,
+    plan: CheckpointPlan | None,
+    stream: ConcatenatedInput,
+    summary: RunSummary,
+    start: StartPoint,
+    progress: ProgressFactory | None,
+    frames: Frames,
+    skipped: Skipped,
+    instances: _Instances,
+) -> RunSummary:
     # Only now is the output cut: the module is usable and the checkpoint agrees with this run.
     sink = Sink(
         config.output,
@@ -253,22 +335,31 @@ def _run_stream(
     )
     files.output_used()
     logs = Logs(config, summary)
+    abi = loaded.abi
     journal = None
     if plan is not None:
-        pipe_fd = sink.fd if sink.is_pipe else None
-        journal = plan.open_journal([sink.sync, *logs.syncs], stream, summary.tally, pipe_fd)
+        stateful = abi.state is not StateKind.NONE
+        journal = plan.open_journal(
+            [sink.sync, *logs.syncs],
+            stream,
+            summary.tally,
+            pipe_fd=sink.fd if sink.is_pipe else None,
+            snapshot=instances.snapshot if stateful else None,
+            state_kind=abi.state.value,
+        )
     watch = plan is not None and plan.watches_stream
     try:
         with progress_of(progress, summary.tally, config, start):
             _run_frames(
                 config,
                 frames,
-                lambda: loaded.compiled.instantiate(loaded.abi, config.frame_size, config_bytes),
+                instances.new,
                 sink.write,
                 # Frames go straight into guest memory unless the framing carries bytes across
                 # frames, or a watched stream's frames must stay intact until written.
                 _pool_settings(config, direct_read=not config.framing.record_based and not watch),
                 summary,
+                end=_ending(abi, sink.write, summary.tally, journal) if abi.one_instance else None,
             )
     except BaseException as error:
         if journal is not None:
@@ -286,6 +377,75 @@ def _run_stream(
         summary.skipped_records = skipped.records
         summary.skipped_bytes = skipped.bytes
     return summary
+
+
+class _Instances:
+    """The run's instances. A one-instance run's first is started (and given its saved state)
+    before any file is changed, so that a module refusing that state leaves everything as it
+    was; the latest one made is what a snapshot reads (on the thread that owns it)."""
+
+    def __init__(self, config: RunConfig, loaded: LoadedModule, config_bytes: bytes) -> None:
+        self._loaded = loaded
+        self._frame_size = config.frame_size
+        self._config_bytes = config_bytes
+        self._first: Instance | None = None
+        self.current: Instance | None = None
+
+    def start_first(self, saved: bytes | None, plan: CheckpointPlan | None) -> None:
+        instance = self._make()
+        try:
+            if saved is not None:
+                instance.restore(saved)
+        except StateRefused as error:
+            instance.close()
+            assert plan is not None
+            raise CheckpointError(
+                f"module {plan.config.module} refused the state saved with checkpoint "
+                f"{plan.config.checkpoint}: {error.what}"
+            ) from None
+        except BaseException:
+            instance.close()
+            raise
+        self._first = self.current = instance
+
+    def _make(self) -> Instance:
+        return self._loaded.compiled.instantiate(
+            self._loaded.abi, self._frame_size, self._config_bytes
+        )
+
+    def new(self) -> Instance:
+        if self._first is not None:
+            instance, self._first = self._first, None
+            return instance
+        self.current = self._make()
+        return self.current
+
+    def snapshot(self) -> bytes | None:
+        return self.current.snapshot() if self.current is not None else None
+
+    def close_unused(self) -> None:
+        if self._first is not None:
+            self._first.close()
+            self._first = None
+
+
+def _ending(
+    abi: GuestAbi,
+    write: Write,
+    tally: Tally,
+    journal: Journal | None,
+) -> Callable[[Instance], None]:
+    """After the last frame, on the instance's thread: the finish function's output, written
+    after the last frame's; then the final checkpoint (complete only once that is durable)."""
+
+    def end(instance: Instance) -> None:
+        if abi.finish is not None:
+            output = instance.finish()
+            tally.record_finish(write(output) if output else 0)
+        if journal is not None:
+            journal.complete(finished=abi.finish is not None)
+
+    return end
 
 
 def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
@@ -341,14 +501,17 @@ def _run_frames(
     write: Write,
     settings: PoolSettings,
     summary: RunSummary,
+    end: Callable[[Instance], None] | None = None,
 ) -> None:
     """A fixed --jobs runs as asked; auto adapts while it runs (adaptive.py), except under an
-    overload policy, which only the pool has, or on one CPU."""
+    overload policy, which only the pool has, or on one CPU. A stateful run (`end`) is serial."""
     adapt = config.jobs is None and settings.jobs > 1 and settings.overload.policy == "block"
-    if not adapt:
+    if not adapt or end is not None:
         summary.jobs_reason = "as asked" if config.jobs is not None else "one CPU, or overload"
+        if end is not None:
+            summary.jobs_reason = "one instance: the module keeps state, or has a finish function"
         summary.tally.workers = settings.jobs
-        run_frames(frames, new_instance, write, settings, summary.tally, summary.failures)
+        run_frames(frames, new_instance, write, settings, summary.tally, summary.failures, end)
         return
     controller = run_adaptive(
         frames,

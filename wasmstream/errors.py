@@ -133,6 +133,14 @@ class StartupError(GuestError):
         return f"while starting an instance: {self.what}"
 
 
+class StateRefused(GuestError):
+    """A module refused a saved state (its restore returned a negative status), or a saved
+    whole-instance image does not fit the instance: resuming from it is refused."""
+
+    status = ExitStatus.CHECKPOINT
+    kind = "state"
+
+
 class FramesFailed(WasmstreamError):
     """The run completed, but some frames failed and were skipped or passed through."""
 

@@ -8,7 +8,10 @@ module does the rest, in one order for all of them:
 - each frame: the transform on the input buffer, its result read by `abi.output_range`
   (negative, in place, packed, inside memory, within `--max-output`), the output handed on,
   and for a packed result the deallocator — with the output copied out first, so that a frame
-  whose deallocator traps has failed and leaves nothing behind.
+  whose deallocator traps has failed and leaves nothing behind;
+- state (`abi.StateKind`): `snapshot` and `restore` through the module's own exports, or an
+  image of the whole instance (memory and mutable globals) for `--state memory`; and the
+  `finish` call after the last frame, whose packed result is read like a transform's.
 
 A third engine implements `Runtime` and gets all of this as it is.
 """
@@ -16,10 +19,11 @@ A third engine implements `Runtime` and gets all of this as it is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
-from .abi import REACTOR_INIT, GuestAbi, output_range
-from .errors import GuestError, StartupError
+from . import state
+from .abi import REACTOR_INIT, RESTORE, SNAPSHOT, GuestAbi, ResultKind, StateKind, output_range
+from .errors import GuestError, StartupError, StateRefused
 
 T = TypeVar("T")
 Call = Callable[..., "int | None"]
@@ -38,6 +42,18 @@ class Runtime(Protocol):
         ...
 
 
+@runtime_checkable
+class WholeInstance(Runtime, Protocol):
+    """A runtime whose whole instance can be captured (`--state memory`): the mutable globals,
+    exported under reserved names by `instrument`, and growing linear memory."""
+
+    def global_value(self, name: str) -> int | float: ...
+
+    def set_global(self, name: str, value: int | float) -> None: ...
+
+    def grow_memory(self, pages: int) -> None: ...
+
+
 class Guest:
     """One started instance, following the ABI decided for the module."""
 
@@ -51,6 +67,9 @@ class Guest:
         self._transform = runtime.export(abi.transform)
         self._dealloc = runtime.export(abi.dealloc) if abi.dealloc else None
         self._dealloc_takes_length = abi.dealloc_takes_length
+        self._range_dealloc = runtime.export(abi.range_dealloc) if abi.range_dealloc else None
+        if abi.state is StateKind.MEMORY and not isinstance(runtime, WholeInstance):
+            raise GuestError("this engine cannot capture a whole instance (--state memory)")
         self.input_ptr = self._start(config)
 
     def _start(self, config: bytes) -> int:
@@ -77,7 +96,7 @@ class Guest:
 
     def _allocate(self, size: int, purpose: str) -> int:
         alloc = self._abi.alloc
-        ptr = self._during_startup(alloc, size)
+        ptr = self._during_startup(alloc, size) if size else 0
         assert ptr is not None
         ptr &= 0xFFFFFFFF  # i32 results are signed; addresses are not
         try:
@@ -131,9 +150,74 @@ class Guest:
         self._free(start, size)
         return consumed
 
-    def _free(self, start: int, size: int) -> None:
-        assert self._dealloc is not None
+    def _free(self, start: int, size: int, dealloc: Call | None = None) -> None:
+        dealloc = dealloc or self._dealloc
+        assert dealloc is not None
         if self._dealloc_takes_length:
-            self._dealloc(start, size)
+            dealloc(start, size)
         else:
-            self._dealloc(start)
+            dealloc(start)
+
+    def _packed_range(self, name: str) -> bytes:
+        """Call `name() -> i64` and copy out the bytes of its packed range (freed after, if the
+        module exports a deallocator)."""
+        result = self._runtime.export(name)()
+        assert result is not None
+        memory = self._runtime.memory()
+        start, size = output_range(
+            result, ResultKind.PACKED, 0, 0, len(memory), self._max_output, what=name
+        )
+        data = bytes(memory[start : start + size])
+        if self._range_dealloc is not None:
+            self._free(start, size, self._range_dealloc)
+        return data
+
+    def snapshot(self) -> bytes | None:
+        """The guest's state as bytes (None: it keeps none that wasmstream saves)."""
+        kind = self._abi.state
+        if kind is StateKind.EXPORTS:
+            return self._packed_range(SNAPSHOT)
+        if kind is StateKind.NONE:
+            return None
+        runtime = self._runtime
+        assert isinstance(runtime, WholeInstance)
+        values = [runtime.global_value(name) for name, _ in self._abi.state_globals]
+        return state.encode_image(runtime.memory(), values)
+
+    def restore(self, saved: bytes) -> None:
+        """Put back a state `snapshot` returned, on this fresh instance. Raises StateRefused
+        when the module refuses it, GuestError when it fails."""
+        kind = self._abi.state
+        if kind is StateKind.EXPORTS:
+            ptr = self._allocate(len(saved), "the saved state") if saved else 0
+            self._slice(ptr, len(saved), "state buffer")[:] = saved
+            status = self._runtime.export(RESTORE)(ptr, len(saved))
+            if status is not None and status < 0:
+                raise StateRefused(f"restore returned {status}: the module refused the state")
+        elif kind is StateKind.MEMORY:
+            self._restore_image(saved)
+
+    def _restore_image(self, image: bytes) -> None:
+        runtime = self._runtime
+        assert isinstance(runtime, WholeInstance)
+        pages, values, saved = state.decode_image(image)
+        now = len(runtime.memory()) // state.PAGE
+        if now > pages or len(values) != len(self._abi.state_globals):
+            raise StateRefused(
+                f"the saved image ({pages} pages, {len(values)} globals) does not fit this "
+                f"instance ({now} pages, {len(self._abi.state_globals)} globals)"
+            )
+        if pages > now:
+            runtime.grow_memory(pages - now)
+        memory = runtime.memory()
+        memory[:] = bytes(len(memory))
+        for index, page in saved:
+            if index >= pages:
+                raise StateRefused(f"the saved image has page {index} of {pages}")
+            memory[index * state.PAGE : (index + 1) * state.PAGE] = page
+        for (name, _), value in zip(self._abi.state_globals, values, strict=True):
+            runtime.set_global(name, value)
+
+    def finish(self) -> bytes:
+        """The finish function's output (empty when there is none)."""
+        return self._packed_range(self._abi.finish) if self._abi.finish else b""

@@ -24,6 +24,7 @@ from .abi import (
     GuestAbi,
     ModuleInfo,
     ResultKind,
+    StateKind,
     resolve_abi,
 )
 from .engines import DEFAULT_ENGINE, CompiledModule, Sandbox, get_engine, read_module
@@ -88,6 +89,8 @@ def _report(
             "allocator": abi.alloc,
             "deallocator": abi.dealloc or "none",
             "init": abi.init or "none",
+            "state": _state_text(abi, wasm, path),
+            "finish": f"{abi.finish} (called once after the last frame)" if abi.finish else "none",
         }
         if abi.init is None and any(e.name in INIT_NAMES for e in info.exports):
             named = next(e.name for e in info.exports if e.name in INIT_NAMES)
@@ -97,6 +100,25 @@ def _report(
             )
     report["missing"] = []
     return report
+
+
+def _state_text(abi: GuestAbi, wasm: bytes, path: str) -> str:
+    """Whether the module is stateful, and how its state would be kept in checkpoints."""
+    if abi.state is StateKind.EXPORTS:
+        return "stateful: its own snapshot and restore exports (kept in checkpoints)"
+    if abi.state is StateKind.MEMORY:
+        return "whole instance (--state memory)"
+    from .instrument import instrument
+
+    try:
+        _, capture = instrument(wasm, path)
+    except ModuleError as error:
+        reason = str(error).removeprefix(f"{path}: --state memory ")
+        return f"none exported; --state memory {reason}"
+    return (
+        f"none exported; --state memory would keep its linear memory and "
+        f"{len(capture.globals)} mutable globals"
+    )
 
 
 def _start_problem(compiled: CompiledModule, abi: GuestAbi) -> str | None:
@@ -185,6 +207,11 @@ def checkpoint_report(path: str) -> dict[str, Any]:
         "output_bytes": saved.position.output_bytes,
         "age_seconds": round(time.time() - updated, 1),
         "last_error": saved.failure.message if saved.failure else None,
+        "state": (
+            {"kind": saved.state.kind, "size": saved.state.size, "file": saved.state.file}
+            if saved.state
+            else None
+        ),
         "record": msgspec.to_builtins(saved),
     }
 
@@ -208,6 +235,12 @@ def format_checkpoint_report(report: dict[str, Any]) -> str:
         f"output      {report['output']}: {report['output_bytes']} bytes written",
         f"updated     {_age(report['age_seconds'])} ago",
     ]
+    saved_state = report["state"]
+    if saved_state is not None:
+        kind = {"exports": "the module's snapshot", "memory": "whole instance"}[saved_state["kind"]]
+        lines.append(
+            f"state       {kind}, {format_size(saved_state['size'])} ({saved_state['file']})"
+        )
     if report["last_error"]:
         lines.append(f"last error  {report['last_error']}")
     return "\n".join(lines)

@@ -5,6 +5,13 @@ every interval: first the output is made durable, then the checkpoint that cover
 replaced. `finish` writes the final state: complete, failed (with where), or interrupted
 (resumable as it is).
 
+A stateful run's journal also saves the guest's state with each position: the snapshot is
+taken by the thread that owns the one instance (the serial path writes and records each frame
+on that thread, between frames), written to its own file and fsynced before the checkpoint that
+names it replaces the old one; the superseded state file is removed after. A stateful run that
+fails or is interrupted keeps its last saved position and state (only the status changes): the
+instance may have been stopped half-way through a frame, so its state now is not trusted.
+
 Each save also records what a resumed run needs to recognise its data: for a stream (stdin, a
 pipe), digests of its first bytes and of the bytes just before the saved offset; for an output
 file, a digest of its bytes just before the saved output offset.
@@ -13,17 +20,22 @@ file, a digest of its bytes just before the saved output offset.
 from __future__ import annotations
 
 import fcntl
+import functools
+import os
 import struct
 import termios
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from queue import SimpleQueue
 from typing import NamedTuple, Protocol
 
 import msgspec
 
-from . import checkpoint
-from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, Status
-from .errors import GuestError
+from . import checkpoint, state
+from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, StateRecord, Status
+from .errors import GuestError, WasmstreamError
 from .framing import Frame
 from .tally import Tally
 
@@ -90,6 +102,45 @@ def unread_in_pipe(fd: int) -> int:
         return 0
 
 
+class _Saver:
+    """The thread that writes a stateful run's saves, in order, while the guest goes on.
+
+    Started with the journal, before any frame: a thread started mid-run, by a `start()` that a
+    signal interrupts, could go on writing unwatched. `drain` waits for everything submitted so
+    far (an end marker through the same queue: nothing submitted escapes it, even when a
+    signal interrupts the waiting) and raises the first failure since the last drain.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[Callable[[], None] | threading.Event | None] = SimpleQueue()
+        self._failure: BaseException | None = None
+        threading.Thread(target=self._loop, name="wasmstream-save", daemon=True).start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if isinstance(job, threading.Event):
+                job.set()
+            elif self._failure is None:  # after a failure, nothing more until it is raised
+                try:
+                    job()
+                except BaseException as error:  # raised again in the run's thread, by drain
+                    self._failure = error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def drain(self) -> None:
+        done = threading.Event()
+        self._jobs.put(done)
+        done.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
 class Journal:
     def __init__(
         self,
@@ -102,9 +153,15 @@ class Journal:
         clock: checkpoint.Clock,
         stream_tail: StreamTail | None = None,
         output_fd: int | None = None,
+        snapshot: Callable[[], bytes | None] | None = None,
+        state_kind: str = "exports",
         pipe_fd: int | None = None,
     ) -> None:
         self.path = path
+        self._snapshot = snapshot
+        self._state_kind = state_kind
+        self.completed = False
+        self._saver = _Saver() if snapshot is not None else None
         self._record = record
         self._start = record.position
         self._syncs = syncs
@@ -131,12 +188,15 @@ class Journal:
         if self._clock.due():
             self.save("running")
 
-    def save(self, status: Status, failure: Failure | None = None) -> None:
+    def save(self, status: Status, failure: Failure | None = None, finished: bool = False) -> None:
+        if self._snapshot is not None:
+            self._save_with_state(status, failure, finished)
+            return
         for sync in self._syncs:  # the invariant: never claim output that is not durable
             sync()
         self._record = msgspec.structs.replace(
             self._record,
-            position=self._position(),
+            position=self._position(finished, complete=status == "complete"),
             status=status,
             failure=failure,
             updated=checkpoint.now(),
@@ -145,12 +205,87 @@ class Journal:
         self.saves += 1
         self._clock.reset()
 
-    def _delivered(self) -> _FrameEnd:
-        """Where this run has got to: its last frame written; to a pipe, the last frame whose
-        output the reader has taken."""
+    def _save_with_state(self, status: Status, failure: Failure | None, finished: bool) -> None:
+        """Between two frames, on the instance's thread, the position and the guest's state are
+        taken together, now. The rest — making the output durable, compressing and writing the
+        state file, replacing the checkpoint — runs on a thread of its own while the guest goes
+        on (zlib and fsync release the GIL); a final save does it at once. One save at a time,
+        in order: a save waits for the one before, and raises its failure."""
+        assert self._saver is not None
+        self._saver.drain()
+        if self._pipe_fd is not None:
+            # The state is the instance's now: to a pipe, the position must be now too, so wait
+            # until the reader has taken all (a reader that dies ends the wait with the run).
+            while unread_in_pipe(self._pipe_fd):
+                time.sleep(0.001)
+        position = self._position(finished)
+        data = self._snapshot() if self._snapshot is not None else None
+        self._clock.reset()
+        if status == "running":
+            self._saver.submit(functools.partial(self._commit, position, data, status, failure, 1))
+        else:  # the run waits for this one: compress on every core
+            self._commit(position, data, status, failure, min(os.cpu_count() or 1, 4))
+
+    def _commit(
+        self,
+        position: Position,
+        data: bytes | None,
+        status: Status,
+        failure: Failure | None,
+        parts: int,
+    ) -> None:
+        for sync in self._syncs:  # everything written so far: at least what `position` covers
+            sync()
+        saved_state = None
+        if data is not None:  # None: no instance yet, a fresh one is the state at `position`
+            # durable before the checkpoint names it
+            name, digest = state.write(self.path, data, parts)
+            kind = self._state_kind
+            saved_state = StateRecord(kind=kind, file=name, sha256=digest, size=len(data))  # type: ignore[arg-type]
+        record = msgspec.structs.replace(
+            self._record,
+            position=position,
+            state=saved_state,
+            status=status,
+            failure=failure,
+            updated=checkpoint.now(),
+        )
+        checkpoint.save(self.path, record)
+        self._record = record
+        state.remove_others(self.path, saved_state.file if saved_state else None)
+        self.saves += 1
+
+    def _keep_last(self, status: Status, failure: Failure | None) -> None:
+        """Only the status changes: the position and state stay those last saved (a save
+        still being written completes first; if it failed, the one before it stays)."""
+        assert self._saver is not None
+        while True:  # even through a second Ctrl-C: no save may go on behind this one
+            try:
+                self._saver.drain()
+            except KeyboardInterrupt:
+                continue
+            except WasmstreamError:
+                pass  # that save failed: the one before it stays
+            break
+        self._record = msgspec.structs.replace(
+            self._record, status=status, failure=failure, updated=checkpoint.now()
+        )
+        checkpoint.save(self.path, self._record)
+        self.saves += 1
+
+    def complete(self, finished: bool) -> None:
+        """The final save of a run that went through to the end (with `finished`: the finish
+        function's output is written, and counted)."""
+        self.save("complete", finished=finished)
+        self.completed = True
+
+    def _delivered(self, complete: bool) -> _FrameEnd:
+        """Where this run has got to: its last frame written; to a pipe, while the run goes on
+        or when its reader went away, the last frame whose output the reader has taken. (A run
+        that completed has put everything in the pipe, for a reader that is still there.)"""
         tally = self._tally
         now = _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out)
-        if self._pipe_fd is None:
+        if self._pipe_fd is None or complete:
             return now
         taken = now.bytes_out - unread_in_pipe(self._pipe_fd)
         delivered = _FrameEnd(0, 0, 0)
@@ -162,8 +297,8 @@ class Journal:
         self._last = delivered
         return delivered
 
-    def _position(self) -> Position:
-        done = self._delivered()
+    def _position(self, finished: bool = False, complete: bool = False) -> Position:
+        done = self._delivered(complete)
         input_bytes = self._start.input_bytes + done.bytes_in
         output_bytes = self._start.output_bytes + done.bytes_out
         head = tail = None
@@ -181,6 +316,7 @@ class Journal:
             stream_head=head,
             stream_tail=tail,
             output_tail=output_tail,
+            finished=finished,
         )
 
     @property
@@ -190,10 +326,22 @@ class Journal:
     def finish(self, error: BaseException | None) -> None:
         """The final save: complete, failed at a frame, or interrupted (resumable)."""
         if error is None:
-            self.save("complete")
-        elif isinstance(error, GuestError):
-            self.save("failed", Failure(message=str(error), frame=error.frame, offset=error.offset))
+            if not self.completed:
+                self.complete(finished=False)
+            if self._saver is not None:
+                self._saver.close()
+            return
+        try:
+            self._final_save(error)
+        finally:
+            if self._saver is not None:
+                self._saver.close()
+
+    def _final_save(self, error: BaseException) -> None:
+        save = self._keep_last if self._snapshot is not None else self.save
+        if isinstance(error, GuestError):
+            save("failed", Failure(message=str(error), frame=error.frame, offset=error.offset))
         elif isinstance(error, KeyboardInterrupt) or getattr(error, "status", 0) >= 128:
-            self.save("interrupted")  # a signal or the output pipe closed: resumable as it is
+            save("interrupted", None)  # a signal or the output pipe closed: resumable as it is
         else:
-            self.save("failed", Failure(message=str(error)))
+            save("failed", Failure(message=str(error)))

@@ -5,7 +5,10 @@ frames exist at once; the first failure stops the run with everything before it 
 
 - `jobs == 1` (and `--on-overload block`): one instance on the calling thread. Read,
   transform, write the output straight from guest memory. No threads, no queues, and no
-  copies but the one into guest memory.
+  copies but the one into guest memory. A stateful run always takes this path: its one
+  instance sees every frame in order, and whoever records a frame (the checkpoint's journal)
+  runs on the instance's own thread between frames, where a snapshot of it is consistent; after
+  the last frame, `end` gets the instance (to call its finish function) before it is closed.
 - `jobs > 1`: the calling thread reads frames into a fixed set of recycled buffers; `jobs`
   worker threads each own one instance for their whole life (wasmtime Stores are not
   thread-safe) and copy each output out of guest memory; one writer thread waits for frames in
@@ -52,16 +55,19 @@ def run_frames(
     settings: PoolSettings,
     tally: Tally,
     failures: FailureHandler,
+    end: Callable[[Instance], None] | None = None,
 ) -> None:
     """Transform every frame and write the outputs in order. Raises the first failure.
 
     A frame that fails goes to `failures`, which raises (policy fail) or says what to write in
     its place; the instance it failed in is replaced by a fresh one, its state being suspect.
+    `end`: called with the serial path's instance after the last frame (a stateful run).
     """
     if settings.jobs == 1 and settings.overload.policy == "block":
         direct = settings.direct_read and not failures.needs_input
-        _run_serial(frames, new_instance, write, settings.frame_size, tally, failures, direct)
+        _run_serial(frames, new_instance, write, settings.frame_size, tally, failures, direct, end)
     else:
+        assert end is None, "a stateful run is serial"
         _ParallelRun(frames, new_instance, write, settings, tally, failures).run()
 
 
@@ -73,6 +79,7 @@ def _run_serial(
     tally: Tally,
     failures: FailureHandler,
     direct: bool,
+    end: Callable[[Instance], None] | None = None,
 ) -> None:
     instance = new_instance()
     # Frames are read straight into guest memory (one copy fewer) unless a failed frame's input
@@ -101,6 +108,8 @@ def _run_serial(
             writing = tally.output_seconds - writing_before  # writes happen inside the call
             tally.guest_seconds += perf_counter() - started - writing
             tally.record(frame, written)
+        if end is not None:
+            end(instance)
     finally:
         instance.close()
 

@@ -79,6 +79,8 @@ RECORDED: dict[str, tuple[str, Codec]] = {
     "env": ("sandbox.env", PAIRS),
     "dirs": ("sandbox.dirs", GRANTS),
     "overload": ("overload", OVERLOAD),
+    "state": ("abi.state", SAME),
+    "finish": ("abi.finish", SAME),
     "shard": ("shard", SHARD),  # which part of the input this run is
     "part_size": ("part_size", SAME),  # a cluster run's parts (and so its frames)
     # Command: how to run it again; none of these changes the bytes written

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from . import checkpoint
+from . import checkpoint, state
 from ._version import __version__
+from .abi import StateKind
 from .checkpoint import (
     Checkpoint,
     Digest,
@@ -111,12 +112,36 @@ class CheckpointPlan:
                     f"{self.config.checkpoint}: it is not the same data{hint}"
                 )
 
+    def saved_state(self, kind: StateKind) -> bytes | None:
+        """The guest state to restore before going on (None: start the guest afresh). Refuses
+        (CheckpointError) a state that is missing, altered, of another kind, or a position past
+        the start of a stateful run with no state saved."""
+        saved, path = self.saved, self.config.checkpoint
+        assert path is not None
+        if saved is None or kind is StateKind.NONE:
+            return None
+        record = saved.state
+        if record is None:
+            if saved.position.input_bytes == 0:
+                return None
+            raise CheckpointError(
+                f"checkpoint {path} saved no guest state, but the module keeps one ({kind.value}):"
+                " resuming would start it afresh in the middle of the stream; use --restart"
+            )
+        if record.kind != kind.value:
+            raise CheckpointError(
+                f"checkpoint {path} saved a {record.kind} state; this run keeps a {kind.value} one"
+            )
+        return state.read(path, record.file, record.sha256)
+
     def open_journal(
         self,
         syncs: list[Callable[[], None]],
         stream: StreamProgress,
         tally: Tally,
         pipe_fd: int | None = None,
+        snapshot: Callable[[], bytes | None] | None = None,
+        state_kind: str = "exports",
     ) -> Journal:
         """The journal. When this run replaces an old checkpoint (--restart, or a finished
         run's), a first save replaces it at once: it describes output this run has just
@@ -137,6 +162,8 @@ class CheckpointPlan:
             ),
             output_fd=self.output_fd,
             pipe_fd=pipe_fd,
+            snapshot=snapshot,
+            state_kind=state_kind,
         )
         if self.replaces:
             journal.save("running")
@@ -228,8 +255,14 @@ def previous_checkpoint(
 
 
 def _check_growth_is_at_the_end(saved: Checkpoint, current: Checkpoint, path: str) -> None:
-    """New data may follow only the last input processed: anything else would reorder the stream."""
+    """New data may follow only the last input processed: anything else would reorder the stream.
+    Nor may it follow a finish function's output, which ends the output."""
     done = saved.position.per_input
+    if saved.position.finished and not nothing_new(saved, current):
+        raise CheckpointError(
+            f"the input has grown since checkpoint {path}, but that run's finish output already "
+            "ends the output: cannot append to it; use --restart to start over"
+        )
     for n, now in enumerate(current.inputs[: len(done)]):
         later_started = any(done[n + 1 :])
         if later_started and now.regular and now.size is not None and now.size > done[n]:
@@ -249,7 +282,9 @@ def nothing_new(saved: Checkpoint, current: Checkpoint | None) -> bool:
 def with_position(record: Checkpoint, saved: Checkpoint | None) -> Checkpoint:
     if saved is None:
         return record
-    return msgspec.structs.replace(record, position=saved.position, created=saved.created)
+    return msgspec.structs.replace(
+        record, position=saved.position, state=saved.state, created=saved.created
+    )
 
 
 def config_from_checkpoint(

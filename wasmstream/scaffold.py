@@ -23,6 +23,8 @@ from pathlib import Path
 from .errors import IOFailure, UsageError
 
 LANGUAGES = ("c", "zig", "rust", "assemblyscript")
+# Languages with a stateful template (`init --stateful`), laid over the plain one.
+STATEFUL = ("c",)  # templates/<lang>-stateful
 # What to install when a language's toolchain is missing (the generated Makefiles say the same).
 INSTALL = {
     "c": "pip install ziglang (or zig from ziglang.org, or clang with wasi-libc)",
@@ -64,13 +66,18 @@ def check_name(name: str) -> str:
     return name
 
 
-def plan_project(lang: str, name: str) -> dict[str, bytes]:
-    """The project's files, relative path to contents, with the name filled in."""
+def plan_project(lang: str, name: str, stateful: bool = False) -> dict[str, bytes]:
+    """The project's files, relative path to contents, with the name filled in. `stateful`: the
+    language's stateful template laid over its plain one (its files replace theirs)."""
     if lang not in LANGUAGES:
         raise UsageError(f"unknown language {lang!r}; choose one of {', '.join(LANGUAGES)}")
+    if stateful and lang not in STATEFUL:
+        raise UsageError(
+            f"--stateful has a template for {', '.join(STATEFUL)} only, not yet for {lang}"
+        )
     root = resources.files("wasmstream") / "templates"
     files: dict[str, bytes] = {}
-    for template in ("common", lang):
+    for template in ("common", lang, *([f"{lang}-stateful"] if stateful else [])):
         for relative, text in _template_files(root / template, ""):
             files[relative] = _render(text, name)
     return files
@@ -91,13 +98,15 @@ def _render(text: str, name: str) -> bytes:
     return text.replace("@NAME@", name).replace("@PACKAGE@", name.lower()).encode()
 
 
-def create_project(directory: Path, lang: str, name: str, force: bool) -> list[Path]:
+def create_project(
+    directory: Path, lang: str, name: str, force: bool, stateful: bool = False
+) -> list[Path]:
     """Write the project into `directory` (created if need be); return the files written.
 
     Raises UsageError for a bad name or language, or a non-empty directory without `force`
     (checked before anything is written), and IOFailure when the directory is not writable.
     """
-    files = plan_project(lang, check_name(name))
+    files = plan_project(lang, check_name(name), stateful)
     _check_directory(directory, force)
     written = []
     for relative, contents in files.items():

@@ -43,3 +43,7 @@ class Tally:
         for callback in self.on_frame_dropped:
             callback(frame)
         self.record(frame, 0)  # decided: a checkpoint after it does not read it again
+
+    def record_finish(self, written: int) -> None:
+        """The finish function's output, written after the last frame (no frame of its own)."""
+        self.bytes_out += written

@@ -9,10 +9,11 @@ once).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from ..abi import AbiOptions, GuestAbi, resolve_abi
+from ..abi import AbiOptions, GuestAbi, StateKind, resolve_abi
 from ..errors import ModuleError, UsageError
 from .base import (
     DEFAULT_MAX_MEMORY,
@@ -22,6 +23,7 @@ from .base import (
     Engine,
     Instance,
     Sandbox,
+    check_header,
 )
 
 __all__ = [
@@ -38,11 +40,10 @@ __all__ = [
     "get_engine",
     "load_module",
     "load_wasm",
-    "stateful",
 ]
 
 
-FEATURES = ("--fuel", "--dir", "WASI command mode")
+FEATURES = ("--fuel", "--dir", "WASI command mode", "--state memory")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ ENGINES = {
             ("--fuel", "wasmer 1.1 has no instruction counting"),
             ("--dir", "its WASI follows symlinks out of a granted directory"),
             ("WASI command mode", "its WASI cannot capture a program's stdout"),
+            (
+                "--state memory",
+                "whole-instance capture is implemented for wasmtime only; a module exporting "
+                "snapshot and restore keeps its state under either engine",
+            ),
         )
     ),
 }
@@ -76,6 +82,7 @@ def refuse_unsupported(name: str, sandbox: Sandbox, abi: GuestAbi | None = None)
         "--fuel": sandbox.fuel is not None,
         "--dir": bool(sandbox.dirs),
         "WASI command mode": abi is not None and abi.command,
+        "--state memory": abi is not None and abi.state is StateKind.MEMORY,
     }
     for feature in FEATURES:
         why = ENGINES[name].reason_against(feature)
@@ -117,15 +124,6 @@ class LoadedModule:
     sha256: str
 
 
-STATE_EXPORTS = ("snapshot", "restore")
-
-
-def stateful(loaded: LoadedModule) -> bool:
-    """Whether the module keeps state across frames (exports both `snapshot` and `restore`):
-    such a module sees the stream in order, so it cannot run in shards or on a cluster."""
-    return all(loaded.compiled.info.export(name) is not None for name in STATE_EXPORTS)
-
-
 def read_module(path: str) -> bytes:
     try:
         with open(path, "rb") as module_file:
@@ -155,10 +153,19 @@ def load_wasm(
     cache: bool = True,
 ) -> LoadedModule:
     """`load_module` for a module's bytes (named `path` in errors)."""
+    capture, instrumented = None, wasm
+    if abi_options.state == "memory" and not abi_options.wasi_command:
+        from ..instrument import instrument
+
+        check_header(wasm, path)
+        # Capture needs every mutable global exported: done to the binary, before compiling.
+        instrumented, capture = instrument(wasm, path)
     engine = get_engine(engine_name, sandbox, cache)
     try:
-        compiled = engine.compile(wasm, path)
+        compiled = engine.compile(instrumented, path)
         abi = resolve_abi(compiled.info, abi_options, path)
+        if capture is not None:
+            abi = dataclasses.replace(abi, state_globals=capture.globals)
         refuse_unsupported(engine_name, sandbox or Sandbox(), abi)
     except BaseException:
         engine.close()

@@ -75,6 +75,20 @@ class Instance(Protocol):
         """Copy `data` into the input buffer, then `transform_buffer`."""
         ...
 
+    def snapshot(self) -> bytes | None:
+        """The guest's state as `abi.state` says to save it; None when it keeps none.
+        Raises GuestError."""
+        ...
+
+    def restore(self, state: bytes) -> None:
+        """Put back a state `snapshot` returned (on a fresh instance). Raises StateRefused
+        when the module refuses it, GuestError when it fails."""
+        ...
+
+    def finish(self) -> bytes:
+        """Call the finish function (`abi.finish`) once, after the last frame: its output."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -91,6 +105,15 @@ class CopyingInstance:
     def transform(self, data: memoryview, consume: Callable[[memoryview], T]) -> T:
         self.input_buffer()[: len(data)] = data
         return self.transform_buffer(len(data), consume)
+
+    def snapshot(self) -> bytes | None:
+        return None  # an instance without state (a WASI command's is fresh for every frame)
+
+    def restore(self, state: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        return b""
 
 
 class CompiledModule(Protocol):

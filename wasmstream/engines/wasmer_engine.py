@@ -38,6 +38,7 @@ from ..errors import (
     GuestTrap,
     ModuleError,
     StartupError,
+    StateRefused,
     UsageError,
 )
 from ..units import format_duration, format_size
@@ -50,6 +51,7 @@ from .wasmer_worker import (
     REPLY,
     REQUEST,
     STARTUP,
+    STATE_REFUSED,
     TRAP,
     read_exactly,
 )
@@ -128,6 +130,7 @@ class WasmerWorker(CopyingInstance):
         source: str,
     ) -> None:
         self._timeout = sandbox.timeout
+        self._message = b""
         max_output = sandbox.output_limit(buffer_size)
         self._input, input_fd = _shared_region("wasmstream-input", buffer_size)
         self._output, output_fd = _shared_region("wasmstream-output", max_output)
@@ -146,7 +149,12 @@ class WasmerWorker(CopyingInstance):
         spec = {
             "wasm": wasm.hex(),
             "name": os.path.basename(source),
-            "abi": {**dataclasses.asdict(abi), "result": abi.result.value},  # GuestAbi again there
+            # GuestAbi again there
+            "abi": {
+                **dataclasses.asdict(abi),
+                "result": abi.result.value,
+                "state": abi.state.value,
+            },
             "buffer_size": buffer_size,
             "config": config.hex(),
             "max_memory": sandbox.max_memory,
@@ -173,6 +181,20 @@ class WasmerWorker(CopyingInstance):
         out_len = self._await(self._timeout)
         return consume(memoryview(self._output)[:out_len])
 
+    def snapshot(self) -> bytes | None:
+        os.write(self._requests, REQUEST.pack(b"S", 0))
+        self._await(self._timeout)
+        return self._message
+
+    def restore(self, state: bytes) -> None:
+        os.write(self._requests, REQUEST.pack(b"R", len(state)))
+        _write_all(self._requests, state)
+        self._await(self._timeout)
+
+    def finish(self) -> bytes:
+        os.write(self._requests, REQUEST.pack(b"F", 0))
+        return bytes(self._output[: self._await(self._timeout)])
+
     def _await(self, timeout: float | None, starting: bool = False) -> int:
         ready, _, _ = select.select([self._replies], [], [], timeout)
         if not ready:
@@ -183,7 +205,8 @@ class WasmerWorker(CopyingInstance):
             raise GuestTimeout(f"timed out after {format_duration(timeout)}")
         try:
             status, value, size = REPLY.unpack(read_exactly(self._replies, REPLY.size))
-            message = read_exactly(self._replies, size).decode(errors="replace")
+            self._message = read_exactly(self._replies, size)
+            message = self._message.decode(errors="replace")
         except EOFError:
             code = self._process.wait()
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
@@ -220,6 +243,8 @@ def _error(status: int, message: str, starting: bool) -> Exception:
         return ModuleError(message)
     if status == STARTUP or starting:
         return StartupError(message)
+    if status == STATE_REFUSED:
+        return StateRefused(message)
     if status == MEMORY_LIMIT:
         return GuestMemoryLimit(message)
     if status == TRAP:

@@ -6,6 +6,9 @@ instead in a process of its own (this module, started by `wasmer_engine`). Frame
 cross through shared memory (memfd); only small headers cross the pipes:
 
     parent -> worker   b"T" + u32 length      the frame is in the input region
+                       b"S" + u32 0           snapshot: the state comes back as the message
+                       b"R" + u32 length      restore: that many bytes of state follow
+                       b"F" + u32 0           finish: its output goes to the output region
     worker -> parent   status u8, value u64, message u32 + message bytes
                        status 0: value bytes of output are in the output region
 
@@ -25,13 +28,13 @@ import struct
 import sys
 from typing import Any
 
-from ..abi import GuestAbi, ResultKind
-from ..errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError
+from ..abi import GuestAbi, ResultKind, StateKind
+from ..errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError, StateRefused
 from ..guest import Call, Guest
 
 REPLY = struct.Struct("<BQI")
 REQUEST = struct.Struct("<cI")
-OK, TRAP, GUEST_ERROR, MEMORY_LIMIT, STARTUP, MODULE = range(6)
+OK, TRAP, GUEST_ERROR, MEMORY_LIMIT, STARTUP, MODULE, STATE_REFUSED = range(7)
 
 TRAP_WORDS = {
     "unreachable": "unreachable instruction executed",
@@ -116,7 +119,14 @@ class WasmerRuntime:
 
 def start(spec: dict[str, Any]) -> Guest:
     """The instance, started by the guest protocol. Raises Failure."""
-    abi = GuestAbi(**{**spec["abi"], "result": ResultKind(spec["abi"]["result"])})
+    abi = GuestAbi(
+        **{
+            **spec["abi"],
+            "result": ResultKind(spec["abi"]["result"]),
+            "state": StateKind(spec["abi"]["state"]),
+            "state_globals": tuple(map(tuple, spec["abi"]["state_globals"])),
+        }
+    )
     try:
         return Guest(
             WasmerRuntime(spec),
@@ -149,6 +159,8 @@ def _failure(error: GuestError) -> Failure:
     """A guest failure, as the status the parent turns back into the same error class."""
     if isinstance(error, StartupError):
         return Failure(STARTUP, error.what)
+    if isinstance(error, StateRefused):
+        return Failure(STATE_REFUSED, error.what)
     if isinstance(error, GuestMemoryLimit):
         return Failure(MEMORY_LIMIT, error.what)
     if isinstance(error, GuestTrap):
@@ -157,13 +169,13 @@ def _failure(error: GuestError) -> Failure:
 
 
 def read_exactly(fd: int, size: int) -> bytes:
-    data = b""
+    data = bytearray()
     while len(data) < size:
-        chunk = os.read(fd, size - len(data))
+        chunk = os.read(fd, min(size - len(data), 1 << 20))
         if not chunk:
             raise EOFError
         data += chunk
-    return data
+    return bytes(data)
 
 
 def reply(fd: int, status: int, value: int = 0, message: str = "") -> None:
@@ -201,13 +213,41 @@ def main(argv: list[str]) -> int:
     reply(replies, OK)
     while True:
         try:
-            _command, length = REQUEST.unpack(read_exactly(requests, REQUEST.size))
+            command, length = REQUEST.unpack(read_exactly(requests, REQUEST.size))
+            if command == b"T":
+                reply(replies, OK, run(guest, length, input_region, output_region))
+            else:
+                handle_state(guest, command, length, requests, replies, output_region)
         except EOFError:
             return 0
-        try:
-            reply(replies, OK, run(guest, length, input_region, output_region))
         except Failure as failure:
             reply(replies, failure.status, message=failure.message)
+
+
+def handle_state(
+    guest: Guest, command: bytes, length: int, requests: int, replies: int, output: mmap.mmap
+) -> None:
+    """A snapshot, restore or finish request: answered here, or raises Failure."""
+    try:
+        if command == b"S":
+            state = guest.snapshot() or b""
+            os.write(replies, REPLY.pack(OK, len(state), len(state)))
+            _write_all(replies, state)
+        elif command == b"R":
+            guest.restore(read_exactly(requests, length))
+            reply(replies, OK)
+        else:
+            finished = guest.finish()
+            output[: len(finished)] = finished
+            reply(replies, OK, len(finished))
+    except GuestError as error:
+        raise _failure(error) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":

@@ -364,11 +364,40 @@ class WasmtimeInstance(CopyingInstance):
             self._memory_at = where
         return self._memory_view
 
+    def global_value(self, name: str) -> int | float:
+        """`WholeInstance.global_value`: a mutable global exported by `instrument`."""
+        value = self._global(name).value(self._store)
+        assert isinstance(value, (int, float))
+        return value
+
+    def set_global(self, name: str, value: int | float) -> None:
+        self._global(name).set_value(self._store, value)
+
+    def grow_memory(self, pages: int) -> None:
+        try:
+            self._memory.grow(self._store, pages)
+        except wasmtime.WasmtimeError as error:
+            raise GuestMemoryLimit(f"cannot grow memory to restore state: {error}") from None
+
+    def _global(self, name: str) -> wasmtime.Global:
+        found = _export(self._store, self._instance, name)
+        assert isinstance(found, wasmtime.Global)
+        return found
+
     def input_buffer(self) -> memoryview:
         return self._guest.input_buffer()
 
     def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
         return self._guest.transform(length, consume)
+
+    def snapshot(self) -> bytes | None:
+        return self._guest.snapshot()
+
+    def restore(self, state: bytes) -> None:
+        self._guest.restore(state)
+
+    def finish(self) -> bytes:
+        return self._guest.finish()
 
     def close(self) -> None:
         self._memory_view.release()
