@@ -264,7 +264,8 @@ def test_a_cached_module_is_what_runs(tmp_path: Path) -> None:
     assert wasmstream("run", fixture("upper.wasm"), input=b"a", env=env).stdout == b"A"
     assert (upper.stat().st_ino, upper.stat().st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
     artifact = hexdump.read_bytes()[HEADER:]
-    upper.write_bytes(header_for((FIXTURES / "upper.wasm").read_bytes(), artifact) + artifact)
+    upper_digest = hashlib.sha256((FIXTURES / "upper.wasm").read_bytes()).hexdigest()
+    upper.write_bytes(header_for(upper_digest, artifact) + artifact)
     assert wasmstream("run", fixture("upper.wasm"), input=b"a", env=env).stdout == b"61"
     no_cache = wasmstream("run", fixture("upper.wasm"), "--no-cache", input=b"a", env=env)
     assert no_cache.stdout == b"A"

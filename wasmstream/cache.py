@@ -35,14 +35,14 @@ def cache_dir() -> str:
     return os.path.join(base, "wasmstream")
 
 
-def entry_name(wasm: bytes, engine: str, version: str, settings: str) -> str:
-    digest = hashlib.sha256(wasm).hexdigest()
+def entry_name(digest: str, engine: str, version: str, settings: str) -> str:
+    """The entry for the module whose sha256 is `digest` (hex), compiled so."""
     tag = hashlib.sha256(f"{engine}\0{version}\0{settings}".encode()).hexdigest()[:16]
     return f"{digest}-{tag}.{engine}"
 
 
-def header_for(wasm: bytes, artifact: bytes) -> bytes:
-    module_digest = hashlib.sha256(wasm).hexdigest()
+def header_for(module_digest: str, artifact: bytes) -> bytes:
+    """An entry's first bytes: the sha256 (hex) of its module, and of the artifact itself."""
     artifact_digest = hashlib.sha256(artifact).hexdigest()
     return MAGIC + f"{module_digest}\n{artifact_digest}\n".encode()
 
@@ -60,8 +60,9 @@ class ModuleCache:
         ours = info.st_uid == os.geteuid()
         return stat.S_ISDIR(info.st_mode) and ours and not info.st_mode & 0o022
 
-    def load(self, name: str, wasm: bytes) -> bytes | None:
-        """The artifact compiled from `wasm`, if the entry exists, is trusted and checks out."""
+    def load(self, name: str, module_digest: str) -> bytes | None:
+        """The artifact compiled from the module of sha256 `module_digest`, if the entry exists,
+        is trusted and checks out."""
         if not self.trusted():
             return None
         try:  # a FIFO put at an entry's name must not hang the run: not blocking, regular only
@@ -73,12 +74,12 @@ class ModuleCache:
                 return None
             data = entry.read()
         artifact = data[HEADER:]
-        if data[:HEADER] != header_for(wasm, artifact):
+        if data[:HEADER] != header_for(module_digest, artifact):
             self.discard(name)  # another module's, damaged, or of an older layout
             return None
         return artifact
 
-    def store(self, name: str, wasm: bytes, artifact: bytes) -> None:
+    def store(self, name: str, module_digest: str, artifact: bytes) -> None:
         """Best effort: a cache that cannot be written only costs the next run some time."""
         import tempfile
 
@@ -89,7 +90,7 @@ class ModuleCache:
             fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    out.write(header_for(wasm, artifact))
+                    out.write(header_for(module_digest, artifact))
                     out.write(artifact)
                 os.replace(temp, os.path.join(self.directory, name))
             except OSError:

@@ -23,8 +23,7 @@ import click
 from . import interrupts, stdio
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
-from .cluster import run
-from .core import ProgressFactory
+from .core import ProgressFactory, run
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
 from .files import is_own_file
@@ -255,7 +254,10 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     started = time.perf_counter()
     summary = None
     try:
-        summary = run(config, notify=operator.notify, progress=operator.progress_factory())
+        runner = run
+        if config.clustered:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
+            from .cluster import run as runner
+        summary = runner(config, notify=operator.notify, progress=operator.progress_factory())
     except FramesFailed as failed:
         summary = failed.summary
         raise

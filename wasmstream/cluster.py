@@ -16,7 +16,6 @@ ends the run with exit 8 and a checkpoint `--resume` continues from.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -67,6 +66,12 @@ def run(
         return run_locally(config, notify, progress)
     require_dask()
     return execute(config, _run_on_cluster, notify, progress)
+
+
+def _asyncio_timeout() -> type[BaseException]:
+    import asyncio  # loaded by Dask already; not by wasmstream's own start-up
+
+    return asyncio.TimeoutError
 
 
 def require_dask() -> None:
@@ -336,7 +341,7 @@ class _Client:
         while True:
             try:
                 return cast(PartResult, future.result(timeout=POLL))
-            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
+            except (TimeoutError, _asyncio_timeout()):  # distinct before Python 3.11
                 if self._client.scheduler_info().get("workers"):
                     alone_since = None
                     continue

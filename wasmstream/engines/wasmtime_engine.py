@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import math
 import os
 import threading
@@ -143,7 +144,8 @@ class WasmtimeEngine:
 
     def compile(self, wasm: bytes, source: str) -> WasmtimeModule:
         check_header(wasm, source)
-        module = self._from_cache(wasm)
+        digest = hashlib.sha256(wasm).hexdigest()  # once: it names the entry and binds it
+        module = self._from_cache(digest)
         if module is None:
             try:
                 module = interrupts.interruptible(lambda: wasmtime.Module(self._engine, wasm))
@@ -151,17 +153,17 @@ class WasmtimeEngine:
                 message = _one_line(str(error))
                 raise ModuleError(f"{source}: invalid WebAssembly: {message}") from None
             if self._cache is not None:
-                self._cache.store(self._cache_name(wasm), wasm, bytes(module.serialize()))
+                self._cache.store(self._cache_name(digest), digest, bytes(module.serialize()))
         return WasmtimeModule(self, module, source)
 
-    def _cache_name(self, wasm: bytes) -> str:
-        return entry_name(wasm, self.name, _build_id(), self._code_settings)
+    def _cache_name(self, digest: str) -> str:
+        return entry_name(digest, self.name, _build_id(), self._code_settings)
 
-    def _from_cache(self, wasm: bytes) -> wasmtime.Module | None:
+    def _from_cache(self, digest: str) -> wasmtime.Module | None:
         if self._cache is None:
             return None
-        name = self._cache_name(wasm)
-        artifact = self._cache.load(name, wasm)
+        name = self._cache_name(digest)
+        artifact = self._cache.load(name, digest)
         if artifact is None:
             return None
         try:  # wasmtime checks the artifact's header: engine version, settings, integrity
