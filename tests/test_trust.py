@@ -226,14 +226,13 @@ def test_a_different_file_on_stdin_is_refused_too(tmp_path: Path) -> None:
     assert_clean_failure(result, ExitStatus.CHECKPOINT, "differ from those recorded")
 
 
-# 4. The output's identity ------------------------------------------------------------------
-
-
-def test_an_output_replaced_by_a_link_to_another_file_is_not_touched(tmp_path: Path) -> None:
-    data = random.Random(5).randbytes(2 << 20)
-    source = tmp_path / "in"
-    source.write_bytes(data)
-    out = tmp_path / "out"
+def killed_run(
+    tmp_path: Path, size: int = 300_000, seed: int = 7, past_output: int = 0
+) -> tuple[Path, Path, Path]:
+    """A checkpointed run to a file, SIGKILLed once its checkpoint holds more than 20,000 input
+    bytes and `past_output` output bytes: (input, output, checkpoint)."""
+    source, out, ckpt = tmp_path / "in", tmp_path / "out", tmp_path / "out.ckpt.json"
+    source.write_bytes(random.Random(seed).randbytes(size))
     process = spawn(
         [
             "run",
@@ -241,19 +240,33 @@ def test_an_output_replaced_by_a_link_to_another_file_is_not_touched(tmp_path: P
             str(source),
             "-o",
             str(out),
-            "-j",
-            "1",
             "--frame-size",
             "4K",
             "--checkpoint-every",
             "1",
+            "-j",
+            "1",
         ],
         stderr=subprocess.DEVNULL,
     )
-    ckpt = tmp_path / "out.ckpt.json"
-    wait_for(lambda: ckpt.exists() and checkpoint_of(ckpt)["position"]["output_bytes"] > 0)
+
+    def far_enough() -> bool:
+        position = checkpoint_of(ckpt)["position"] if ckpt.exists() else None
+        return bool(
+            position and position["input_bytes"] > 20_000 and position["output_bytes"] > past_output
+        )
+
+    wait_for(far_enough)
     process.kill()
     process.wait(timeout=10)
+    return source, out, ckpt
+
+
+# 4. The output's identity ------------------------------------------------------------------
+
+
+def test_an_output_replaced_by_a_link_to_another_file_is_not_touched(tmp_path: Path) -> None:
+    source, out, _ = killed_run(tmp_path, size=2 << 20, seed=5)
     precious = tmp_path / "precious"
     precious.write_bytes(b"p" * (4 << 20))
     out.unlink()
@@ -266,29 +279,7 @@ def test_an_output_replaced_by_a_link_to_another_file_is_not_touched(tmp_path: P
 
 
 def test_an_output_rewritten_in_place_is_not_cut(tmp_path: Path) -> None:
-    source = tmp_path / "in"
-    source.write_bytes(random.Random(6).randbytes(2 << 20))
-    out = tmp_path / "out"
-    process = spawn(
-        [
-            "run",
-            HEAVY,
-            str(source),
-            "-o",
-            str(out),
-            "-j",
-            "1",
-            "--frame-size",
-            "4K",
-            "--checkpoint-every",
-            "1",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    ckpt = tmp_path / "out.ckpt.json"
-    wait_for(lambda: ckpt.exists() and checkpoint_of(ckpt)["position"]["output_bytes"] > 8192)
-    process.kill()
-    process.wait(timeout=10)
+    source, out, ckpt = killed_run(tmp_path, size=2 << 20, seed=6, past_output=8192)
     kept = checkpoint_of(ckpt)["position"]["output_bytes"]
     with open(out, "r+b") as rewrite:  # same inode, other bytes just before the kept offset
         rewrite.seek(kept - 10)
@@ -394,33 +385,6 @@ def test_a_start_function_that_never_returns_times_out_and_inspect_says_so() -> 
 # 8. Checkpoints edited by hand -------------------------------------------------------------
 
 
-def finished_run(tmp_path: Path) -> tuple[Path, Path, Path]:
-    source = tmp_path / "in"
-    source.write_bytes(random.Random(7).randbytes(300_000))
-    out = tmp_path / "out"
-    process = spawn(
-        [
-            "run",
-            HEAVY,
-            str(source),
-            "-o",
-            str(out),
-            "--frame-size",
-            "4K",
-            "--checkpoint-every",
-            "1",
-            "-j",
-            "1",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    ckpt = tmp_path / "out.ckpt.json"
-    wait_for(lambda: ckpt.exists() and checkpoint_of(ckpt)["position"]["input_bytes"] > 20_000)
-    process.kill()
-    process.wait(timeout=10)
-    return source, out, ckpt
-
-
 def _set(path: list[str], value: object):  # type: ignore[no-untyped-def]
     def edit(record: dict) -> None:  # type: ignore[type-arg]
         for key in path[:-1]:
@@ -455,7 +419,7 @@ def test_a_checkpoint_that_breaks_a_rule_is_refused_untouched(
     edit,
     needle: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    source, out, ckpt = finished_run(tmp_path)
+    source, out, ckpt = killed_run(tmp_path)
     record = checkpoint_of(ckpt)
     edit(record)
     ckpt.write_text(json.dumps(record))
@@ -697,7 +661,7 @@ def test_running_the_same_command_again_starts_over(tmp_path: Path) -> None:
 
 
 def test_an_unfinished_checkpoint_still_needs_resume_or_restart(tmp_path: Path) -> None:
-    source, out, ckpt = finished_run(tmp_path)
+    source, out, ckpt = killed_run(tmp_path)
     before = snapshot(out, ckpt)
     result = wasmstream("run", HEAVY, str(source), "-o", str(out), "--frame-size", "4K")
     assert_clean_failure(result, ExitStatus.CHECKPOINT, "--resume", "--restart")
@@ -1023,7 +987,7 @@ def test_more_hand_edited_checkpoints_are_refused(
     edit,
     needle: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    _, out, ckpt = finished_run(tmp_path)
+    _, out, ckpt = killed_run(tmp_path)
     record = checkpoint_of(ckpt)
     edit(record)
     ckpt.write_text(json.dumps(record))
