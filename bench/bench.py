@@ -141,21 +141,24 @@ def f3_huge_pipe(table: Table, directory: Path, size: int, runs: int) -> None:
     )
 
 
-def b2_parallel_speedup(table: Table, medium: Path, size: int, runs: int) -> None:
-    heavy = FIXTURES / "heavy.wasm"
-    one, two = medians(
-        runs,
-        f"{WASMSTREAM} run {heavy} -j 1 {medium} -o /dev/null",
-        f"{WASMSTREAM} run {heavy} -j 2 {medium} -o /dev/null",
-    )
-    ratio = one / two
+def jobs_row(
+    table: Table, name: str, module: str, path: Path, size: int, runs: int, jobs: str, target: float
+) -> None:
+    """`module` over `path` with the `jobs` option (empty: the default) against `-j 1`."""
+    command = f"{WASMSTREAM} run {FIXTURES / module} {{}} {path} -o /dev/null"
+    tried, one = medians(runs, command.format(jobs), command.format("-j 1"))
+    ratio = one / tried
     table.add(
-        "B2 heavy -j2 vs -j1",
-        rate(size, two),
+        name,
+        rate(size, tried),
         f"-j1 {rate(size, one)}",
         f"{ratio:.2f}x",
-        verdict(ratio >= 1.8, ">= 1.8x"),
+        verdict(ratio >= target, f">= {target}x"),
     )
+
+
+def b2_parallel_speedup(table: Table, medium: Path, size: int, runs: int) -> None:
+    jobs_row(table, "B2 heavy -j2 vs -j1", "heavy.wasm", medium, size, runs, "-j 2", 1.8)
 
 
 def b3_flat_memory(table: Table, big: Path, small: Path) -> None:
@@ -340,39 +343,15 @@ def wasmer_side_by_side(table: Table, path: Path, heavy_input: Path, runs: int) 
 
 def f1_default_jobs_cheap_guest(table: Table, path: Path, size: int, runs: int) -> None:
     """A cheap guest with the default --jobs (auto) against one instance: it must never lose."""
-    identity = FIXTURES / "identity.wasm"
-    default, one = medians(
-        runs,
-        f"{WASMSTREAM} run {identity} {path} -o /dev/null",
-        f"{WASMSTREAM} run {identity} -j 1 {path} -o /dev/null",
-    )
-    ratio = one / default
-    table.add(
-        f"F1 identity {size // MiB} MiB, default -j vs -j1",
-        rate(size, default),
-        f"-j1 {rate(size, one)}",
-        f"{ratio:.2f}x",
-        verdict(ratio >= 0.95, ">= 0.95x"),
-    )
+    name = f"F1 identity {size // MiB} MiB, default -j vs -j1"
+    jobs_row(table, name, "identity.wasm", path, size, runs, "", 0.95)
 
 
 def f2_default_jobs_heavy_guest(table: Table, path: Path, size: int, runs: int) -> None:
     """A heavy guest with the default --jobs (auto) against one instance."""
-    heavy = FIXTURES / "heavy.wasm"
-    default, one = medians(
-        runs,
-        f"{WASMSTREAM} run {heavy} {path} -o /dev/null",
-        f"{WASMSTREAM} run {heavy} -j 1 {path} -o /dev/null",
-    )
-    ratio = one / default
     target = 1.8 if (os.cpu_count() or 1) >= 2 else 0.95
-    table.add(
-        f"F2 heavy {size // MiB} MiB, default -j vs -j1",
-        rate(size, default),
-        f"-j1 {rate(size, one)}",
-        f"{ratio:.2f}x",
-        verdict(ratio >= target, f">= {target}x"),
-    )
+    name = f"F2 heavy {size // MiB} MiB, default -j vs -j1"
+    jobs_row(table, name, "heavy.wasm", path, size, runs, "", target)
 
 
 def f4_host_cost_per_frame(table: Table, path: Path, size: int, runs: int) -> None:
