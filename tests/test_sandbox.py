@@ -444,3 +444,25 @@ def test_the_run_stops_when_a_replacement_instance_cannot_start(
         "while starting an instance: init function init returned error code -1",
     )
     assert result.stdout == GOOD
+
+
+def test_timeout_counts_each_frame_from_its_own_start(tmp_path: Path) -> None:
+    """Frames may be queued behind others (the wasmer engine keeps three in its worker): a
+    frame's --timeout runs from when the guest starts on it, not from when it was read."""
+    # clock.wasm spends 100 ms on each frame; six frames queued three deep wait up to 200 ms
+    # before their turn, so a timeout counted from reading would fail them at 250 ms.
+    data = tmp_path / "six-frames"
+    data.write_bytes(bytes(16 * 6))
+    result = wasmstream(
+        "run",
+        fixture("clock.wasm"),
+        "--frame-size",
+        "16",
+        "-j",
+        "1",
+        "--timeout",
+        "250ms",
+        str(data),
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == 16 * 6

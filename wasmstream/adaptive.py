@@ -29,7 +29,7 @@ from typing import Protocol
 from .engines.base import Instance
 from .framing import Buffer, Frame
 from .policy import FailureHandler
-from .pool import Frames, PoolSettings, Write, run_frames
+from .pool import Frames, InputWaits, PoolSettings, Write, run_frames
 from .tally import Tally
 
 FIRST_LOOK = 0.05  # seconds of a run before the first decision
@@ -58,9 +58,13 @@ class _Segments:
         assert self._next_buffer is not None
         return self._next_buffer()
 
-    def segment(self, should_switch: Callable[[], bool]) -> Frames:
+    def segment(self, should_switch: Callable[[], bool], started: Callable[[], None]) -> Frames:
+        """The next segment's frames; `started` is called when its runner, its instances
+        started, asks for the first one."""
+
         def frames(next_buffer: Callable[[], Buffer]) -> Iterator[Frame]:
             self._next_buffer = next_buffer
+            started()
             return self._frames(should_switch)
 
         return frames
@@ -165,6 +169,11 @@ class Controller:
         )
         return False
 
+    def segment_started(self) -> None:
+        """Measure from here: starting instances (a wasmer worker process takes ~50 ms) is not
+        a cost per frame of either shape."""
+        self._begin(self._look)
+
     def switched(self) -> None:
         self.parallel = not self.parallel
         self.switches += 1
@@ -185,6 +194,7 @@ def run_adaptive(
     *,
     flip_every: int | None = None,
     on_decision: _Reasoned | None = None,
+    input_waits: InputWaits | None = None,
 ) -> Controller:
     """Like `pool.run_frames` with `settings.jobs` instances at most, switching between one
     instance on this thread and a pool of them as measurements say. Returns the controller,
@@ -197,7 +207,13 @@ def run_adaptive(
         shape = settings if controller.parallel else serial
         tally.workers = shape.jobs
         run_frames(
-            segments.segment(controller.should_switch), new_instance, write, shape, tally, failures
+            segments.segment(controller.should_switch, controller.segment_started),
+            new_instance,
+            write,
+            shape,
+            tally,
+            failures,
+            input_waits=input_waits,
         )
         if not segments.exhausted:
             controller.switched()

@@ -28,7 +28,7 @@ from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
 from .options import Notify, RunConfig, StartPoint
 from .parts import shard_part
 from .policy import DeadLetters, DropLog, FailureHandler
-from .pool import Frames, PoolSettings, Write, run_frames
+from .pool import Frames, InputWaits, PoolSettings, Write, run_frames
 from .sink import STDOUT, Sink
 from .sources import Inputs, is_url
 from .tally import Tally
@@ -362,6 +362,7 @@ def _run_started(
                 _pool_settings(config, direct_read=not config.framing.record_based and not watch),
                 summary,
                 end=_ending(abi, sink.write, summary.tally, journal) if abi.one_instance else None,
+                input_waits=stream,
             )
     except BaseException as error:
         if journal is not None:
@@ -504,6 +505,7 @@ def _run_frames(
     settings: PoolSettings,
     summary: RunSummary,
     end: Callable[[Instance], None] | None = None,
+    input_waits: InputWaits | None = None,
 ) -> None:
     """A fixed --jobs runs as asked; auto adapts while it runs (adaptive.py), except under an
     overload policy, which only the pool has, or on one CPU. A stateful run (`end`) is serial."""
@@ -513,7 +515,9 @@ def _run_frames(
         if end is not None:
             summary.jobs_reason = "one instance: the module keeps state, or has a finish function"
         summary.tally.workers = settings.jobs
-        run_frames(frames, new_instance, write, settings, summary.tally, summary.failures, end)
+        run_frames(
+            frames, new_instance, write, settings, summary.tally, summary.failures, end, input_waits
+        )
         return
     controller = run_adaptive(
         frames,
@@ -524,6 +528,7 @@ def _run_frames(
         summary.failures,
         flip_every=config.flip_every,
         on_decision=summary,
+        input_waits=input_waits,
     )
     summary.switches = controller.switches
 

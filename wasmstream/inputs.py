@@ -11,7 +11,7 @@ import io
 import os
 import select
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 
 from .errors import CheckpointError, IOFailure, UsageError
@@ -104,6 +104,10 @@ class ConcatenatedInput:
         self.skipped_tail = b""
         self.discarded: list[tuple[str, int]] = []  # streams read past (not seeked) to start
         self._tally = tally  # where time spent waiting is counted (--stats); None: not timed
+        # Called when a read is about to wait for input that has not come yet (a pipe, a
+        # FIFO, a terminal): whoever holds finished outputs back hands them on first.
+        self.before_wait: Callable[[], None] | None = None
+        self._may_wait = False  # whether the current input is one that can keep a reader waiting
 
     def readinto(self, buffer: memoryview, /) -> int:
         if self._tally is None:
@@ -126,6 +130,8 @@ class ConcatenatedInput:
                     return 0
                 self._open_next()
             assert self._current is not None
+            if self.before_wait is not None and self._may_wait and not self._ready_now():
+                self.before_wait()
             try:
                 got = self._current.readinto(buffer) or 0
             except OSError as error:
@@ -156,6 +162,8 @@ class ConcatenatedInput:
         """Whether input (or its end) arrives within `timeout` seconds: for --linger."""
         if not isinstance(self._current, io.FileIO):
             return True  # nothing read yet, or an object store: data is there or ends
+        if self.before_wait is not None and self._may_wait and not self._ready_now():
+            self.before_wait()
         poller = select.poll()
         poller.register(self._current.fileno(), select.POLLIN | select.POLLHUP)
         started = perf_counter()
@@ -164,6 +172,11 @@ class ConcatenatedInput:
         finally:
             if self._tally is not None:
                 self._tally.input_seconds += perf_counter() - started
+
+    def _ready_now(self) -> bool:
+        """Whether the current input has data (or its end) to give without waiting."""
+        assert isinstance(self._current, io.FileIO)
+        return bool(select.select([self._current.fileno()], [], [], 0)[0])
 
     def progress(self, stream_offset: int) -> list[int]:
         """Bytes of each input consumed once the stream has been processed up to `stream_offset`."""
@@ -188,6 +201,9 @@ class ConcatenatedInput:
                 self._current = open_input(path)
         except OSError as error:
             raise IOFailure(f"cannot read input {self._name()}: {error.strerror}") from None
+        self._may_wait = isinstance(self._current, io.FileIO) and not stat.S_ISREG(
+            os.fstat(self._current.fileno()).st_mode
+        )
         if skip:
             self._skip(self._current, skip, tail if tail is not None else bytearray())
 

@@ -1,6 +1,6 @@
 """Running frames through instances of the module, and writing outputs in input order.
 
-Two shapes, one contract (outputs leave strictly in input order; at most `queue_depth + jobs`
+Three shapes, one contract (outputs leave strictly in input order; at most `queue_depth + jobs`
 frames exist at once; the first failure stops the run with everything before it written):
 
 - `jobs == 1` (and `--on-overload block`): one instance on the calling thread. Read,
@@ -9,6 +9,9 @@ frames exist at once; the first failure stops the run with everything before it 
   instance sees every frame in order, and whoever records a frame (the checkpoint's journal)
   runs on the instance's own thread between frames, where a snapshot of it is consistent; after
   the last frame, `end` gets the instance (to call its finish function) before it is closed.
+- `jobs == 1` with a `Pipelined` instance (the wasmer engine, whose guest runs in a process of
+  its own): the same, but up to `depth` frames are in that process at once, so that reading,
+  transforming and writing overlap; see `_Pipeline`.
 - `jobs > 1`: the calling thread reads frames into a fixed set of recycled buffers; `jobs`
   worker threads each own one instance for their whole life (wasmtime Stores are not
   thread-safe) and copy each output out of guest memory; one writer thread waits for frames in
@@ -21,12 +24,14 @@ frames exist at once; the first failure stops the run with everything before it 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from time import perf_counter, sleep
+from typing import Protocol
 
-from .engines.base import Instance
+from .engines.base import Instance, Pipelined
 from .errors import GuestError, Interrupted, WasmstreamError
 from .framing import Buffer, Frame
 from .options import Overload
@@ -48,6 +53,12 @@ class PoolSettings:
     overload: Overload = field(default_factory=Overload)
 
 
+class InputWaits(Protocol):
+    """Where the input says that a read is about to wait (`inputs.ConcatenatedInput`)."""
+
+    before_wait: Callable[[], None] | None
+
+
 def run_frames(
     frames: Frames,
     new_instance: Callable[[], Instance],
@@ -56,16 +67,26 @@ def run_frames(
     tally: Tally,
     failures: FailureHandler,
     end: Callable[[Instance], None] | None = None,
+    input_waits: InputWaits | None = None,
 ) -> None:
     """Transform every frame and write the outputs in order. Raises the first failure.
 
     A frame that fails goes to `failures`, which raises (policy fail) or says what to write in
     its place; the instance it failed in is replaced by a fresh one, its state being suspect.
     `end`: called with the serial path's instance after the last frame (a stateful run).
+    `input_waits`: told when the input is about to wait, so that outputs held back by a
+    pipelined instance are written first and never wait for input that has not come.
     """
     if settings.jobs == 1 and settings.overload.policy == "block":
+        instance = new_instance()
+        if end is None and isinstance(instance, Pipelined):
+            pipeline = _Pipeline(instance, new_instance, write, tally, failures)
+            pipeline.run(frames, settings, input_waits)
+            return
         direct = settings.direct_read and not failures.needs_input
-        _run_serial(frames, new_instance, write, settings.frame_size, tally, failures, direct, end)
+        _run_serial(
+            frames, instance, new_instance, write, settings.frame_size, tally, failures, direct, end
+        )
     else:
         assert end is None, "a stateful run is serial"
         _ParallelRun(frames, new_instance, write, settings, tally, failures).run()
@@ -73,6 +94,7 @@ def run_frames(
 
 def _run_serial(
     frames: Frames,
+    instance: Instance,
     new_instance: Callable[[], Instance],
     write: Write,
     frame_size: int,
@@ -81,7 +103,6 @@ def _run_serial(
     direct: bool,
     end: Callable[[Instance], None] | None = None,
 ) -> None:
-    instance = new_instance()
     # Frames are read straight into guest memory (one copy fewer) unless a failed frame's input
     # must survive the guest, which may change it in place, or the framing carries bytes over.
     host_buffer = None if direct else bytearray(frame_size)
@@ -112,6 +133,115 @@ def _run_serial(
             end(instance)
     finally:
         instance.close()
+
+
+class _Pipeline:
+    """The serial shape for a `Pipelined` instance (the wasmer engine's worker process): up to
+    `depth` frames in flight while this thread reads the next and writes the oldest, outputs in
+    input order, a failed frame's instance replaced and the frames after it run again on the
+    fresh one. Frames are read straight into the instance's input slots, which the guest never
+    changes: a failed frame's input is still there for the failure policy.
+
+    An output is written when the ring is full, or when the input is about to wait (so output
+    never waits for input that has not come), or at the end.
+    """
+
+    def __init__(
+        self,
+        instance: Pipelined,
+        new_instance: Callable[[], Instance],
+        write: Write,
+        tally: Tally,
+        failures: FailureHandler,
+    ) -> None:
+        self._instance = instance
+        self._new_instance = new_instance
+        self._write = write
+        self._tally = tally
+        self._failures = failures
+        self._in_flight: deque[Frame] = deque()
+        self._stopped = False  # an output failed: the frames after it are not written
+
+    def run(self, frames: Frames, settings: PoolSettings, input_waits: InputWaits | None) -> None:
+        # A framing that carries bytes across frames fills a buffer of its own: frames are
+        # copied into a slot as they are submitted.
+        host_buffer = None if settings.direct_read else bytearray(settings.frame_size)
+
+        def next_buffer() -> Buffer:
+            return self._instance.input_buffer() if host_buffer is None else host_buffer
+
+        self._tally.queue_fill = lambda: (len(self._in_flight), self._instance.depth)
+        if input_waits is not None:
+            input_waits.before_wait = self.drain
+        try:
+            for frame in frames(next_buffer):
+                self._submit(frame)
+                if len(self._in_flight) == self._instance.depth:
+                    self._collect()
+            self.drain()
+        except Interrupted:  # SIGTERM (Ctrl-C is a KeyboardInterrupt): stop now
+            raise
+        except WasmstreamError:
+            # Unreadable input (or a record too large): first write what came before it,
+            # unless the error is an output's own (a frame failing under --on-error fail).
+            if not self._stopped:
+                self.drain()
+            raise
+        finally:
+            if input_waits is not None:
+                input_waits.before_wait = None
+            self._instance.close()
+
+    def drain(self) -> None:
+        """Write every output in flight."""
+        while self._in_flight:
+            self._collect()
+
+    def _submit(self, frame: Frame) -> None:
+        slot = self._instance.input_buffer()
+        if frame.buffer is not slot:  # read into a host buffer, or into a replaced instance's
+            slot[: frame.length] = frame.data
+            frame = Frame(frame.index, frame.offset, slot, frame.length, frame.span)
+        self._instance.submit(frame.length)
+        self._in_flight.append(frame)
+
+    def _collect(self) -> None:
+        frame = self._in_flight.popleft()
+        tally = self._tally
+        started, writing_before = perf_counter(), tally.output_seconds
+        try:
+            written = self._instance.collect(self._write)
+        except GuestError as error:
+            try:
+                written = self._write(
+                    self._failures.handle(frame, error.at(frame.index, frame.offset))
+                )
+                tally.failed += 1
+                self._replace_instance()
+            except BaseException:
+                self._stopped = True
+                raise
+        except BaseException:  # the output cannot be written: nothing after it may be
+            self._stopped = True
+            raise
+        # Time spent waiting for the guest, less the write (auto mode reads it).
+        tally.guest_seconds += perf_counter() - started - (tally.output_seconds - writing_before)
+        tally.record(frame, written)
+
+    def _replace_instance(self) -> None:
+        """After a failed frame: a fresh instance, given again the frames that were behind it
+        (copied from the failed instance's slots before that is closed)."""
+        failed = self._instance
+        try:
+            fresh = self._new_instance()
+            assert isinstance(fresh, Pipelined)
+            self._instance = fresh
+            behind = list(self._in_flight)
+            self._in_flight.clear()
+            for frame in behind:
+                self._submit(frame)
+        finally:
+            failed.close()
 
 
 class _Buffers:

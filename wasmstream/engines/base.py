@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ..abi import GuestAbi, ModuleInfo
 from ..errors import ModuleError
@@ -90,6 +90,25 @@ class Instance(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Pipelined(Instance, Protocol):
+    """An instance that runs frames elsewhere (another process) while its caller goes on:
+    frames are submitted into a ring of `depth` input slots and collected, in order, later.
+    `input_buffer` is the slot the next frame goes to; at most `depth` frames are in flight."""
+
+    depth: int
+
+    def submit(self, length: int) -> None:
+        """Start the transform on the first `length` bytes of `input_buffer()`."""
+        ...
+
+    def collect(self, consume: Callable[[memoryview], T]) -> T:
+        """`consume(output)` for the oldest frame submitted, once it is done. Raises GuestError
+        (or a subclass) when that frame failed: the frames after it are lost with the
+        instance, which the caller closes (and submits them again to a fresh one)."""
+        ...
 
 
 class CopyingInstance:

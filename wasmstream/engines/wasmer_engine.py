@@ -25,7 +25,9 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,6 +46,7 @@ from ..errors import (
 from ..units import format_duration, format_size
 from .base import CopyingInstance, Sandbox, check_header
 from .wasmer_worker import (
+    CLOCK,
     GUEST_ERROR,
     MEMORY_LIMIT,
     MODULE,
@@ -58,6 +61,8 @@ from .wasmer_worker import (
 
 T = TypeVar("T")
 STARTUP_GRACE = 30.0  # seconds for a worker to start Python, compile and initialise
+# Frames in the ring between wasmstream and a worker: reading one, transforming one, writing one.
+PIPELINE_DEPTH = 3
 
 
 def _import_wasmer() -> Any:
@@ -118,7 +123,15 @@ class WasmerModule:
 
 
 class WasmerWorker(CopyingInstance):
-    """An instance in a worker process; frames and outputs cross through shared memory."""
+    """An instance in a worker process; frames and outputs cross through shared memory.
+
+    A `Pipelined` instance: frames are submitted to a ring of `depth` slots and collected in
+    order, so that the worker transforms one frame while the caller reads the next and writes
+    the last (on two cores, the pipe's round trip is hidden). `transform_buffer` is a submit
+    and a collect, for callers that take one frame at a time.
+    """
+
+    depth = PIPELINE_DEPTH
 
     def __init__(
         self,
@@ -131,12 +144,20 @@ class WasmerWorker(CopyingInstance):
     ) -> None:
         self._timeout = sandbox.timeout
         self._message = b""
+        depth = self.depth
         max_output = sandbox.output_limit(buffer_size)
-        self._input, input_fd = _shared_region("wasmstream-input", buffer_size)
-        self._output, output_fd = _shared_region("wasmstream-output", max_output)
+        self._input, input_fd = _shared_region("wasmstream-input", depth * buffer_size)
+        self._output, output_fd = _shared_region("wasmstream-output", depth * max_output)
+        self._clock, clock_fd = _shared_region("wasmstream-clock", depth * CLOCK.size)
+        inputs, outputs = memoryview(self._input), memoryview(self._output)
+        self._slots = [inputs[n * buffer_size : (n + 1) * buffer_size] for n in range(depth)]
+        self._outputs = [outputs[n * max_output : (n + 1) * max_output] for n in range(depth)]
+        self._next = 0  # the slot the next frame goes to
+        self._in_flight: deque[tuple[int, int]] = deque()  # (slot, when submitted), oldest first
+        self._last_reply = 0  # when the latest reply was read (time.monotonic_ns)
         requests_read, self._requests = os.pipe()
         self._replies, replies_write = os.pipe()
-        fds = (requests_read, replies_write, input_fd, output_fd)
+        fds = (requests_read, replies_write, input_fd, output_fd, clock_fd)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "wasmstream.engines.wasmer_worker", *map(str, fds)],
             pass_fds=fds,
@@ -156,6 +177,7 @@ class WasmerWorker(CopyingInstance):
                 "state": abi.state.value,
             },
             "buffer_size": buffer_size,
+            "depth": depth,
             "config": config.hex(),
             "max_memory": sandbox.max_memory,
             "max_memory_text": format_size(sandbox.max_memory or 0),
@@ -174,26 +196,67 @@ class WasmerWorker(CopyingInstance):
             raise
 
     def input_buffer(self) -> memoryview:
-        return memoryview(self._input)
+        """The slot the next frame goes to (the same view each time round the ring)."""
+        return self._slots[self._next]
+
+    def submit(self, length: int) -> None:
+        """Start the transform on the frame in `input_buffer()`; returns at once."""
+        assert len(self._in_flight) < self.depth, "collect before submitting more"
+        slot = self._next
+        CLOCK.pack_into(self._clock, slot * CLOCK.size, 0)  # not started: the worker sets it
+        os.write(self._requests, REQUEST.pack(b"T", slot, length))
+        self._in_flight.append((slot, time.monotonic_ns()))
+        self._next = (slot + 1) % self.depth
+
+    def collect(self, consume: Callable[[memoryview], T]) -> T:
+        """`consume(output)` for the oldest frame submitted, once it is done. Raises GuestError
+        (or a subclass) when that frame failed; the frames after it are then lost with this
+        instance, which the caller must close."""
+        slot, submitted = self._in_flight.popleft()
+        length = self._await_frame(slot, submitted)
+        return consume(self._outputs[slot][:length])
 
     def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
-        os.write(self._requests, REQUEST.pack(b"T", length))
-        out_len = self._await(self._timeout)
-        return consume(memoryview(self._output)[:out_len])
+        self.submit(length)
+        return self.collect(consume)
 
     def snapshot(self) -> bytes | None:
-        os.write(self._requests, REQUEST.pack(b"S", 0))
+        self._request_alone(b"S")
         self._await(self._timeout)
         return self._message
 
     def restore(self, state: bytes) -> None:
-        os.write(self._requests, REQUEST.pack(b"R", len(state)))
+        self._request_alone(b"R", len(state))
         _write_all(self._requests, state)
         self._await(self._timeout)
 
     def finish(self) -> bytes:
-        os.write(self._requests, REQUEST.pack(b"F", 0))
-        return bytes(self._output[: self._await(self._timeout)])
+        self._request_alone(b"F")
+        return bytes(self._outputs[0][: self._await(self._timeout)])
+
+    def _request_alone(self, command: bytes, length: int = 0) -> None:
+        assert not self._in_flight, "state requests are made between frames"
+        os.write(self._requests, REQUEST.pack(command, 0, length))
+
+    def _await_frame(self, slot: int, submitted: int) -> int:
+        """The reply for the frame in `slot`; the watchdog times the frame from when the worker
+        started on it (or, until it says so, from when it could have started at the earliest)."""
+        if self._timeout is None:
+            return self._reply(starting=False)
+        limit = int(self._timeout * 1e9)
+        earliest = max(submitted, self._last_reply)  # it ran after the frame before it
+        while True:
+            (started,) = CLOCK.unpack_from(self._clock, slot * CLOCK.size)
+            deadline = (started or earliest) + limit
+            wait = (deadline - time.monotonic_ns()) / 1e9
+            if wait <= 0:
+                (started,) = CLOCK.unpack_from(self._clock, slot * CLOCK.size)
+                if (started or earliest) + limit <= time.monotonic_ns():
+                    self._process.kill()  # the watchdog: the only way to stop a wasmer guest
+                    raise GuestTimeout(f"timed out after {format_duration(self._timeout)}")
+                continue
+            if select.select([self._replies], [], [], wait)[0]:
+                return self._reply(starting=False)
 
     def _await(self, timeout: float | None, starting: bool = False) -> int:
         ready, _, _ = select.select([self._replies], [], [], timeout)
@@ -203,19 +266,25 @@ class WasmerWorker(CopyingInstance):
             if starting:
                 raise StartupError(f"did not start within {format_duration(timeout)}")
             raise GuestTimeout(f"timed out after {format_duration(timeout)}")
+        return self._reply(starting)
+
+    def _reply(self, starting: bool) -> int:
+        """Read one reply: the value of an OK one; a failure raises the error it names."""
         try:
             status, value, size = REPLY.unpack(read_exactly(self._replies, REPLY.size))
             self._message = read_exactly(self._replies, size)
-            message = self._message.decode(errors="replace")
         except EOFError:
             code = self._process.wait()
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
             raise GuestTrap(f"the wasmer worker process died ({how})") from None
+        self._last_reply = time.monotonic_ns()
         if status == OK:
             return int(value)
-        raise _error(status, message, starting)
+        raise _error(status, self._message.decode(errors="replace"), starting)
 
     def close(self) -> None:
+        if self._in_flight:  # frames nobody will collect (a failure, or an interruption)
+            self._process.kill()
         for fd in (self._requests, self._replies):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -224,7 +293,9 @@ class WasmerWorker(CopyingInstance):
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        for region in (self._input, self._output):
+        self._slots.clear()
+        self._outputs.clear()
+        for region in (self._input, self._output, self._clock):
             with contextlib.suppress(BufferError):  # a frame still viewing it: freed with it
                 region.close()
 

@@ -3,14 +3,21 @@
 wasmer's Python objects may only be used by the thread that created them and hold the GIL
 while guest code runs, so threads cannot run wasmer guests in parallel. Each instance lives
 instead in a process of its own (this module, started by `wasmer_engine`). Frames and outputs
-cross through shared memory (memfd); only small headers cross the pipes:
+cross through shared memory (memfd), in a ring of `depth` slots, so that the parent can read
+the next frames while this process transforms the earlier ones; only small headers cross the
+pipes, and the parent waits for a reply only when the ring is full or its input is idle:
 
-    parent -> worker   b"T" + u32 length      the frame is in the input region
-                       b"S" + u32 0           snapshot: the state comes back as the message
-                       b"R" + u32 length      restore: that many bytes of state follow
-                       b"F" + u32 0           finish: its output goes to the output region
-    worker -> parent   status u8, value u64, message u32 + message bytes
-                       status 0: value bytes of output are in the output region
+    parent -> worker   b"T" + u32 slot + u32 length   a frame is in that input slot
+                       b"S" + 0 + 0          snapshot: the state comes back as the message
+                       b"R" + 0 + u32 length restore: that many bytes of state follow
+                       b"F" + 0 + 0          finish: its output goes to output slot 0
+    worker -> parent   status u8, value u64, message u32 + message bytes, one reply per
+                       request, in order; status 0 after "T": value bytes of output are in
+                       the output slot of the same number
+
+Before it calls the guest on a frame, the worker writes the time (CLOCK_MONOTONIC, ns) into the
+clock region at the frame's slot: the parent's watchdog times each frame from its own start,
+not from when it was queued.
 
 Start-up: the parent sends one length-prefixed JSON message (module bytes in hex, the ABI and
 limits) and the worker answers with a status header like any frame's. The worker's stdout is
@@ -26,6 +33,7 @@ import os
 import signal
 import struct
 import sys
+import time
 from typing import Any
 
 from ..abi import GuestAbi, ResultKind, StateKind
@@ -33,7 +41,8 @@ from ..errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError, Stat
 from ..guest import Call, Guest
 
 REPLY = struct.Struct("<BQI")
-REQUEST = struct.Struct("<cI")
+REQUEST = struct.Struct("<cII")
+CLOCK = struct.Struct("<Q")  # one per slot: when the guest started on that slot's frame
 OK, TRAP, GUEST_ERROR, MEMORY_LIMIT, STARTUP, MODULE, STATE_REFUSED = range(7)
 
 TRAP_WORDS = {
@@ -139,20 +148,33 @@ def start(spec: dict[str, Any]) -> Guest:
         raise _failure(error) from None
 
 
-def run(guest: Guest, length: int, input_region: mmap.mmap, output_region: mmap.mmap) -> int:
-    """One frame: from the input region to the output region; the output's length."""
-    guest.input_buffer()[:length] = input_region[:length]
+class Regions:
+    """The shared memory: `depth` input slots, `depth` output slots, a start time per slot."""
 
-    def stage(output: memoryview) -> int:
-        output_region[: len(output)] = output
-        return len(output)
+    def __init__(self, spec: dict[str, Any], input_fd: int, output_fd: int, clock_fd: int):
+        depth = spec["depth"]
+        self.input_size, self.output_size = spec["buffer_size"], spec["max_output"]
+        self.input = memoryview(mmap.mmap(input_fd, depth * self.input_size))
+        self.output = memoryview(mmap.mmap(output_fd, depth * self.output_size))
+        self.clock = mmap.mmap(clock_fd, depth * CLOCK.size)
 
-    try:
-        # The parent reads the output region only after an OK reply: no copy is needed
-        # to keep a failed frame's output from leaving.
-        return guest.transform(length, stage, consume_is_final=False)
-    except GuestError as error:
-        raise _failure(error) from None
+    def run(self, guest: Guest, slot: int, length: int) -> int:
+        """One frame: from its input slot to its output slot; the output's length."""
+        start = slot * self.input_size
+        guest.input_buffer()[:length] = self.input[start : start + length]
+        CLOCK.pack_into(self.clock, slot * CLOCK.size, time.monotonic_ns())
+        output_start = slot * self.output_size
+
+        def stage(output: memoryview) -> int:
+            self.output[output_start : output_start + len(output)] = output
+            return len(output)
+
+        try:
+            # The parent reads the output slot only after an OK reply: no copy is needed
+            # to keep a failed frame's output from leaving.
+            return guest.transform(length, stage, consume_is_final=False)
+        except GuestError as error:
+            raise _failure(error) from None
 
 
 def _failure(error: GuestError) -> Failure:
@@ -169,7 +191,14 @@ def _failure(error: GuestError) -> Failure:
 
 
 def read_exactly(fd: int, size: int) -> bytes:
-    data = bytearray()
+    if not size:
+        return b""
+    first = os.read(fd, min(size, 1 << 20))  # a header: nearly always whole in one read
+    if len(first) == size:
+        return first
+    if not first:
+        raise EOFError
+    data = bytearray(first)
     while len(data) < size:
         chunk = os.read(fd, min(size - len(data), 1 << 20))
         if not chunk:
@@ -200,11 +229,10 @@ def main(argv: list[str]) -> int:
     # (save a checkpoint, then stop its workers), so the worker does not die on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    requests, replies, input_fd, output_fd = (int(arg) for arg in argv)
+    requests, replies, input_fd, output_fd, clock_fd = (int(arg) for arg in argv)
     (length,) = struct.unpack("<I", read_exactly(requests, 4))
     spec = json.loads(read_exactly(requests, length))
-    input_region = mmap.mmap(input_fd, spec["buffer_size"])
-    output_region = mmap.mmap(output_fd, spec["max_output"])
+    regions = Regions(spec, input_fd, output_fd, clock_fd)
     try:
         guest = start(spec)
     except Failure as failure:
@@ -213,11 +241,11 @@ def main(argv: list[str]) -> int:
     reply(replies, OK)
     while True:
         try:
-            command, length = REQUEST.unpack(read_exactly(requests, REQUEST.size))
+            command, slot, length = REQUEST.unpack(read_exactly(requests, REQUEST.size))
             if command == b"T":
-                reply(replies, OK, run(guest, length, input_region, output_region))
+                reply(replies, OK, regions.run(guest, slot, length))
             else:
-                handle_state(guest, command, length, requests, replies, output_region)
+                handle_state(guest, command, length, requests, replies, regions.output)
         except EOFError:
             return 0
         except Failure as failure:
@@ -225,7 +253,7 @@ def main(argv: list[str]) -> int:
 
 
 def handle_state(
-    guest: Guest, command: bytes, length: int, requests: int, replies: int, output: mmap.mmap
+    guest: Guest, command: bytes, length: int, requests: int, replies: int, output: memoryview
 ) -> None:
     """A snapshot, restore or finish request: answered here, or raises Failure."""
     try:
