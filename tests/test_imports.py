@@ -2,12 +2,17 @@
 
 Walks every `import` statement of every module (at any depth: inside functions and under
 TYPE_CHECKING too, since a lazy import is still a dependency) and fails on a cycle, naming it.
+Also: what a plain run and a wasmer worker load at start-up, so that a lazy import stays lazy.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+from conftest import fixture
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wasmstream"
 
@@ -90,3 +95,72 @@ def test_every_run_option_is_recorded_in_checkpoints_or_deliberately_not() -> No
     assert unrecorded_options() == set()
     sections = set(OutputOptions.__struct_fields__) | set(Command.__struct_fields__)
     assert sections - {"config_sha256"} == set(RECORDED)
+
+
+# Loaded only by the runs that use them; each would cost every other run's start-up (ms as
+# measured under -X importtime with cached bytecode).
+NOT_AT_START = {
+    "wasmstream.state": "--state memory and checkpointed state (tempfile, shutil, random: 4 ms)",
+    "wasmstream.checkpoint": "checkpoints (msgspec)",
+    "wasmstream.journal": "checkpoints",
+    "wasmstream.resume": "checkpoints",
+    "wasmstream.recorded": "checkpoints",
+    "wasmstream.progress": "--progress and --stats",
+    "wasmstream.cluster": "--cluster and the library's `run` (asyncio: 20 ms)",
+    "wasmstream.transform": "the library's `Transform`",
+    "wasmstream.instrument": "--state memory",
+    "wasmstream.inspect": "inspect and checkpoint show",
+    "msgspec": "checkpoints",
+    "rich": "--progress",
+    "json": "dead letters, drop logs and --json reports (2 ms)",
+    "base64": "dead letters",
+    "tempfile": "cache writes and state files",
+    "shlex": "the message of an interrupted checkpointed run",
+    "traceback": "WASMSTREAM_DEBUG's trace of an internal error (1 ms)",
+    "importlib.metadata": "--version (20 ms)",
+    "asyncio": "--cluster",
+}
+
+# A plain run (INPUT to stdout, as bench row B7 runs it), in one process: the modules it loaded,
+# less those click and the engine load by themselves (not the package's to avoid), written to
+# LISTING. main() ends in os._exit, where the list is taken.
+PLAIN_RUN = """
+import os, sys
+import click, wasmtime
+before = set(sys.modules)
+from wasmstream import cli
+exit_now = os._exit
+
+def listing(status):
+    with open(sys.argv[3], "w") as listing:
+        listing.write(" ".join(sorted(set(sys.modules) - before)))
+    exit_now(status)
+
+os._exit = listing
+cli.main(["run", "--engine", "wasmtime", sys.argv[1], sys.argv[2]])
+"""
+
+
+def test_a_plain_run_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"hello\n")
+    listing = tmp_path / "modules"
+    args = [sys.executable, "-c", PLAIN_RUN, fixture("upper.wasm"), str(tmp_path / "in")]
+    for _ in range(2):  # the second run as most are: the module compiled, in the cache
+        run = subprocess.run([*args, str(listing)], capture_output=True, check=False)
+        assert (run.returncode, run.stdout, run.stderr) == (0, b"HELLO\n", b"")
+    loaded = set(listing.read_text().split())
+    assert "wasmstream.engines.wasmtime_engine" in loaded  # the listing is of a real run
+    eager = {name: why for name, why in NOT_AT_START.items() if name in loaded}
+    assert not eager, f"a plain run imported what only these need: {eager}"
+
+
+def test_a_wasmer_worker_loads_only_what_it_uses() -> None:
+    """Each wasmer instance is a process of its own: it needs the ABI, errors and the guest
+    protocol, not a run's options, the engine registry's hashing, or state files."""
+    code = "import sys, wasmstream.engines.wasmer_worker; print(' '.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.split())
+    assert "wasmstream.guest" in loaded
+    unused = {"wasmstream.options", "wasmstream.framing", "hashlib", *NOT_AT_START} - {"json"}
+    assert not unused & loaded, f"the worker imported {unused & loaded}"

@@ -12,16 +12,19 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .abi import AbiOptions, GuestAbi, ResultKind
 from .errors import ExitStatus, WasmstreamError
-from .options import RunConfig
 
 if TYPE_CHECKING:
     from .cluster import run
+    from .options import RunConfig
     from .transform import Transform
 
 
 def __getattr__(name: str) -> Any:
-    """`run` and `Transform` load on first use: the command line needs neither at start-up
-    (the cluster path imports asyncio, 20 ms of every start otherwise)."""
+    """`run`, `Transform` and `RunConfig` load on first use. Every import of a submodule runs
+    this file first, and not every one needs them: the command line needs neither `run` nor
+    `Transform` at start-up (the cluster path imports asyncio, 20 ms of every start otherwise),
+    and the wasmer engine's worker process needs no `RunConfig` (options.py and the engine
+    registry it loads, 8 ms of each worker's start)."""
     if name == "run":
         from .cluster import run
 
@@ -30,6 +33,10 @@ def __getattr__(name: str) -> Any:
         from .transform import Transform
 
         return Transform
+    if name == "RunConfig":
+        from .options import RunConfig
+
+        return RunConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
@@ -754,6 +752,8 @@ def inspect_command(
 
     Exits 0 when the module is ready to run, 3 when it is not.
     """
+    import json
+
     from .inspect import format_module_report, inspect_module
 
     options = AbiOptions(function=function, alloc=alloc, free=free, init=init)
@@ -908,6 +908,8 @@ def checkpoint_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report and the record as JSON.")
 def checkpoint_show_command(file: str, as_json: bool) -> None:
     """Show a checkpoint: module, inputs, percent done, output offset, age, status, last error."""
+    import json
+
     from .inspect import checkpoint_report, format_checkpoint_report
 
     report = checkpoint_report(file)
@@ -986,6 +988,8 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         return ExitStatus.INTERRUPTED
     except Exception as error:  # a bug: say so in one line, with the trace only on request
         if os.environ.get("WASMSTREAM_DEBUG"):
+            import traceback  # only here: 1 ms of every start otherwise
+
             traceback.print_exc()
         _error(f"internal error: {type(error).__name__}: {error}")
         return ExitStatus.FAILURE

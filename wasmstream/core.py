@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import stat
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -463,6 +462,8 @@ def _stopped(
     status = error.status if isinstance(error, Interrupted) else ExitStatus.INTERRUPTED
     if journal is None or checkpoint is None:
         return Interrupted(status)
+    import shlex  # only for this message
+
     return Interrupted(
         status,
         f"interrupted at {journal.input_bytes} input bytes; continue with: "

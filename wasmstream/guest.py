@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, TypeVar, runtime_checkable
 
-from . import state
 from .abi import REACTOR_INIT, RESTORE, SNAPSHOT, GuestAbi, ResultKind, StateKind, output_range
 from .errors import GuestError, StartupError, StateRefused
 
@@ -179,6 +178,8 @@ class Guest:
             return self._packed_range(SNAPSHOT)
         if kind is StateKind.NONE:
             return None
+        from . import state  # --state memory only: state.py loads tempfile, 4 ms of every start
+
         runtime = self._runtime
         assert isinstance(runtime, WholeInstance)
         values = [runtime.global_value(name) for name, _ in self._abi.state_globals]
@@ -198,6 +199,8 @@ class Guest:
             self._restore_image(saved)
 
     def _restore_image(self, image: bytes) -> None:
+        from . import state  # as in `snapshot`
+
         runtime = self._runtime
         assert isinstance(runtime, WholeInstance)
         pages, values, saved = state.decode_image(image)

@@ -5,9 +5,7 @@ Called in input order, by whichever thread writes the output, so dead letters ar
 
 from __future__ import annotations
 
-import base64
 import errno
-import json
 import os
 from collections import Counter
 
@@ -18,7 +16,8 @@ from .options import POLICIES
 
 class JsonLines:
     """An append-only file of JSON lines (json, not msgspec: runs without a checkpoint never
-    import msgspec, which costs start-up time)."""
+    import msgspec, which costs start-up time; and json only once a line is written, since
+    most runs write none)."""
 
     what = "log"
 
@@ -32,6 +31,8 @@ class JsonLines:
     def write_record(self, record: dict[str, object]) -> None:
         """Append one whole line, or nothing: a short write (a full disk) is cut off again, so
         the file never ends in half a JSON line that breaks every reader after it."""
+        import json
+
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         try:
             before = os.fstat(self._fd).st_size
@@ -58,6 +59,8 @@ class DeadLetters(JsonLines):
     what = "dead letters"
 
     def append(self, frame: Frame, error: GuestError) -> None:
+        import base64  # as json: only once a frame has failed
+
         # kind: trap, timeout, fuel, memory, exit, guest-error or startup
         self.write_record(
             {

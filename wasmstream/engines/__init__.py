@@ -10,7 +10,6 @@ once).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 from ..abi import AbiOptions, GuestAbi, StateKind, resolve_abi
@@ -153,6 +152,10 @@ def load_wasm(
     cache: bool = True,
 ) -> LoadedModule:
     """`load_module` for a module's bytes (named `path` in errors)."""
+    # Here, not at the top: the wasmer engine's worker processes import this package (the
+    # module they run lives in it) and never hash anything; hashlib loads OpenSSL, 2 ms.
+    import hashlib
+
     capture, instrumented = None, wasm
     if abi_options.state == "memory" and not abi_options.wasi_command:
         from ..instrument import instrument
