@@ -494,6 +494,7 @@ def _pool_settings(config: RunConfig, direct_read: bool) -> PoolSettings:
         jobs=config.max_jobs,
         queue_depth=config.effective_queue_depth,
         direct_read=direct_read,  # record framing carries bytes across frames: host buffers
+        measured=config.timings or config.jobs is None,  # --stats, or auto deciding
         overload=config.overload,
     )
 

@@ -95,7 +95,7 @@ def fill(stream: ReadableInto, buffer: memoryview) -> int:
     filled = 0
     size = len(buffer)
     while filled < size:
-        got = stream.readinto(buffer[filled:])
+        got = stream.readinto(buffer[filled:] if filled else buffer)
         if not got:  # 0 is the end of the stream
             break
         filled += got

@@ -123,10 +123,12 @@ class Sink:
 
     def _write(self, data: memoryview | bytes) -> int:
         total = len(data)
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            written = os.write(self._fd, data) if total else 0
+            if written < total:  # a pipe or a signal can cut a write short
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
         except OSError as error:
             if error.errno == errno.EPIPE:
                 raise BrokenPipe("output pipe closed") from None

@@ -61,8 +61,12 @@ try:  # the raw call path; see the module docstring
     _ValRawArray: Any = _ffi.wasmtime_val_raw_t
     _TrapPointer: Any = ctypes.POINTER(_ffi.wasm_trap_t)
     _export_get: Any = _ffi.wasmtime_instance_export_get
+    _memory_size: Any = _ffi._wasmtime_memory_data_size
 except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime-py release
-    _call_unchecked = _export_get = None
+    _call_unchecked = _export_get = _memory_size = None
+
+# What a failed guest call raises (wasmtime.ExitTrap is a WASI proc_exit, from a command).
+FAILURES = (wasmtime.Trap, wasmtime.ExitTrap, wasmtime.WasmtimeError)
 
 TRAP_DESCRIPTIONS = {
     wasmtime.TrapCode.UNREACHABLE: "unreachable instruction executed",
@@ -206,7 +210,7 @@ class _Guard:
         # store starts holds for every call; without --fuel there is nothing to refill. Then a
         # call costs no ctypes round trip for limits (per frame, that was most of the host's
         # own time with a cheap guest).
-        self._per_call = sandbox.timeout is not None or sandbox.fuel is not None
+        self.per_call = sandbox.timeout is not None or sandbox.fuel is not None
 
     def call(
         self, func: Callable[..., int | None], *args: int, exit_ok: bool = False
@@ -215,18 +219,24 @@ class _Guard:
 
         `exit_ok`: a WASI proc_exit(0) is a normal return (a command's end), not an error.
         """
-        if self._per_call:
+        if self.per_call:
             self.arm()
         try:
             return func(*args)
-        except wasmtime.Trap as trap:
-            raise self._classify(trap) from None
         except wasmtime.ExitTrap as exit_trap:
             if exit_ok and exit_trap.code == 0:
                 return None
-            raise GuestExit(f"guest exited with status {exit_trap.code}") from None
-        except wasmtime.WasmtimeError as error:
-            raise GuestTrap(f"guest failed: {_one_line(str(error))}") from None
+            raise self.failure(exit_trap) from None
+        except FAILURES as error:
+            raise self.failure(error) from None
+
+    def failure(self, error: BaseException) -> GuestError | Interrupted:
+        """What a call that raised `error` (one of FAILURES) failed of."""
+        if isinstance(error, wasmtime.Trap):
+            return self._classify(error)
+        if isinstance(error, wasmtime.ExitTrap):
+            return GuestExit(f"guest exited with status {error.code}")
+        return GuestTrap(f"guest failed: {_one_line(str(error))}")
 
     def arm(self) -> None:
         """Fresh limits for what runs next: a call, or a module's start function (which runs
@@ -314,6 +324,7 @@ class WasmtimeInstance(CopyingInstance):
         memory = _export(self._store, self._instance, MEMORY_EXPORT)
         assert isinstance(memory, wasmtime.Memory)  # checked by resolve_abi
         self._memory = self._guard.memory = memory
+        self._data_len = _data_len(self._store, memory)
         max_output = engine._sandbox.output_limit(buffer_size)
         self._guest = Guest(self, abi, buffer_size, config, max_output)
 
@@ -341,11 +352,22 @@ class WasmtimeInstance(CopyingInstance):
         export = _export(self._store, self._instance, name)
         assert isinstance(export, wasmtime.Func)
         caller = _caller(self._store, export)
-        call = self._guard.call
+        guard = self._guard
+        if guard.per_call:
+            call = guard.call
 
-        def call_export(*args: int) -> int | None:
-            self._memory_checked = False  # guest code may grow (and move) memory
-            return call(caller, *args)
+            def call_armed(*args: int) -> int | None:
+                self._memory_checked = False  # guest code may grow (and move) memory
+                return call(caller, *args)
+
+            return call_armed
+
+        def call_export(*args: int) -> int | None:  # the guard's call, inlined: per frame
+            self._memory_checked = False
+            try:
+                return caller(*args)
+            except FAILURES as error:
+                raise guard.failure(error) from None
 
         return call_export
 
@@ -354,11 +376,11 @@ class WasmtimeInstance(CopyingInstance):
         so it is looked up again only after a call."""
         if self._memory_checked:
             return self._memory_view
-        store, memory = self._store, self._memory
         self._memory_checked = True
         # Memory moves only when it grows: an unchanged size means an unchanged view.
-        if memory.data_len(store) == self._memory_at[1]:
+        if self._data_len() == self._memory_at[1]:
             return self._memory_view
+        store, memory = self._store, self._memory
         where = (ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store))
         if where != self._memory_at:
             array = (ctypes.c_ubyte * where[1]).from_address(where[0])
@@ -500,6 +522,14 @@ def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> ob
     return _wrap_extern(item)
 
 
+def _data_len(store: wasmtime.Store, memory: wasmtime.Memory) -> Callable[[], int]:
+    """A fast callable for the size of `memory` (asked after every guest call)."""
+    if _memory_size is None or os.environ.get("WASMSTREAM_SLOW_CALLS") == "1":
+        return lambda: memory.data_len(store)
+    context, where = store._context(), ctypes.byref(memory._memory)
+    return lambda: int(_memory_size(context, where))
+
+
 def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | None]:
     """A fast callable for `func`, whose signature resolve_abi has already checked."""
     results = func.type(store).results
@@ -511,18 +541,24 @@ def _caller(store: wasmtime.Store, func: wasmtime.Func) -> Callable[..., int | N
     context = store._context()
     func_ref = ctypes.byref(func._func)
     wide = bool(results) and results[0] == wasmtime.ValType.i64()
+    # Where a trap is reported: stays NULL until a call traps, and is made anew after one.
+    trap = _TrapPointer()
+    trap_ref = ctypes.byref(trap)
 
     def call(*args: int) -> int | None:
+        nonlocal trap, trap_ref
         # Every parameter of the guest ABI is an i32: written as the whole 64-bit slot, the
         # upper half zero (an i32 slot is read as its lower 32 bits).
         for slot, arg in zip(slots, args, strict=False):  # slots may outnumber params
             slot.i64 = arg & 0xFFFFFFFF
-        trap = _TrapPointer()
-        error = _call_unchecked(context, func_ref, values, size, ctypes.byref(trap))
+        error = _call_unchecked(context, func_ref, values, size, trap_ref)
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
         if trap:
-            raise wasmtime.Trap._from_ptr(trap)
+            trapped = trap
+            trap = _TrapPointer()
+            trap_ref = ctypes.byref(trap)
+            raise wasmtime.Trap._from_ptr(trapped)
         if not results:
             return None
         return int(slots[0].i64) if wide else int(slots[0].i32)
