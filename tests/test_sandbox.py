@@ -466,3 +466,66 @@ def test_timeout_counts_each_frame_from_its_own_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout) == 16 * 6
+
+
+def test_a_slow_reader_downstream_does_not_time_out_frames_that_finished(tmp_path: Path) -> None:
+    """Frames finish while wasmstream waits on a full output pipe; their --timeout counts the
+    guest's time, not the reader's (the wasmer engine's watchdog once killed them)."""
+    data = tmp_path / "three-mb"
+    data.write_bytes(bytes(range(256)) * (3 * 4096))
+    process = spawn(
+        [
+            "run",
+            fixture("upper.wasm"),
+            str(data),
+            "--frame-size",
+            "256K",
+            "--timeout",
+            "500ms",
+            "-j",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(2)  # a reader that is late: the pipe fills, and frames wait behind it
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out == data.read_bytes().upper()
+
+
+def test_interrupted_while_replacing_a_failed_instance_no_dead_letter_twice(
+    tmp_path: Path,
+) -> None:
+    """Every frame fails, so most of the run is spent starting replacement instances; Ctrl-C
+    there, then resume: each failed frame is dead-lettered exactly once."""
+    wasmer = os.environ.get("WASMSTREAM_ENGINE") == "wasmer"  # ~35 ms a replacement there
+    count = 300 if wasmer else 3000
+    data = tmp_path / "all-bad"
+    data.write_bytes(BAD * count)
+    letters, checkpoint, out = tmp_path / "dead.jsonl", tmp_path / "ck.json", tmp_path / "out"
+    common = ["--frame-size", "4", "-j", "1", "--on-error", "skip", "--dead-letter", str(letters)]
+    process = spawn(
+        [
+            "run",
+            fixture("trap.wasm"),
+            str(data),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            *common,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not letters.exists() or letters.read_text().count("\n") < 20:
+        assert time.monotonic() < deadline, "no dead letters came"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == ExitStatus.INTERRUPTED, err
+    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), timeout=300)
+    assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
+    frames = [json.loads(line)["frame"] for line in letters.read_text().splitlines()]
+    assert frames == list(range(count))

@@ -35,8 +35,9 @@ def workers(parent: int) -> set[int]:
     found = set()
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"wasmer_worker" in cmdline.read():
+            # started as `python -m wasmstream.engines.wasmer_worker`, or forked and named so
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/comm") as comm:
+                if b"wasmer_worker" in cmdline.read() or comm.read().strip() == "wasmer_worker":
                     found.add(pid)
         except FileNotFoundError:
             continue
@@ -202,3 +203,42 @@ def test_workers_die_with_wasmstream() -> None:
         for pid in pids:  # a failed test leaves no spinning worker behind
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_forked_worker_holds_none_of_the_runs_files(tmp_path: Path) -> None:
+    """The first worker is forked from wasmstream itself (ready in milliseconds): it must keep
+    only its own pipes and shared memory, never the run's input, output, checkpoint or lock,
+    nor its standard output (data must not stay open, or leak, through it)."""
+    data, out, checkpoint = tmp_path / "in", tmp_path / "out", tmp_path / "ck.json"
+    data.write_bytes(bytes(16 * 40))  # clock.wasm: 100 ms a frame, 4 s in all
+    process = spawn(
+        [
+            "run",
+            fixture("clock.wasm"),
+            str(data),
+            "--frame-size",
+            "16",
+            "-j",
+            "1",
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: len(workers(process.pid)) == 1, "the worker")
+        (worker,) = workers(process.pid)
+        with open(f"/proc/{worker}/comm") as comm:
+            assert comm.read().strip() == "wasmer_worker"  # forked, not started
+        held = {os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")}
+        ours = {str(data), str(out), str(checkpoint), f"{checkpoint}.lock"}
+        assert not held & ours, held
+        parent_stdout = os.readlink(f"/proc/{process.pid}/fd/1")
+        assert parent_stdout not in held, held
+        assert not any(target.startswith("socket:") for target in held), held
+    finally:
+        process.kill()
+        process.communicate(timeout=30)

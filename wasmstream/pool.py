@@ -124,8 +124,10 @@ def _run_serial(
             except GuestError as error:
                 written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
                 tally.failed += 1
+                tally.record(frame, written)  # before the replacement starts (see _Pipeline)
                 instance.close()
                 instance = new_instance()
+                continue
             if timed is not None:
                 writing = timed.output_seconds - writing_before  # writes happen in the call
                 timed.guest_seconds += perf_counter() - started - writing
@@ -210,24 +212,28 @@ class _Pipeline:
         frame = self._in_flight.popleft()
         tally = self._tally
         started, writing_before = perf_counter(), tally.output_seconds
+        failed = False
         try:
-            written = self._instance.collect(self._write)
-        except GuestError as error:
             try:
+                written = self._instance.collect(self._write)
+            except GuestError as error:
                 written = self._write(
                     self._failures.handle(frame, error.at(frame.index, frame.offset))
                 )
                 tally.failed += 1
+                failed = True
+            # Time spent waiting for the guest, less the write (auto mode reads it).
+            tally.guest_seconds += (
+                perf_counter() - started - (tally.output_seconds - writing_before)
+            )
+            # Recorded before a replacement starts (which takes a while): a Ctrl-C then must
+            # not leave a frame whose dead letter is written to be done again on resume.
+            tally.record(frame, written)
+            if failed:
                 self._replace_instance()
-            except BaseException:
-                self._stopped = True
-                raise
-        except BaseException:  # the output cannot be written: nothing after it may be
+        except BaseException:  # an output failed, or cannot be written: nothing after it may be
             self._stopped = True
             raise
-        # Time spent waiting for the guest, less the write (auto mode reads it).
-        tally.guest_seconds += perf_counter() - started - (tally.output_seconds - writing_before)
-        tally.record(frame, written)
 
     def _replace_instance(self) -> None:
         """After a failed frame: a fresh instance, given again the frames that were behind it

@@ -25,6 +25,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -55,6 +56,7 @@ from .wasmer_worker import (
     REQUEST,
     STARTUP,
     STATE_REFUSED,
+    TIMEOUT,
     TRAP,
     read_exactly,
 )
@@ -84,6 +86,11 @@ class WasmerEngine:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._wasmer, compiler = _import_wasmer()
+        # A worker forked now, before anything here compiles (wasmer's compiler starts
+        # threads, after which a fork is unsafe), is ready by the time the first instance is
+        # wanted: a started worker costs a Python start-up (~35 ms) on every run.
+        self._spare: _WorkerProcess | None = _WorkerProcess.forked()
+        self._spare_lock = threading.Lock()
         self._store = self._wasmer.Store(self._wasmer.engine.Universal(compiler.Compiler))
         self._sandbox = sandbox
         # Ctrl-C and SIGTERM: a guest looping in a worker never answers, and the threads
@@ -104,22 +111,145 @@ class WasmerEngine:
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
             raise ModuleError(f"{source}: invalid WebAssembly: {first}") from None
-        return WasmerModule(wasm, _module_info(self._wasmer, module), self._sandbox, source)
+        info = _module_info(self._wasmer, module)
+        return WasmerModule(wasm, info, self._sandbox, source, self._worker_process)
+
+    def _worker_process(self) -> _WorkerProcess:
+        """The spare forked at the start, the first time; a started one after that."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        return spare if spare is not None else _WorkerProcess.started()
 
     def close(self) -> None:
         self._remove_hook()
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()  # it reads end of file where its spec would be, and exits
 
 
 class WasmerModule:
-    def __init__(self, wasm: bytes, info: ModuleInfo, sandbox: Sandbox, source: str) -> None:
+    def __init__(
+        self,
+        wasm: bytes,
+        info: ModuleInfo,
+        sandbox: Sandbox,
+        source: str,
+        worker_process: Callable[[], _WorkerProcess],
+    ) -> None:
         self._wasm = wasm
         self.info = info
         self._sandbox = sandbox
         self._source = source
+        self._worker_process = worker_process
 
     def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> WasmerWorker:
         assert not abi.command  # refused before any run starts: engines.refuse_unsupported
-        return WasmerWorker(self._wasm, abi, buffer_size, config, self._sandbox, self._source)
+        return WasmerWorker(
+            self._worker_process(),
+            self._wasm,
+            abi,
+            buffer_size,
+            config,
+            self._sandbox,
+            self._source,
+        )
+
+
+class _Forked:
+    """A worker forked from this process, with the part of `subprocess.Popen` used here."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"wasmer worker {self.pid}", timeout or 0)
+            else:
+                time.sleep(0.005)
+        return self.returncode
+
+
+class _WorkerProcess:
+    """A worker process waiting for its spec, and this side's ends of its pipes and of its
+    shared memory (sized once the spec is known)."""
+
+    def __init__(self) -> None:
+        requests_read, self.requests = os.pipe()
+        self.replies, replies_write = os.pipe()
+        input_fd, output_fd, clock_fd = (
+            os.memfd_create(f"wasmstream-{name}") for name in ("input", "output", "clock")
+        )
+        self.memfds = [input_fd, output_fd, clock_fd]
+        self.theirs = (requests_read, replies_write, input_fd, output_fd, clock_fd)
+        self.process: subprocess.Popen[bytes] | _Forked | None = None
+
+    @classmethod
+    def forked(cls) -> _WorkerProcess | None:
+        """A worker forked from here; None where that is unsafe (threads not of Python's
+        own, such as a compiler's, may hold locks a child would wait on forever)."""
+        if len(os.listdir("/proc/self/task")) > threading.active_count():
+            return None
+        worker = cls()
+        pid = os.fork()
+        if pid == 0:
+            from .wasmer_worker import forked
+
+            forked(worker.theirs)  # never returns
+        worker._started(_Forked(pid))
+        return worker
+
+    @classmethod
+    def started(cls) -> _WorkerProcess:
+        """A worker started as a new Python process."""
+        worker = cls()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wasmstream.engines.wasmer_worker", *map(str, worker.theirs)],
+            pass_fds=worker.theirs,
+            stdin=subprocess.DEVNULL,
+            stdout=2,  # what the guest prints must never reach the data
+        )
+        worker._started(process)
+        return worker
+
+    def _started(self, process: subprocess.Popen[bytes] | _Forked) -> None:
+        self.process = process
+        _WORKERS.add(process)
+        for fd in self.theirs[:2]:  # the worker's ends of the pipes; memfds are sized later
+            os.close(fd)
+
+    def map(self, sizes: tuple[int, int, int]) -> list[mmap.mmap]:
+        """The shared regions, sized: the worker maps them once it reads the spec."""
+        regions = []
+        for fd, size in zip(self.memfds, sizes, strict=True):
+            os.ftruncate(fd, size)  # sparse until used
+            regions.append(mmap.mmap(fd, size))
+            os.close(fd)
+        self.memfds = []
+        return regions
+
+    def close(self) -> None:
+        """Stop a worker that was never given its spec."""
+        for fd in (self.requests, self.replies, *self.memfds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        assert self.process is not None
+        try:
+            self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class WasmerWorker(CopyingInstance):
@@ -135,6 +265,7 @@ class WasmerWorker(CopyingInstance):
 
     def __init__(
         self,
+        worker: _WorkerProcess,
         wasm: bytes,
         abi: GuestAbi,
         buffer_size: int,
@@ -146,27 +277,18 @@ class WasmerWorker(CopyingInstance):
         self._message = b""
         depth = self.depth
         max_output = sandbox.output_limit(buffer_size)
-        self._input, input_fd = _shared_region("wasmstream-input", depth * buffer_size)
-        self._output, output_fd = _shared_region("wasmstream-output", depth * max_output)
-        self._clock, clock_fd = _shared_region("wasmstream-clock", depth * CLOCK.size)
+        assert worker.process is not None
+        self._process = worker.process
+        self._requests, self._replies = worker.requests, worker.replies
+        self._input, self._output, self._clock = worker.map(
+            (depth * buffer_size, depth * max_output, depth * CLOCK.size)
+        )
         inputs, outputs = memoryview(self._input), memoryview(self._output)
         self._slots = [inputs[n * buffer_size : (n + 1) * buffer_size] for n in range(depth)]
         self._outputs = [outputs[n * max_output : (n + 1) * max_output] for n in range(depth)]
         self._next = 0  # the slot the next frame goes to
         self._in_flight: deque[tuple[int, int]] = deque()  # (slot, when submitted), oldest first
         self._last_reply = 0  # when the latest reply was read (time.monotonic_ns)
-        requests_read, self._requests = os.pipe()
-        self._replies, replies_write = os.pipe()
-        fds = (requests_read, replies_write, input_fd, output_fd, clock_fd)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "wasmstream.engines.wasmer_worker", *map(str, fds)],
-            pass_fds=fds,
-            stdin=subprocess.DEVNULL,
-            stdout=2,  # what the guest prints must never reach the data
-        )
-        _WORKERS.add(self._process)
-        for fd in fds:
-            os.close(fd)
         spec = {
             "wasm": wasm.hex(),
             "name": os.path.basename(source),
@@ -183,6 +305,8 @@ class WasmerWorker(CopyingInstance):
             "max_memory_text": format_size(sandbox.max_memory or 0),
             "max_output": max_output,
             "max_output_text": format_size(max_output),
+            "timeout": self._timeout,
+            "timeout_text": format_duration(self._timeout or 0),
             "env": list(sandbox.env),
             "dirs": [(grant.host, grant.guest) for grant in sandbox.dirs],
         }
@@ -250,6 +374,10 @@ class WasmerWorker(CopyingInstance):
             deadline = (started or earliest) + limit
             wait = (deadline - time.monotonic_ns()) / 1e9
             if wait <= 0:
+                if select.select([self._replies], [], [], 0)[0]:
+                    # It ended while this side was busy (writing to a slow pipe, say); the
+                    # worker itself says whether that was past its deadline.
+                    return self._reply(starting=False)
                 (started,) = CLOCK.unpack_from(self._clock, slot * CLOCK.size)
                 if (started or earliest) + limit <= time.monotonic_ns():
                     self._process.kill()  # the watchdog: the only way to stop a wasmer guest
@@ -300,7 +428,7 @@ class WasmerWorker(CopyingInstance):
                 region.close()
 
 
-_WORKERS: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+_WORKERS: weakref.WeakSet[subprocess.Popen[bytes] | _Forked] = weakref.WeakSet()
 
 
 def _kill_workers() -> None:
@@ -320,14 +448,10 @@ def _error(status: int, message: str, starting: bool) -> Exception:
         return GuestMemoryLimit(message)
     if status == TRAP:
         return GuestTrap(message)
+    if status == TIMEOUT:
+        return GuestTimeout(message)
     assert status == GUEST_ERROR
     return GuestError(message)
-
-
-def _shared_region(name: str, size: int) -> tuple[mmap.mmap, int]:
-    fd = os.memfd_create(name)  # inherited by the worker through pass_fds; sparse until used
-    os.ftruncate(fd, size)
-    return mmap.mmap(fd, size), fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

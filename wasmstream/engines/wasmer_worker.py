@@ -34,7 +34,7 @@ import signal
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from ..abi import GuestAbi, ResultKind, StateKind
 from ..errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError, StateRefused
@@ -43,7 +43,7 @@ from ..guest import Call, Guest
 REPLY = struct.Struct("<BQI")
 REQUEST = struct.Struct("<cII")
 CLOCK = struct.Struct("<Q")  # one per slot: when the guest started on that slot's frame
-OK, TRAP, GUEST_ERROR, MEMORY_LIMIT, STARTUP, MODULE, STATE_REFUSED = range(7)
+OK, TRAP, GUEST_ERROR, MEMORY_LIMIT, STARTUP, MODULE, STATE_REFUSED, TIMEOUT = range(8)
 
 TRAP_WORDS = {
     "unreachable": "unreachable instruction executed",
@@ -157,12 +157,16 @@ class Regions:
         self.input = memoryview(mmap.mmap(input_fd, depth * self.input_size))
         self.output = memoryview(mmap.mmap(output_fd, depth * self.output_size))
         self.clock = mmap.mmap(clock_fd, depth * CLOCK.size)
+        timeout = spec["timeout"]
+        self.timeout_ns = None if timeout is None else int(timeout * 1e9)
+        self.timeout_text = spec["timeout_text"]
 
     def run(self, guest: Guest, slot: int, length: int) -> int:
         """One frame: from its input slot to its output slot; the output's length."""
         start = slot * self.input_size
         guest.input_buffer()[:length] = self.input[start : start + length]
-        CLOCK.pack_into(self.clock, slot * CLOCK.size, time.monotonic_ns())
+        started = time.monotonic_ns()
+        CLOCK.pack_into(self.clock, slot * CLOCK.size, started)
         output_start = slot * self.output_size
 
         def stage(output: memoryview) -> int:
@@ -172,9 +176,15 @@ class Regions:
         try:
             # The parent reads the output slot only after an OK reply: no copy is needed
             # to keep a failed frame's output from leaving.
-            return guest.transform(length, stage, consume_is_final=False)
+            written = guest.transform(length, stage, consume_is_final=False)
         except GuestError as error:
             raise _failure(error) from None
+        # The parent's watchdog stops a guest still running at its deadline; a frame that
+        # ended past it (while the parent was busy, say writing to a slow pipe) has timed out
+        # all the same, as under wasmtime's deadline.
+        if self.timeout_ns is not None and time.monotonic_ns() - started > self.timeout_ns:
+            raise Failure(TIMEOUT, f"timed out after {self.timeout_text}")
+        return written
 
 
 def _failure(error: GuestError) -> Failure:
@@ -224,14 +234,56 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _name_process(name: bytes) -> None:
+    import ctypes
+
+    PR_SET_NAME = 15
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, ctypes.c_char_p(name))
+
+
 def main(argv: list[str]) -> int:
+    """A worker started as `python -m wasmstream.engines.wasmer_worker FD...`."""
     # Ctrl-C at a terminal reaches the whole process group: the parent decides what to do
     # (save a checkpoint, then stop its workers), so the worker does not die on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     requests, replies, input_fd, output_fd, clock_fd = (int(arg) for arg in argv)
-    (length,) = struct.unpack("<I", read_exactly(requests, 4))
-    spec = json.loads(read_exactly(requests, length))
+    return serve(requests, replies, input_fd, output_fd, clock_fd)
+
+
+def forked(fds: tuple[int, int, int, int, int]) -> NoReturn:
+    """A worker forked from wasmstream itself, before it loaded wasmer: it has every module
+    it needs already, so it is ready in milliseconds rather than a Python start-up's tens.
+    It keeps only its own descriptors (no output, no lock may stay open through it) and
+    prints to standard error, like a started worker."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent()
+        _name_process(b"wasmer_worker")  # what ps and top show: its command line is ours
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(2, 1)  # what the guest prints must never reach the data
+        kept = sorted({0, 1, 2, *fds})
+        for low, high in zip(kept, [*kept[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
+            os.closerange(low + 1, high)
+        import wasmer  # noqa: F401  (loaded while the parent compiles, not after)
+
+        code = serve(*fds)
+    finally:
+        os._exit(code)
+
+
+def serve(requests: int, replies: int, input_fd: int, output_fd: int, clock_fd: int) -> int:
+    """Read the spec, start the instance, then answer requests until the parent hangs up."""
+    try:
+        (length,) = struct.unpack("<I", read_exactly(requests, 4))
+        spec = json.loads(read_exactly(requests, length))
+    except EOFError:  # a spare worker nobody needed
+        return 0
     regions = Regions(spec, input_fd, output_fd, clock_fd)
     try:
         guest = start(spec)
