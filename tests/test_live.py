@@ -62,17 +62,27 @@ def test_delimiter_escapes(delimiter: str, byte: bytes) -> None:
     assert result.stdout == data.upper()
 
 
-def test_oversized_record_is_an_error_naming_offset_and_length() -> None:
-    data = b"ok\n" + b"z" * 5000 + b"\nok\n"
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_oversized_record_is_an_error_naming_offset_and_length(jobs: str) -> None:
+    """Everything before the record is written first, however many instances run."""
+    data = b"ok\n" * 2000 + b"z" * 5000 + b"\nok\n"
     result = wasmstream(
-        "run", fixture("upper.wasm"), "--framing", "lines", "--frame-size", "1K", input=data
+        "run",
+        fixture("upper.wasm"),
+        "--framing",
+        "lines",
+        "--frame-size",
+        "1K",
+        "-j",
+        jobs,
+        input=data,
     )
     assert_clean_failure(
         result,
         ExitStatus.FRAMING,
-        "record at offset 3 is at least 1025 bytes, larger than the frame size (1024 bytes)",
+        "record at offset 6000 is at least 1025 bytes, larger than the frame size (1024 bytes)",
     )
-    assert result.stdout == b"OK\n"
+    assert result.stdout == b"OK\n" * 2000
 
 
 def test_oversized_records_skipped_are_counted() -> None:

@@ -301,7 +301,8 @@ queue_depth_option = click.option(
     type=click.IntRange(min=1),
     metavar="N",
     show_default="2 x jobs",
-    help="Frames read ahead of the workers; bounds memory.",
+    help="Frames read ahead of the workers under --on-overload drop|sample|adaptive (under "
+    "block, each instance reads its own frame in turn); bounds memory.",
 )
 
 
