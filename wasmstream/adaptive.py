@@ -5,9 +5,9 @@ Passing the read and write turns between threads costs the host more than a chea
 (measured here: a no-op guest ran at 0.64x on two threads of what it ran on one; 0.45x with the
 reader/worker/writer pool before), while a heavy guest runs nearly twice as fast on two cores.
 Which one wins depends on how long the guest takes per frame against the host's own cost per
-frame, and that can change
-within a run (a log whose first megabytes are cheap and the rest expensive). So the run is cut
-into segments at frame boundaries, each run by the shape that the last measurements favour:
+frame, and that can change within a run (a log whose first megabytes are cheap and the rest
+expensive). So the run is cut into segments at frame boundaries, each run by the shape that the
+last measurements favour:
 
 - serial: the run measures guest time and wall time per frame; if the guest's share is large
   enough that `workers` instances would beat one even after paying the hand-off cost, it
