@@ -529,3 +529,25 @@ def test_interrupted_while_replacing_a_failed_instance_no_dead_letter_twice(
     assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
     frames = [json.loads(line)["frame"] for line in letters.read_text().splitlines()]
     assert frames == list(range(count))
+
+
+@pytest.mark.parametrize("jobs", ["2", "4"])
+def test_a_failed_frame_ends_the_run_while_a_later_guest_loops(jobs: str) -> None:
+    """Frame 0 traps (policy fail) while frame 1's guest loops for ever on another thread: the
+    run ends at once with frame 0's error; it does not wait for the loop."""
+    frame = 4 << 20  # frame 0's guest reads all 4 MiB before it traps: frame 1 is read by then
+    stream = b"!" + bytes(frame - 1) + b"?" + bytes(frame - 1) + bytes(frame)
+    result, elapsed = timed(
+        "run",
+        HOSTILE,
+        "--function",
+        "trap_or_spin",
+        "--frame-size",
+        str(frame),
+        "-j",
+        jobs,
+        input=stream,
+    )
+    assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 0 at offset 0")
+    assert result.stdout == b""
+    assert elapsed < 5 + STARTUP

@@ -299,6 +299,8 @@ class _Turns:
         self._input_over = False
         self._input_error: BaseException | None = None
         self._turn_lock = threading.Lock()
+        self._writing = False  # a thread has its write turn and has not recorded it yet
+        self._no_writer = threading.Condition(self._turn_lock)
         self._written = 0  # frames written: the turn number whose write turn it is
         self._waiting: dict[int, threading.Lock] = {}  # write turns waited for, by number
         self._failure: BaseException | None = None
@@ -315,16 +317,25 @@ class _Turns:
             thread.start()
         try:
             for thread in threads:
-                thread.join()
+                while thread.is_alive() and self._failure is None:
+                    thread.join(timeout=0.05)
         except BaseException as error:  # Ctrl-C or SIGTERM: stop everything now
             self._fail(error)
-            for thread in threads:
-                thread.join(timeout=0.2)  # a guest stuck in a loop cannot be joined
+            self._wait_for_writes()
             raise
         if self._failure is not None:
+            # A guest stuck in a loop cannot be joined (its thread is a daemon), but a write
+            # under way is let finish and be recorded, so the checkpoint agrees with the output.
+            self._wait_for_writes()
             raise self._failure
         if self._input_error is not None:
             raise self._input_error
+
+    def _wait_for_writes(self, timeout: float = 10.0) -> None:
+        """Wait (a while at most: a pipe nobody reads can block a write for ever) until no
+        thread is between its write and recording that write."""
+        with self._turn_lock:
+            self._no_writer.wait_for(lambda: not self._writing, timeout)
 
     def _reader_buffer_now(self) -> Buffer:
         assert self._reader_buffer is not None
@@ -425,10 +436,14 @@ class _Turns:
             if self._written != turn:
                 wait = self._waiting[turn] = threading.Lock()
                 wait.acquire()
+            else:
+                self._writing = True
         if wait is not None:
             wait.acquire()  # released by the turn before this one (or by a failure)
-            if self._failure is not None:
-                raise _Stop
+            with self._turn_lock:
+                if self._failure is not None:
+                    raise _Stop
+                self._writing = True
         try:
             if error is None:
                 assert output is not None
@@ -440,6 +455,10 @@ class _Turns:
         except BaseException as failure:
             self._fail(failure)
             raise _Stop from None
+        finally:
+            with self._turn_lock:
+                self._writing = False
+                self._no_writer.notify_all()
         with self._turn_lock:
             self._written = turn + 1
             after = self._waiting.pop(turn + 1, None)
