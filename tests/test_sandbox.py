@@ -551,3 +551,54 @@ def test_a_failed_frame_ends_the_run_while_a_later_guest_loops(jobs: str) -> Non
     assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 0 at offset 0")
     assert result.stdout == b""
     assert elapsed < 5 + STARTUP
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_dead_letters_are_exactly_once_across_a_kill_and_resume(tmp_path: Path, jobs: str) -> None:
+    """SIGKILL leaves dead letters written after the last checkpoint; the resumed run does
+    those frames again, so it first cuts the log back to what the checkpoint recorded."""
+    wasmer = os.environ.get("WASMSTREAM_ENGINE") == "wasmer"  # ~35 ms a replacement there
+    count = 300 if wasmer else 3000
+    data = tmp_path / "all-bad"
+    data.write_bytes(BAD * count)
+    letters, checkpoint, out = tmp_path / "dead.jsonl", tmp_path / "ck.json", tmp_path / "out"
+    process = spawn(
+        [
+            "run",
+            fixture("trap.wasm"),
+            str(data),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            "--checkpoint-every",
+            "20",
+            "--frame-size",
+            "4",
+            "-j",
+            jobs,
+            "--on-error",
+            "passthrough",
+            "--dead-letter",
+            str(letters),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+
+    def letters_past_the_checkpoint() -> bool:
+        if not checkpoint.exists() or not letters.exists():
+            return False
+        saved = json.loads(checkpoint.read_text())["position"]["frames"]
+        return saved >= 20 and letters.read_text().count("\n") >= saved + 5
+
+    deadline = time.monotonic() + 60
+    while not letters_past_the_checkpoint():
+        assert time.monotonic() < deadline and process.poll() is None, "never got there"
+        time.sleep(0.005)
+    process.kill()
+    process.wait(timeout=10)
+    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), timeout=300)
+    assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
+    assert out.read_bytes() == data.read_bytes()
+    frames = [json.loads(line)["frame"] for line in letters.read_text().splitlines()]
+    assert frames == list(range(count))

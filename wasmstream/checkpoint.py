@@ -172,6 +172,10 @@ class Position(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     output_tail: Digest | None = None
     # The finish function's output is written and counted in output_bytes: the run is over.
     finished: bool = False
+    # How long --dead-letter and --drop-log were: a resumed run cuts them back to that, so the
+    # frames it does again are logged once (None: no such log, or a checkpoint from before).
+    dead_letter_bytes: Count | None = None
+    drop_log_bytes: Count | None = None
 
 
 class StateRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

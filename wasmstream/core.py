@@ -336,6 +336,8 @@ def _run_started(
     )
     files.output_used()
     logs = Logs(config, summary)
+    if plan is not None and plan.saved:
+        logs.keep(start.log_bytes)  # what was logged after the checkpoint is logged again
     abi = loaded.abi
     journal = None
     if plan is not None:
@@ -347,6 +349,7 @@ def _run_started(
             pipe_fd=sink.fd if sink.is_pipe else None,
             snapshot=instances.snapshot if stateful else None,
             state_kind=abi.state.value,
+            log_sizes=logs.sizes,
         )
     watch = plan is not None and plan.watches_stream
     try:
@@ -481,6 +484,16 @@ class Logs:
         if self.drop_log is not None:
             summary.tally.on_frame_dropped.append(self.drop_log.append)
         self.syncs = [log.sync for log in (self.dead_letters, self.drop_log) if log is not None]
+
+    def sizes(self) -> tuple[int | None, int | None]:
+        """How long the logs are now (None: not asked for), for the checkpoint."""
+        dead, drops = self.dead_letters, self.drop_log
+        return (None if dead is None else dead.size, None if drops is None else drops.size)
+
+    def keep(self, sizes: tuple[int | None, int | None]) -> None:
+        for log, size in zip((self.dead_letters, self.drop_log), sizes, strict=True):
+            if log is not None and size is not None:
+                log.keep(size)
 
     def close(self) -> None:
         for log in (self.dead_letters, self.drop_log):

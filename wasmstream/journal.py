@@ -92,6 +92,7 @@ class _FrameEnd(NamedTuple):
     bytes_in: int
     frames: int
     bytes_out: int
+    logs: tuple[int | None, int | None] = (None, None)  # dead letters, drop log: their sizes
 
 
 def unread_in_pipe(fd: int) -> int:
@@ -156,8 +157,11 @@ class Journal:
         snapshot: Callable[[], bytes | None] | None = None,
         state_kind: str = "exports",
         pipe_fd: int | None = None,
+        log_sizes: Callable[[], tuple[int | None, int | None]] | None = None,
     ) -> None:
         self.path = path
+        self._log_sizes = log_sizes or (lambda: (None, None))
+        self._start_logs = self._log_sizes()
         self._snapshot = snapshot
         self._state_kind = state_kind
         self.completed = False
@@ -184,7 +188,9 @@ class Journal:
     def frame_written(self, frame: Frame, written: int) -> None:
         if self._pipe_fd is not None:
             tally = self._tally
-            self._ends.append(_FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out))
+            self._ends.append(
+                _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out, self._log_sizes())
+            )
         if self._clock.due():
             self.save("running")
 
@@ -284,14 +290,14 @@ class Journal:
         or when its reader went away, the last frame whose output the reader has taken. (A run
         that completed has put everything in the pipe, for a reader that is still there.)"""
         tally = self._tally
-        now = _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out)
+        now = _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out, self._log_sizes())
         if self._pipe_fd is None or complete:
             return now
         taken = now.bytes_out - unread_in_pipe(self._pipe_fd)
-        delivered = _FrameEnd(0, 0, 0)
+        nothing = delivered = _FrameEnd(0, 0, 0, self._start_logs)
         while self._ends and self._ends[0].bytes_out <= taken:
             delivered = self._ends.popleft()
-        if delivered == _FrameEnd(0, 0, 0) and self._last is not None:
+        if delivered == nothing and self._last is not None:
             delivered = self._last  # nothing newer was taken: where the last save stood
         self._ends.appendleft(delivered)  # later saves can only move on from here
         self._last = delivered
@@ -317,6 +323,8 @@ class Journal:
             stream_tail=tail,
             output_tail=output_tail,
             finished=finished,
+            dead_letter_bytes=done.logs[0],
+            drop_log_bytes=done.logs[1],
         )
 
     @property

@@ -149,3 +149,4 @@ class StartPoint(NamedTuple):
     per_input: tuple[int, ...] = ()
     frames: int = 0
     output_bytes: int = 0
+    log_bytes: tuple[int | None, int | None] = (None, None)  # dead letters, drop log

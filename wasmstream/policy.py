@@ -25,8 +25,20 @@ class JsonLines:
         self.path = path
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+            self.size = os.fstat(self._fd).st_size  # what a checkpoint records as done
         except OSError as error:
             raise IOFailure(f"cannot write {self.what} {path}: {error.strerror}") from None
+
+    def keep(self, size: int) -> None:
+        """A resumed run: drop the lines written after the checkpoint (their frames are done
+        again), so that each frame is logged once. A file shorter than that was cut by someone
+        else: it is left as it is."""
+        if self.size > size:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as error:
+                raise IOFailure(f"cannot write {self.what} {self.path}: {error.strerror}") from None
+            self.size = size
 
     def write_record(self, record: dict[str, object]) -> None:
         """Append one whole line, or nothing: a short write (a full disk) is cut off again, so
@@ -40,6 +52,7 @@ class JsonLines:
             if written != len(line):
                 os.ftruncate(self._fd, before)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.size = before + written
         except OSError as error:
             raise IOFailure(f"cannot write {self.what} {self.path}: {error.strerror}") from None
 

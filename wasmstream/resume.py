@@ -83,8 +83,24 @@ class CheckpointPlan:
         if self.saved is None:
             return self.origin
         position = self.saved.position
+        command = self.saved.command
+        # A log counts only if it is the file the checkpoint measured.
+        same = [
+            checkpoint.optional_text_path(recorded) == (os.path.abspath(now) if now else None)
+            for recorded, now in (
+                (command.dead_letter, self.config.dead_letter),
+                (command.drop_log, self.config.drop_log),
+            )
+        ]
         return StartPoint(
-            position.input_bytes, tuple(position.per_input), position.frames, position.output_bytes
+            position.input_bytes,
+            tuple(position.per_input),
+            position.frames,
+            position.output_bytes,
+            (
+                position.dead_letter_bytes if same[0] else None,
+                position.drop_log_bytes if same[1] else None,
+            ),
         )
 
     def nothing_new(self) -> bool:
@@ -142,6 +158,7 @@ class CheckpointPlan:
         pipe_fd: int | None = None,
         snapshot: Callable[[], bytes | None] | None = None,
         state_kind: str = "exports",
+        log_sizes: Callable[[], tuple[int | None, int | None]] | None = None,
     ) -> Journal:
         """The journal. When this run replaces an old checkpoint (--restart, or a finished
         run's), a first save replaces it at once: it describes output this run has just
@@ -164,6 +181,7 @@ class CheckpointPlan:
             pipe_fd=pipe_fd,
             snapshot=snapshot,
             state_kind=state_kind,
+            log_sizes=log_sizes,
         )
         if self.replaces:
             journal.save("running")
