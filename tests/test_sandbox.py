@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -494,41 +496,92 @@ def test_a_slow_reader_downstream_does_not_time_out_frames_that_finished(tmp_pat
     assert out == data.read_bytes().upper()
 
 
+class FailingRun(NamedTuple):
+    """A checkpointed run in which every frame fails (a replacement instance each time), its
+    failed frames dead-lettered: its process and files."""
+
+    process: subprocess.Popen[bytes]
+    data: Path
+    out: Path
+    checkpoint: Path
+    letters: Path
+    count: int
+
+    @classmethod
+    def start(cls, tmp_path: Path, *options: str) -> FailingRun:
+        wasmer = os.environ.get("WASMSTREAM_ENGINE") == "wasmer"  # ~35 ms a replacement there
+        count = 300 if wasmer else 3000
+        data, out = tmp_path / "all-bad", tmp_path / "out"
+        data.write_bytes(BAD * count)
+        checkpoint, letters = tmp_path / "ck.json", tmp_path / "dead.jsonl"
+        process = spawn(
+            [
+                "run",
+                fixture("trap.wasm"),
+                str(data),
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(checkpoint),
+                "--frame-size",
+                "4",
+                "--dead-letter",
+                str(letters),
+                *options,
+            ],
+            stderr=subprocess.PIPE,
+        )
+        return cls(process, data, out, checkpoint, letters, count)
+
+    def wait_until(self, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline and self.process.poll() is None, "never got there"
+            time.sleep(0.005)
+
+    def resume_logs_each_once(self) -> None:
+        resumed = wasmstream("resume", "--checkpoint", str(self.checkpoint), timeout=300)
+        assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
+        frames = [json.loads(line)["frame"] for line in self.letters.read_text().splitlines()]
+        assert frames == list(range(self.count))
+
+
+def lines_in(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def test_interrupted_while_replacing_a_failed_instance_no_dead_letter_twice(
     tmp_path: Path,
 ) -> None:
     """Every frame fails, so most of the run is spent starting replacement instances; Ctrl-C
     there, then resume: each failed frame is dead-lettered exactly once."""
-    wasmer = os.environ.get("WASMSTREAM_ENGINE") == "wasmer"  # ~35 ms a replacement there
-    count = 300 if wasmer else 3000
-    data = tmp_path / "all-bad"
-    data.write_bytes(BAD * count)
-    letters, checkpoint, out = tmp_path / "dead.jsonl", tmp_path / "ck.json", tmp_path / "out"
-    common = ["--frame-size", "4", "-j", "1", "--on-error", "skip", "--dead-letter", str(letters)]
-    process = spawn(
-        [
-            "run",
-            fixture("trap.wasm"),
-            str(data),
-            "-o",
-            str(out),
-            "--checkpoint",
-            str(checkpoint),
-            *common,
-        ],
-        stderr=subprocess.PIPE,
+    run = FailingRun.start(tmp_path, "-j", "1", "--on-error", "skip")
+    run.wait_until(lambda: lines_in(run.letters) >= 20)
+    run.process.send_signal(signal.SIGINT)
+    _, err = run.process.communicate(timeout=30)
+    assert run.process.returncode == ExitStatus.INTERRUPTED, err
+    run.resume_logs_each_once()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_dead_letters_are_exactly_once_across_a_kill_and_resume(tmp_path: Path, jobs: str) -> None:
+    """SIGKILL leaves dead letters written after the last checkpoint; the resumed run does
+    those frames again, so it first cuts the log back to what the checkpoint recorded."""
+    run = FailingRun.start(
+        tmp_path, "-j", jobs, "--on-error", "passthrough", "--checkpoint-every", "20"
     )
-    deadline = time.monotonic() + 30
-    while not letters.exists() or letters.read_text().count("\n") < 20:
-        assert time.monotonic() < deadline, "no dead letters came"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == ExitStatus.INTERRUPTED, err
-    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), timeout=300)
-    assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
-    frames = [json.loads(line)["frame"] for line in letters.read_text().splitlines()]
-    assert frames == list(range(count))
+
+    def letters_past_the_checkpoint() -> bool:
+        if not run.checkpoint.exists():
+            return False
+        saved = json.loads(run.checkpoint.read_text())["position"]["frames"]
+        return saved >= 20 and lines_in(run.letters) >= saved + 5
+
+    run.wait_until(letters_past_the_checkpoint)
+    run.process.kill()
+    run.process.communicate(timeout=10)
+    run.resume_logs_each_once()
+    assert run.out.read_bytes() == run.data.read_bytes()
 
 
 @pytest.mark.parametrize("jobs", ["2", "4"])
@@ -551,54 +604,3 @@ def test_a_failed_frame_ends_the_run_while_a_later_guest_loops(jobs: str) -> Non
     assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 0 at offset 0")
     assert result.stdout == b""
     assert elapsed < 5 + STARTUP
-
-
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_dead_letters_are_exactly_once_across_a_kill_and_resume(tmp_path: Path, jobs: str) -> None:
-    """SIGKILL leaves dead letters written after the last checkpoint; the resumed run does
-    those frames again, so it first cuts the log back to what the checkpoint recorded."""
-    wasmer = os.environ.get("WASMSTREAM_ENGINE") == "wasmer"  # ~35 ms a replacement there
-    count = 300 if wasmer else 3000
-    data = tmp_path / "all-bad"
-    data.write_bytes(BAD * count)
-    letters, checkpoint, out = tmp_path / "dead.jsonl", tmp_path / "ck.json", tmp_path / "out"
-    process = spawn(
-        [
-            "run",
-            fixture("trap.wasm"),
-            str(data),
-            "-o",
-            str(out),
-            "--checkpoint",
-            str(checkpoint),
-            "--checkpoint-every",
-            "20",
-            "--frame-size",
-            "4",
-            "-j",
-            jobs,
-            "--on-error",
-            "passthrough",
-            "--dead-letter",
-            str(letters),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-
-    def letters_past_the_checkpoint() -> bool:
-        if not checkpoint.exists() or not letters.exists():
-            return False
-        saved = json.loads(checkpoint.read_text())["position"]["frames"]
-        return saved >= 20 and letters.read_text().count("\n") >= saved + 5
-
-    deadline = time.monotonic() + 60
-    while not letters_past_the_checkpoint():
-        assert time.monotonic() < deadline and process.poll() is None, "never got there"
-        time.sleep(0.005)
-    process.kill()
-    process.wait(timeout=10)
-    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), timeout=300)
-    assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
-    assert out.read_bytes() == data.read_bytes()
-    frames = [json.loads(line)["frame"] for line in letters.read_text().splitlines()]
-    assert frames == list(range(count))
