@@ -120,6 +120,9 @@ def test_signal_saves_a_checkpoint_and_resume_completes(
     process.stdin.flush()
     time.sleep(1.0)
     process.send_signal(sig)
+    # stdin stays open until the run has gone: closing it would end the input, and a reader
+    # thread may then take the last, short frame before the signal stops the run
+    process.wait(timeout=30)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == status, stderr
     assert b"Traceback" not in stderr
