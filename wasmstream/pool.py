@@ -96,6 +96,16 @@ def run_frames(
         _ParallelRun(frames, new_instance, write, settings, tally, failures).run()
 
 
+def _write_failed(
+    frame: Frame, error: GuestError, write: Write, failures: FailureHandler, tally: Tally
+) -> int:
+    """Write what the failure policy puts in place of a failed frame, and count it; under
+    `--on-error fail` this raises the error, located at the frame. Every shape's one way."""
+    written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
+    tally.failed += 1
+    return written
+
+
 def _run_serial(
     frames: Frames,
     instance: Instance,
@@ -128,8 +138,7 @@ def _run_serial(
                 else:
                     written = instance.transform(frame.data, write)
             except GuestError as error:
-                written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
-                tally.failed += 1
+                written = _write_failed(frame, error, write, failures, tally)
                 tally.record(frame, written)  # before the replacement starts (see _Pipeline)
                 instance.close()
                 instance = new_instance()
@@ -223,10 +232,7 @@ class _Pipeline:
             try:
                 written = self._instance.collect(self._write)
             except GuestError as error:
-                written = self._write(
-                    self._failures.handle(frame, error.at(frame.index, frame.offset))
-                )
-                tally.failed += 1
+                written = _write_failed(frame, error, self._write, self._failures, tally)
                 failed = True
             # Time spent waiting for the guest, less the write (auto mode reads it).
             tally.guest_seconds += (
@@ -413,7 +419,7 @@ class _Turns:
         except GuestError as error:
             if measured:
                 self._add_guest_time(perf_counter() - started)
-            self._write_in_turn(turn, frame, None, error.at(frame.index, frame.offset))
+            self._write_in_turn(turn, frame, None, error)
             # Its state may be corrupt: the next frame gets a fresh instance (started after
             # the failed frame is recorded: a Ctrl-C meanwhile must not make it run again).
             instance.close()
@@ -449,8 +455,7 @@ class _Turns:
                 assert output is not None
                 written = self._write(output)
             else:
-                written = self._write(self._failures.handle(frame, error))
-                self._tally.failed += 1
+                written = _write_failed(frame, error, self._write, self._failures, self._tally)
             self._tally.record(frame, written)
         except BaseException as failure:
             self._fail(failure)
@@ -732,8 +737,7 @@ class _ParallelRun:
         if isinstance(job.error, _Stop):
             return
         if isinstance(job.error, GuestError):
-            written = self._write(self._failures.handle(job.frame, job.error))
-            self._tally.failed += 1
+            written = _write_failed(job.frame, job.error, self._write, self._failures, self._tally)
         elif job.error is not None:
             raise job.error
         else:
