@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .abi import AbiOptions, GuestAbi, ResultKind
-from .errors import ExitStatus, WasmstreamError
+from .errors import ExitStatus, GuestError, UsageError, WasmstreamError
 
 if TYPE_CHECKING:
     from .cluster import run
@@ -44,9 +44,11 @@ __all__ = [
     "AbiOptions",
     "ExitStatus",
     "GuestAbi",
+    "GuestError",
     "ResultKind",
     "RunConfig",
     "Transform",
+    "UsageError",
     "WasmstreamError",
     "__version__",
     "run",

@@ -212,6 +212,10 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     output: str | None  # absolute path, or None for standard output
     output_file: OutputFile | None = None
     position: Position
+    # Where the run stops in the input: a shard that is not the last keeps the end its first
+    # run found, so that shards resumed after the input grew still join up (None: the input's
+    # end, growth included).
+    end: Count | None = None
     state: StateRecord | None = None
     status: Status = "running"
     failure: Failure | None = None

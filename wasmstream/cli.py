@@ -35,6 +35,8 @@ from .options import (
     RunConfig,
     Shard,
     check_cluster_address,
+    parse_dir,
+    parse_env,
     sidecar_for,
 )
 from .units import format_duration, format_size, parse_duration, parse_size
@@ -116,30 +118,19 @@ def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None
 def _env_pairs(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for value in values:
-        key, sep, text = value.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx, param)
-        pairs.append((key, text))
-    return tuple(pairs)
+    try:
+        return tuple(parse_env(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
 
 
 def _dir_grants(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[DirGrant, ...]:
-    grants = []
-    for value in values:
-        parts = value.split(":")
-        mode = parts.pop() if len(parts) > 1 and parts[-1] in ("ro", "rw") else "ro"
-        if not 1 <= len(parts) <= 2 or not parts[0]:
-            raise click.BadParameter(f"{value!r} is not HOST[:GUEST][:ro|rw]", ctx, param)
-        host = parts[0]
-        if not os.path.isdir(host):
-            raise click.BadParameter(f"{host} is not a directory", ctx, param)
-        guest = parts[1] if len(parts) == 2 else host
-        grants.append(DirGrant(os.path.abspath(host), guest, writable=mode == "rw"))
-    return tuple(grants)
+    try:
+        return tuple(parse_dir(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
 
 
 _ESCAPES = {"\\0": b"\0", "\\n": b"\n", "\\t": b"\t", "\\r": b"\r", "\\\\": b"\\"}

@@ -27,24 +27,15 @@ from contextlib import contextmanager
 from time import perf_counter
 from typing import Any, cast
 
-from .core import (
-    Logs,
-    ProgressFactory,
-    RunSummary,
-    execute,
-    progress_of,
-    report_losses,
-)
+from .core import ProgressFactory, Run, RunSummary, execute, plan_run, run_steps, sink_opener
 from .core import run as run_locally
 from .engines import LoadedModule, read_module
-from .errors import CheckpointError, IOFailure, UsageError, WasmstreamError
+from .errors import IOFailure, UsageError, WasmstreamError
 from .files import RunFiles
 from .framing import Frame
-from .options import Notify, RunConfig, StartPoint, local_workers
+from .options import Notify, RunConfig, local_workers
 from .parts import Part, split
-from .sink import Sink
 from .sources import INSTALL_DASK, Inputs
-from .tally import Tally
 from .transform import PartResult, Transform
 from .units import format_size
 
@@ -136,60 +127,45 @@ def _run_on_cluster(
     notify: Notify,
     progress: ProgressFactory | None,
 ) -> RunSummary:
-    assert config.part_size is not None
-    inputs = Inputs(config.inputs)
-    parts = split(inputs, config.framing, config.frame_size, config.part_size)
-    plan = None
-    if config.checkpoint is not None:
-        from .resume import CheckpointPlan
-
-        plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd)
-    start = plan.start if plan else StartPoint()
-    summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
-    if plan is not None and plan.nothing_new():
-        notify(f"nothing new to process since checkpoint {config.checkpoint}")
-        summary.nothing_to_do = True
-        return summary
-    todo = _parts_from(parts, start.input_bytes, inputs.total, config.checkpoint)
-    sink = Sink(
-        config.output,
-        keep=start.output_bytes if plan and plan.saved else None,
-        durable=plan is not None,
-        fd=files.output_fd,
-    )
-    files.output_used()
-    logs = Logs(config, summary)
-    done = _Done(inputs, start.input_bytes)
-    journal = plan.open_journal([sink.sync, *logs.syncs], done, summary.tally) if plan else None
-    try:
-        with _client(config, notify) as client, progress_of(progress, summary.tally, config, start):
-            runner = _Client(client, config, loaded, config_bytes, inputs, sink, summary, start)
-            runner.run(todo)
-            notify(runner.report())
-    except BaseException as error:
-        if journal is not None:
-            journal.finish(error)
-        raise
-    else:
-        if journal is not None:
-            journal.finish(None)
-    finally:
-        sink.close()
-        logs.close()
-        inputs.close()
-        summary.checkpoints_written = journal.saves if journal else 0
-    report_losses(summary, notify)
-    return summary
+    run = plan_run(config, loaded, config_bytes, notify, files.output_fd)
+    for _ in run_steps(run, ClusterParts(), sink_opener(config, files, run.summary), progress):
+        pass
+    return run.summary
 
 
-def _parts_from(parts: list[Part], offset: int, total: int, source: str | None) -> list[Part]:
-    """The parts still to run after `offset` (a checkpoint's), which must be a part boundary."""
-    if offset not in {part.start for part in parts} | {total, 0}:
-        raise CheckpointError(
-            f"checkpoint {source} stops at input offset {offset}, which is not where a part "
-            "starts: it was not written by a cluster run of these inputs and --part-size"
+class ClusterParts:
+    """The executor of a cluster run: the input from where the run starts cut into parts
+    (parts.py), each a task on the cluster, their outputs written in order by `_Client`."""
+
+    def __init__(self) -> None:
+        self._inputs: Inputs | None = None
+        self._parts: list[Part] = []
+
+    def open(self, run: Run) -> _Done:
+        config = run.config
+        assert config.part_size is not None
+        self._inputs = inputs = Inputs(config.inputs)
+        # Cut from where the run starts: a resumed run's start is a record start (where a part,
+        # or the input, ended), and the input may have grown since.
+        self._parts = split(
+            inputs, config.framing, config.frame_size, config.part_size, run.start.input_bytes
         )
-    return [part for part in parts if part.start >= offset]
+        return _Done(inputs, run.start.input_bytes)
+
+    def execute(self, run: Run) -> Iterator[None]:
+        assert self._inputs is not None
+        with _client(run.config, run.notify) as client:
+            runner = _Client(client, run, self._inputs)
+            runner.run(self._parts)
+            run.notify(runner.report())
+        return iter(())
+
+    def snapshot(self) -> bytes | None:
+        return None  # a module that keeps state is refused before the run starts
+
+    def close(self) -> None:
+        if self._inputs is not None:
+            self._inputs.close()
 
 
 @contextmanager
@@ -240,25 +216,16 @@ def _announce(client: Any, notify: Notify) -> None:
 class _Client:
     """Submits parts in order, a bounded number at a time, and writes their outputs in order."""
 
-    def __init__(
-        self,
-        client: Any,
-        config: RunConfig,
-        loaded: LoadedModule,
-        config_bytes: bytes,
-        inputs: Inputs,
-        sink: Sink,
-        summary: RunSummary,
-        start: StartPoint,
-    ) -> None:
+    def __init__(self, client: Any, run: Run, inputs: Inputs) -> None:
+        config, summary = run.config, run.summary
         self._client = client
         self._config = config
-        self._sha256 = loaded.sha256
-        self._config_bytes = config_bytes
+        self._sha256 = run.loaded.sha256
+        self._config_bytes = run.config_bytes
         self._paths = inputs.paths
-        self._sink = sink
+        self._write_output = run.write
         self._summary = summary
-        self._frames = start.frames  # frames of the whole input before the next part
+        self._frames = run.start.frames  # frames of the whole input before the next part
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
         self._in_flight: deque[tuple[Part, Any]] = deque()
@@ -355,15 +322,14 @@ class _Client:
     def _write(self, part: Part, result: PartResult) -> None:
         summary, tally = self._summary, self._summary.tally
         started = perf_counter()
-        written = self._sink.write(result.output)
+        written = self._write_output(result.output)
         tally.output_seconds += perf_counter() - started
         for failed in result.failed:  # in order: dead letters and counts, numbered globally
             index = self._frames + failed.frame - part.first_frame
             frame = Frame(index, failed.offset, bytearray(failed.data), failed.length)
             summary.failures.handle(frame, failed.error.at(index, failed.offset))  # fail: raises
-            tally.failed += 1
-        summary.skipped_records += result.skipped_records
-        summary.skipped_bytes += result.skipped_bytes
+        summary.skipped.records += result.skipped_records
+        summary.skipped.bytes += result.skipped_bytes
         error = result.error
         if error is not None:  # the output before it is written; the checkpoint stays before
             assert error.frame is not None and error.offset is not None  # the part: exact

@@ -1,4 +1,11 @@
-"""`wasmstream run` and `wasmstream resume` as library calls: a frozen RunConfig in, a summary out.
+"""One run, whatever executes it: a frozen RunConfig in, a summary out.
+
+`run_steps` is the skeleton every way of running shares — check, plan (checkpoint, resume
+point), open the output and logs (kept to the checkpoint's sizes), journal (pipe accounting,
+log sizes, state), frames through an *executor*, finish, close and report. The executors are
+`LocalFrames` here (serial, ordered turns, the queued pool, --jobs auto), `cluster.ClusterParts`
+(a Dask client) and the library's iterator (`transform`); none repeats the skeleton, so a
+promise kept here is kept on every path.
 
 The core never prints or exits; it raises WasmstreamError subclasses, which the CLI maps to
 messages and exit codes in one place, and reports notices through the `notify` callback.
@@ -9,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import framing
 from .abi import GuestAbi, StateKind
@@ -26,7 +33,7 @@ from .framing import Skipped
 from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
 from .options import Notify, RunConfig, StartPoint
 from .parts import shard_part
-from .policy import DeadLetters, DropLog, FailureHandler
+from .policy import DeadLetters, DeadLetterSink, DropLog, FailureHandler
 from .pool import Frames, InputWaits, PoolSettings, Write, run_frames
 from .sink import STDOUT, Sink
 from .sources import Inputs, is_url
@@ -37,7 +44,7 @@ WASM32_MEMORY = 1 << 32  # a 32-bit guest addresses at most 4 GiB
 PAGE = 1 << 16
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .journal import Journal, StreamProgress
     from .resume import CheckpointPlan
 
 
@@ -47,8 +54,7 @@ class RunSummary:
     failures: FailureHandler = field(default_factory=FailureHandler)
     resumed_from: StartPoint | None = None
     checkpoints_written: int = 0
-    skipped_records: int = 0
-    skipped_bytes: int = 0
+    skipped: Skipped = field(default_factory=Skipped)  # oversized records (--oversize skip)
     nothing_to_do: bool = False
     jobs_reason: str = ""  # how many instances ran, and why (--stats)
     switches: int = 0  # --jobs auto: how often the run changed shape
@@ -171,13 +177,15 @@ def _check_splittable(config: RunConfig) -> None:
 
 
 def shard_start(config: RunConfig) -> tuple[StartPoint, int | None]:
-    """Where a run starts when nothing is saved, and how many bytes it reads (None: all)."""
+    """Where a run starts when nothing is saved, and the input offset it stops at (None: the
+    input's end, as for the last shard, which takes whatever the input grows by)."""
     if config.shard is None:
         return StartPoint(), None
     with Inputs(config.inputs) as inputs:
         part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
     start = StartPoint(part.start, inputs.per_input(part.start), part.first_frame, 0)
-    return start, part.end
+    k, n = config.shard
+    return start, None if k == n else part.end
 
 
 def _sequential(config: RunConfig, abi: GuestAbi) -> str:
@@ -216,6 +224,173 @@ def check_frame_size(frame_size: int, max_memory: int | None) -> None:
         )
 
 
+class Executor(Protocol):
+    """How a run's frames get done: on local instances (`LocalFrames`), as parts on a Dask
+    cluster (`cluster.ClusterParts`), or one frame at a time for the library's iterator
+    (`transform`). The skeleton (`run_steps`) does everything else, once for all of them."""
+
+    def open(self, run: Run) -> StreamProgress:
+        """Open the input where the run starts, refusing (before any file is changed) one that
+        does not hold what the checkpoint says was done; start what must start before that."""
+        ...
+
+    def execute(self, run: Run) -> Iterator[None]:
+        """Do every frame from `run.start`, writing through `run.write`. May run them all at
+        once and return an empty iterator, or yield after each frame (the library's)."""
+        ...
+
+    def snapshot(self) -> bytes | None:
+        """The guest's state now (a stateful run's one instance; None: nothing to save)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Output(Protocol):
+    """Where a run's output goes: a `Sink` (stdout or a file), or the library's collector."""
+
+    @property
+    def fd(self) -> int: ...
+
+    @property
+    def is_pipe(self) -> bool: ...
+
+    def write(self, data: memoryview | bytes) -> int: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+OpenOutput = Callable[["int | None", bool], Output]
+"""Opens the output once every check has passed: (bytes to keep of it, or None to start it
+afresh; whether checkpoints will make it durable)."""
+
+
+@dataclass
+class Run:
+    """One run as the skeleton has planned it: what its executor reads. `end` is the input
+    offset it stops at (a shard's or a range's end; None: the input's end, growth included)."""
+
+    config: RunConfig
+    loaded: LoadedModule
+    config_bytes: bytes
+    summary: RunSummary
+    start: StartPoint
+    end: int | None
+    plan: CheckpointPlan | None
+    notify: Notify
+    write: Write = field(default=lambda data: 0)
+    journal: Journal | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.plan is not None and self.plan.saved is not None
+
+    @property
+    def watches_stream(self) -> bool:
+        return self.plan is not None and self.plan.watches_stream
+
+    def end_with(self, instance: Instance) -> None:
+        """After the last frame, on the one instance's thread: the finish function's output,
+        written after the last frame's; then the final checkpoint (complete only once that is
+        durable)."""
+        finish = self.loaded.abi.finish
+        if finish is not None:
+            output = instance.finish()
+            self.summary.tally.record_finish(self.write(output) if output else 0)
+        if self.journal is not None:
+            self.journal.complete(finished=finish is not None)
+
+
+def plan_run(
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    notify: Notify,
+    output_fd: int | None,
+    origin: StartPoint | None = None,
+    end: int | None = None,
+) -> Run:
+    """Where the run starts and stops: `origin` and `end` (a shard's, a range's), or with a
+    checkpoint, where the saved run got to and the end it recorded."""
+    origin = origin or StartPoint()
+    plan = None
+    if config.checkpoint is not None:
+        from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
+
+        plan = CheckpointPlan(config, loaded, config_bytes, notify, output_fd, origin, end)
+        abi = loaded.abi
+        if plan.saved is not None and abi.finish is not None and abi.state is StateKind.NONE:
+            notify(
+                f"resuming without the guest's state (it keeps none in checkpoints): {abi.finish}"
+                " will see only the frames from here on"
+            )
+        end = plan.end
+    start = plan.start if plan else origin
+    summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
+    return Run(config, loaded, config_bytes, summary, start, end, plan, notify)
+
+
+def run_steps(
+    run: Run,
+    executor: Executor,
+    open_output: OpenOutput,
+    progress: ProgressFactory | None = None,
+    dead_letters: DeadLetterSink | None = None,
+) -> Generator[None, None, None]:
+    """One run's life, whatever executes its frames: open the input (checked against the
+    checkpoint), then the output and the logs (cut back to what the checkpoint covers), then
+    the journal (which saves before the first frame, so that a kill at any moment is resumed
+    exactly once), then the frames, then the final save; everything closed however it ends.
+    A generator: it yields wherever the executor does (the library hands outputs on there).
+    `dead_letters`: where failed frames go instead of `--dead-letter` (a cluster task's)."""
+    config, summary, plan = run.config, run.summary, run.plan
+    if plan is not None and plan.nothing_new():
+        run.notify(f"nothing new to process since checkpoint {config.checkpoint}")
+        summary.nothing_to_do = True
+        return
+    try:
+        stream = executor.open(run)
+        # Only now is the output cut: the input and module are usable and the checkpoint
+        # agrees with this run.
+        output = open_output(run.start.output_bytes if run.resumed else None, plan is not None)
+        logs = Logs(config, summary, dead_letters)
+        if run.resumed:
+            logs.keep(run.start.log_bytes)  # what was logged after the checkpoint is again
+        run.write = output.write
+        if plan is not None:
+            stateful = run.loaded.abi.state is not StateKind.NONE
+            run.journal = plan.open_journal(
+                [output.sync, *logs.syncs],
+                stream,
+                summary.tally,
+                pipe_fd=output.fd if output.is_pipe else None,
+                snapshot=executor.snapshot if stateful else None,
+                state_kind=run.loaded.abi.state.value,
+                log_sizes=logs.sizes,
+            )
+        try:
+            with progress_of(progress, summary.tally, config, run.start):
+                yield from executor.execute(run)
+        except BaseException as error:
+            if run.journal is not None:
+                run.journal.finish(error)
+            if isinstance(error, (KeyboardInterrupt, Interrupted)):
+                raise stopped(error, run.journal, config.checkpoint) from None
+            raise
+        else:
+            if run.journal is not None:
+                run.journal.finish(None)
+        finally:
+            output.close()
+            logs.close()
+            summary.checkpoints_written = run.journal.saves if run.journal else 0
+    finally:
+        executor.close()
+    report_losses(summary, run.notify)
+
+
 def _run_loaded(
     config: RunConfig,
     loaded: LoadedModule,
@@ -224,164 +399,116 @@ def _run_loaded(
     notify: Notify,
     progress: ProgressFactory | None,
 ) -> RunSummary:
-    plan = None
     origin, end = shard_start(config)
-    if config.checkpoint is not None:
-        from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
+    run = plan_run(config, loaded, config_bytes, notify, files.output_fd, origin, end)
+    for _ in run_steps(run, LocalFrames(), sink_opener(config, files, run.summary), progress):
+        pass
+    return run.summary
 
-        plan = CheckpointPlan(config, loaded, config_bytes, notify, files.output_fd, origin)
-        abi = loaded.abi
-        if plan.saved is not None and abi.finish is not None and abi.state is StateKind.NONE:
-            notify(
-                f"resuming without the guest's state (it keeps none in checkpoints): {abi.finish}"
-                " will see only the frames from here on"
-            )
-    start = plan.start if plan else origin
-    summary = RunSummary(Tally(), resumed_from=start if plan and plan.saved else None)
-    if plan is not None and plan.nothing_new():
-        notify(f"nothing new to process since checkpoint {config.checkpoint}")
-        summary.nothing_to_do = True
-        return summary
-    watch = plan is not None and plan.watches_stream
-    limit = None if end is None else end - start.input_bytes
-    stream = ConcatenatedInput(
-        config.inputs,
-        start.per_input,
-        keep_head=watch,
-        tally=_timed(config, summary),
-        limit=limit,
-    )
-    try:
-        if plan is not None and plan.saved:
+
+def sink_opener(config: RunConfig, files: RunFiles, summary: RunSummary) -> OpenOutput:
+    """The run's output file or stdout, opened (and cut) only when the skeleton says so."""
+
+    def open_sink(keep: int | None, durable: bool) -> Output:
+        sink = Sink(
+            config.output,
+            keep=keep,
+            durable=durable,
+            fd=files.output_fd,
+            # --jobs auto reads the guest's time as call time less write time: writes happen
+            # inside the call, so they are timed whenever auto is measuring, --stats or not
+            tally=summary.tally if config.jobs is None else _timed(config, summary),
+        )
+        files.output_used()
+        return sink
+
+    return open_sink
+
+
+class LocalFrames:
+    """The executor of a run on this machine: the input read as one stream, cut into frames
+    (framing.py), run through instances of the module (pool.py, or adaptive.py for auto)."""
+
+    def __init__(self) -> None:
+        self.stream: ConcatenatedInput | None = None
+        self.instances: _Instances | None = None
+
+    def open(self, run: Run) -> ConcatenatedInput:
+        config, start, plan = run.config, run.start, run.plan
+        limit = None if run.end is None else max(run.end - start.input_bytes, 0)
+        self.stream = stream = ConcatenatedInput(
+            config.inputs,
+            start.per_input,
+            keep_head=run.watches_stream,
+            tally=_timed(config, run.summary),
+            limit=limit,
+        )
+        if run.resumed:
+            assert plan is not None
             stream.skip_to_start()  # a stream that does not hold what was done is refused here
             plan.check_stream(stream)
             for name, count in stream.discarded:
-                notify(f"skipped the first {count} bytes of {name}: already processed")
+                run.notify(f"skipped the first {count} bytes of {name}: already processed")
         elif start.input_bytes:
             stream.skip_to_start()  # a shard starts where its part does
-        summary = _run_stream(
-            config, loaded, config_bytes, files, plan, stream, summary, start, progress
+        self.instances = self._new_instances(run)
+        return stream
+
+    @staticmethod
+    def _new_instances(run: Run) -> _Instances:
+        instances = _Instances(run.config, run.loaded, run.config_bytes)
+        if run.loaded.abi.one_instance:  # started, its state restored, before any file changes
+            plan = run.plan
+            instances.start_first(plan.saved_state(run.loaded.abi.state) if plan else None, plan)
+        return instances
+
+    def frames(self, run: Run) -> Frames:
+        assert self.stream is not None
+        live = is_live(run.config.inputs)
+        return self._frames_of(
+            self.stream, run, framing.with_default_linger(run.config.framing, live)
         )
-    finally:
-        stream.close()
-    report_losses(summary, notify)
-    return summary
 
+    @staticmethod
+    def _frames_of(stream: framing.ReadableInto, run: Run, spec: framing.FramingSpec) -> Frames:
+        """The pool pulls frames from framing, which reads from the stream: per frame, nothing
+        passes through here."""
+        return partial(
+            framing.frames,
+            stream,
+            spec=spec,
+            first_index=run.start.frames,
+            first_offset=run.start.input_bytes,
+            skipped=run.summary.skipped,
+        )
 
-def _run_stream(
-    config: RunConfig,
-    loaded: LoadedModule,
-    config_bytes: bytes,
-    files: RunFiles,
-    plan: CheckpointPlan | None,
-    stream: ConcatenatedInput,
-    summary: RunSummary,
-    start: StartPoint,
-    progress: ProgressFactory | None,
-) -> RunSummary:
-    skipped = Skipped()
-    # The pool pulls frames from framing, which reads from the stream, and writes to the sink:
-    # per frame, nothing passes through here.
-    frames = partial(
-        framing.frames,
-        stream,
-        spec=framing.with_default_linger(config.framing, is_live(config.inputs)),
-        first_index=start.frames,
-        first_offset=start.input_bytes,
-        skipped=skipped,
-    )
-    instances = _Instances(config, loaded, config_bytes)
-    if loaded.abi.one_instance:  # started, and its saved state restored, before any file changes
-        instances.start_first(plan.saved_state(loaded.abi.state) if plan else None, plan)
-    try:
-        return _run_started(
+    def execute(self, run: Run) -> Iterator[None]:
+        assert self.instances is not None and self.stream is not None
+        config, abi = run.config, run.loaded.abi
+        _run_frames(
             config,
-            loaded,
-            files,
-            plan,
-            stream,
-            summary,
-            start,
-            progress,
-            frames,
-            skipped,
-            instances,
+            self.frames(run),
+            self.instances.new,
+            run.write,
+            # Frames go straight into guest memory unless the framing carries bytes across
+            # frames, or a watched stream's frames must stay intact until written.
+            _pool_settings(
+                config, direct_read=not config.framing.record_based and not run.watches_stream
+            ),
+            run.summary,
+            end=run.end_with if abi.one_instance else None,
+            input_waits=self.stream,
         )
-    finally:
-        instances.close_unused()
+        return iter(())
 
+    def snapshot(self) -> bytes | None:
+        return self.instances.snapshot() if self.instances is not None else None
 
-def _run_started(
-    config: RunConfig,
-    loaded: LoadedModule,
-    files: RunFiles,
-    plan: CheckpointPlan | None,
-    stream: ConcatenatedInput,
-    summary: RunSummary,
-    start: StartPoint,
-    progress: ProgressFactory | None,
-    frames: Frames,
-    skipped: Skipped,
-    instances: _Instances,
-) -> RunSummary:
-    # Only now is the output cut: the module is usable and the checkpoint agrees with this run.
-    sink = Sink(
-        config.output,
-        keep=start.output_bytes if plan and plan.saved else None,
-        durable=plan is not None,
-        fd=files.output_fd,
-        # --jobs auto reads the guest's time as call time less write time: writes happen
-        # inside the call, so they are timed whenever auto is measuring, --stats or not
-        tally=summary.tally if config.jobs is None else _timed(config, summary),
-    )
-    files.output_used()
-    logs = Logs(config, summary)
-    if plan is not None and plan.saved:
-        logs.keep(start.log_bytes)  # what was logged after the checkpoint is logged again
-    abi = loaded.abi
-    journal = None
-    if plan is not None:
-        stateful = abi.state is not StateKind.NONE
-        journal = plan.open_journal(
-            [sink.sync, *logs.syncs],
-            stream,
-            summary.tally,
-            pipe_fd=sink.fd if sink.is_pipe else None,
-            snapshot=instances.snapshot if stateful else None,
-            state_kind=abi.state.value,
-            log_sizes=logs.sizes,
-        )
-    watch = plan is not None and plan.watches_stream
-    try:
-        with progress_of(progress, summary.tally, config, start):
-            _run_frames(
-                config,
-                frames,
-                instances.new,
-                sink.write,
-                # Frames go straight into guest memory unless the framing carries bytes across
-                # frames, or a watched stream's frames must stay intact until written.
-                _pool_settings(config, direct_read=not config.framing.record_based and not watch),
-                summary,
-                end=_ending(abi, sink.write, summary.tally, journal) if abi.one_instance else None,
-                input_waits=stream,
-            )
-    except BaseException as error:
-        if journal is not None:
-            journal.finish(error)
-        if isinstance(error, (KeyboardInterrupt, Interrupted)):
-            raise _stopped(error, journal, config.checkpoint) from None
-        raise
-    else:
-        if journal is not None:
-            journal.finish(None)
-    finally:
-        sink.close()
-        logs.close()
-        summary.checkpoints_written = journal.saves if journal else 0
-        summary.skipped_records = skipped.records
-        summary.skipped_bytes = skipped.bytes
-    return summary
+    def close(self) -> None:
+        if self.instances is not None:
+            self.instances.close_unused()
+        if self.stream is not None:
+            self.stream.close()
 
 
 class _Instances:
@@ -434,31 +561,12 @@ class _Instances:
             self._first = None
 
 
-def _ending(
-    abi: GuestAbi,
-    write: Write,
-    tally: Tally,
-    journal: Journal | None,
-) -> Callable[[Instance], None]:
-    """After the last frame, on the instance's thread: the finish function's output, written
-    after the last frame's; then the final checkpoint (complete only once that is durable)."""
-
-    def end(instance: Instance) -> None:
-        if abi.finish is not None:
-            output = instance.finish()
-            tally.record_finish(write(output) if output else 0)
-        if journal is not None:
-            journal.complete(finished=abi.finish is not None)
-
-    return end
-
-
 def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
     """Where input and output count their waiting time: only when someone will read it."""
     return summary.tally if config.timings else None
 
 
-def _stopped(
+def stopped(
     error: KeyboardInterrupt | Interrupted, journal: Journal | None, checkpoint: str | None
 ) -> Interrupted:
     """A signal stopped the run: say how far it got and how to go on."""
@@ -475,12 +583,17 @@ def _stopped(
 
 
 class Logs:
-    """The dead-letter and drop logs, when asked for, hooked to the run's failure handling."""
+    """The dead-letter and drop logs, when asked for, hooked to the run's failure handling.
+    `dead_letters`: where failed frames go when not to `--dead-letter` (a cluster task's)."""
 
-    def __init__(self, config: RunConfig, summary: RunSummary) -> None:
+    def __init__(
+        self, config: RunConfig, summary: RunSummary, dead_letters: DeadLetterSink | None = None
+    ) -> None:
         self.dead_letters = DeadLetters(config.dead_letter) if config.dead_letter else None
         self.drop_log = DropLog(config.drop_log) if config.drop_log else None
-        summary.failures = FailureHandler(config.on_error, self.dead_letters)
+        summary.failures = FailureHandler(
+            config.on_error, self.dead_letters or dead_letters, summary.tally
+        )
         if self.drop_log is not None:
             summary.tally.on_frame_dropped.append(self.drop_log.append)
         self.syncs = [log.sync for log in (self.dead_letters, self.drop_log) if log is not None]
@@ -561,7 +674,7 @@ def report_losses(summary: RunSummary, notify: Notify) -> None:
     tally = summary.tally
     if tally.dropped:
         notify(f"dropped {tally.dropped} of {tally.frames} frames: the queue was full")
-    if summary.skipped_records:
+    if summary.skipped.records:
         notify(
-            f"skipped {summary.skipped_records} oversized records ({summary.skipped_bytes} bytes)"
+            f"skipped {summary.skipped.records} oversized records ({summary.skipped.bytes} bytes)"
         )

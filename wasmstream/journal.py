@@ -211,6 +211,15 @@ class Journal:
         self.saves += 1
         self._clock.reset()
 
+    def save_start(self) -> None:
+        """Before the first frame: where the run starts and how long its logs are. The state
+        there is a fresh instance's, so none is written."""
+        if self._snapshot is None:
+            self.save("running")
+        else:
+            self._commit(self._position(), None, "running", None, 1)
+            self._clock.reset()
+
     def _save_with_state(self, status: Status, failure: Failure | None, finished: bool) -> None:
         """Between two frames, on the instance's thread, the position and the guest's state are
         taken together, now. The rest — making the output durable, compressing and writing the

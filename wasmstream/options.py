@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from .abi import AbiOptions
 from .engines import DEFAULT_ENGINE
-from .engines.base import Sandbox
+from .engines.base import DirGrant, Sandbox
 from .framing import FramingSpec
 
 POLICIES = ("fail", "skip", "passthrough")  # --on-error
@@ -75,6 +75,27 @@ class Shard(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.k}/{self.n}"
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    """`--env KEY=VALUE`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def parse_dir(text: str) -> DirGrant:
+    """`--dir HOST[:GUEST][:ro|rw]`: read-only unless `:rw`; HOST must be a directory."""
+    parts = text.split(":")
+    mode = parts.pop() if len(parts) > 1 and parts[-1] in ("ro", "rw") else "ro"
+    if not 1 <= len(parts) <= 2 or not parts[0]:
+        raise ValueError(f"{text!r} is not HOST[:GUEST][:ro|rw]")
+    host = parts[0]
+    if not os.path.isdir(host):
+        raise ValueError(f"{host} is not a directory")
+    guest = parts[1] if len(parts) == 2 else host
+    return DirGrant(os.path.abspath(host), guest, writable=mode == "rw")
 
 
 def local_workers(address: str | None) -> int | None:

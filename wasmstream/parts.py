@@ -52,12 +52,14 @@ def shard_part(inputs: Inputs, spec: FramingSpec, frame_size: int, k: int, n: in
     return Part(k - 1, start, end, _first_frame(spec, start, frame_size))
 
 
-def split(inputs: Inputs, spec: FramingSpec, frame_size: int, part_size: int) -> list[Part]:
-    """The input cut into parts of about `part_size` bytes (whole frames under fixed framing);
-    empty parts are left out."""
+def split(
+    inputs: Inputs, spec: FramingSpec, frame_size: int, part_size: int, start: int = 0
+) -> list[Part]:
+    """The input from `start` (a record start: 0, or where a run stopped) cut into parts of
+    about `part_size` bytes (whole frames under fixed framing); empty parts are left out."""
     if spec.framing is Framing.FIXED:
         part_size = max(1, -(-part_size // frame_size)) * frame_size
-    cuts = [*range(0, inputs.total, part_size), inputs.total]
+    cuts = [*range(start, inputs.total, part_size), max(start, inputs.total)]
     bounds = sorted(set(align(inputs, spec, cuts)))
     return [
         Part(n, start, end, _first_frame(spec, start, frame_size))

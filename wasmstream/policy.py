@@ -8,10 +8,12 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
+from typing import Protocol
 
 from .errors import GuestError, IOFailure
 from .framing import Frame
 from .options import POLICIES
+from .tally import Tally
 
 
 class JsonLines:
@@ -96,14 +98,27 @@ class DropLog(JsonLines):
         self.write_record({"frame": frame.index, "offset": frame.offset, "length": frame.length})
 
 
-class FailureHandler:
-    """Applies the error policy to failed frames and counts them."""
+class DeadLetterSink(Protocol):
+    """Where failed frames go: `--dead-letter FILE`, or a cluster task's result (whose client
+    writes them to the file, in order)."""
 
-    def __init__(self, policy: str = "fail", dead_letters: DeadLetters | None = None) -> None:
+    def append(self, frame: Frame, error: GuestError) -> None: ...
+
+
+class FailureHandler:
+    """Applies the error policy to failed frames, and counts them in the run's tally (the one
+    count that progress, checkpoints and the summary read)."""
+
+    def __init__(
+        self,
+        policy: str = "fail",
+        dead_letters: DeadLetterSink | None = None,
+        tally: Tally | None = None,
+    ) -> None:
         assert policy in POLICIES
         self.policy = policy
         self.dead_letters = dead_letters
-        self.failed = 0
+        self.tally = tally if tally is not None else Tally()
         self.by_kind: Counter[str] = Counter()
         self.first: GuestError | None = None
 
@@ -118,10 +133,14 @@ class FailureHandler:
             self.dead_letters.append(frame, error)
         if self.policy == "fail":
             raise error
-        self.failed += 1
+        self.tally.failed += 1
         self.by_kind[error.kind] += 1
         self.first = self.first or error
         return b"" if self.policy == "skip" else frame.data
+
+    @property
+    def failed(self) -> int:
+        return self.tally.failed
 
     def summary(self, frames: int) -> str:
         verb = "skipped" if self.policy == "skip" else "passed through unchanged"

@@ -87,7 +87,10 @@ def run_frames(
             pipeline = _Pipeline(instance, new_instance, write, tally, failures)
             pipeline.run(frames, settings, input_waits)
             return
-        _run_serial(frames, instance, new_instance, write, settings, tally, failures, end)
+        for _ in serial_steps(
+            frames, instance, new_instance, write, settings, tally, failures, end
+        ):
+            pass
     elif settings.overload.policy == "block":
         assert end is None, "a stateful run is serial"
         _Turns(frames, new_instance, write, settings, tally, failures).run()
@@ -96,17 +99,13 @@ def run_frames(
         _ParallelRun(frames, new_instance, write, settings, tally, failures).run()
 
 
-def _write_failed(
-    frame: Frame, error: GuestError, write: Write, failures: FailureHandler, tally: Tally
-) -> int:
-    """Write what the failure policy puts in place of a failed frame, and count it; under
+def _write_failed(frame: Frame, error: GuestError, write: Write, failures: FailureHandler) -> int:
+    """Write what the failure policy puts in place of a failed frame (which counts it); under
     `--on-error fail` this raises the error, located at the frame. Every shape's one way."""
-    written = write(failures.handle(frame, error.at(frame.index, frame.offset)))
-    tally.failed += 1
-    return written
+    return write(failures.handle(frame, error.at(frame.index, frame.offset)))
 
 
-def _run_serial(
+def serial_steps(
     frames: Frames,
     instance: Instance,
     new_instance: Callable[[], Instance],
@@ -115,7 +114,10 @@ def _run_serial(
     tally: Tally,
     failures: FailureHandler,
     end: Callable[[Instance], None] | None = None,
-) -> None:
+) -> Iterator[None]:
+    """The serial shape, one step per frame: it yields once each frame is written and recorded
+    (a run goes straight through; the library's iterator hands each frame's output on there).
+    The instance is closed when the steps end, however they end."""
     # Frames are read straight into guest memory (one copy fewer) unless a failed frame's input
     # must survive the guest, which may change it in place, or the framing carries bytes over.
     direct = settings.direct_read and not failures.needs_input
@@ -138,15 +140,17 @@ def _run_serial(
                 else:
                     written = instance.transform(frame.data, write)
             except GuestError as error:
-                written = _write_failed(frame, error, write, failures, tally)
+                written = _write_failed(frame, error, write, failures)
                 tally.record(frame, written)  # before the replacement starts (see _Pipeline)
                 instance.close()
                 instance = new_instance()
+                yield
                 continue
             if timed is not None:
                 writing = timed.output_seconds - writing_before  # writes happen in the call
                 timed.guest_seconds += perf_counter() - started - writing
             tally.record(frame, written)
+            yield
         if end is not None:
             end(instance)
     finally:
@@ -232,7 +236,7 @@ class _Pipeline:
             try:
                 written = self._instance.collect(self._write)
             except GuestError as error:
-                written = _write_failed(frame, error, self._write, self._failures, tally)
+                written = _write_failed(frame, error, self._write, self._failures)
                 failed = True
             # Time spent waiting for the guest, less the write (auto mode reads it).
             tally.guest_seconds += (
@@ -455,7 +459,7 @@ class _Turns:
                 assert output is not None
                 written = self._write(output)
             else:
-                written = _write_failed(frame, error, self._write, self._failures, self._tally)
+                written = _write_failed(frame, error, self._write, self._failures)
             self._tally.record(frame, written)
         except BaseException as failure:
             self._fail(failure)
@@ -737,7 +741,7 @@ class _ParallelRun:
         if isinstance(job.error, _Stop):
             return
         if isinstance(job.error, GuestError):
-            written = _write_failed(job.frame, job.error, self._write, self._failures, self._tally)
+            written = _write_failed(job.frame, job.error, self._write, self._failures)
         elif job.error is not None:
             raise job.error
         else:

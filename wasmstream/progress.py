@@ -119,7 +119,7 @@ class Stats:
             waiting_for_output_seconds=round(tally.output_seconds, 6),
             failed_frames=tally.failed,
             dropped_frames=tally.dropped,
-            skipped_records=summary.skipped_records,
+            skipped_records=summary.skipped.records,
             checkpoints_written=summary.checkpoints_written,
             workers=tally.workers,
             jobs=summary.jobs_reason,

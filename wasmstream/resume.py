@@ -49,14 +49,13 @@ class CheckpointPlan:
         notify: Notify,
         output_fd: int | None,
         origin: StartPoint | None = None,
+        end: int | None = None,
     ) -> None:
         assert config.checkpoint is not None
         self.config = config
         self.output_fd = output_fd
-        self.origin = (
-            origin or StartPoint()
-        )  # where the run starts when nothing is saved (a shard's start)
-        self.record = new_record(config, loaded, config_bytes, output_fd, origin)
+        self.origin = origin or StartPoint()  # where the run starts when nothing is saved
+        self.record = new_record(config, loaded, config_bytes, output_fd, origin, end)
         self.replaces = config.restart
         self.saved = self._previous(notify)
         checkpoint.check_writable(config.checkpoint)  # a full disk fails now, not mid-run
@@ -77,6 +76,12 @@ class CheckpointPlan:
     def watches_stream(self) -> bool:
         """Whether an input can only be recognised by its bytes (stdin, a pipe, a FIFO)."""
         return any(not i.regular or i.path == STDIN for i in self.record.inputs)
+
+    @property
+    def end(self) -> int | None:
+        """Where the run stops: the end the first run recorded (a shard's), else the one given."""
+        saved = self.saved
+        return saved.end if saved is not None and saved.end is not None else self.record.end
 
     @property
     def start(self) -> StartPoint:
@@ -160,9 +165,11 @@ class CheckpointPlan:
         state_kind: str = "exports",
         log_sizes: Callable[[], tuple[int | None, int | None]] | None = None,
     ) -> Journal:
-        """The journal. When this run replaces an old checkpoint (--restart, or a finished
-        run's), a first save replaces it at once: it describes output this run has just
-        truncated. Otherwise what is on disk already describes where this run starts."""
+        """The journal. A run that starts afresh saves at once, before its first frame: an old
+        checkpoint (--restart, or a finished run's) describes output this run has just
+        truncated, and without any, a run killed before its first interval would leave its
+        logs' lines to be written again. A resumed run's checkpoint already says where it
+        starts."""
         config = self.config
         assert config.checkpoint is not None
         journal = Journal(
@@ -183,8 +190,8 @@ class CheckpointPlan:
             state_kind=state_kind,
             log_sizes=log_sizes,
         )
-        if self.replaces:
-            journal.save("running")
+        if self.replaces or self.saved is None:
+            journal.save_start()
         return journal
 
 
@@ -194,8 +201,10 @@ def new_record(
     config_bytes: bytes,
     output_fd: int | None,
     origin: StartPoint | None = None,
+    end: int | None = None,
 ) -> Checkpoint:
-    """The checkpoint this run would write, at its start (`origin`: a shard's, else zero)."""
+    """The checkpoint this run would write, at its start (`origin`: a shard's, else zero;
+    `end`: where it stops, None for the input's end)."""
     origin = origin or StartPoint()
     stamp = checkpoint.now()
     options, command = record_options(config, config_bytes)
@@ -222,6 +231,7 @@ def new_record(
             per_input=list(origin.per_input) or [0] * max(len(config.inputs), 1),
             frames=origin.frames,
         ),
+        end=end,
         created=stamp,
         updated=stamp,
     )
@@ -293,6 +303,8 @@ def _check_growth_is_at_the_end(saved: Checkpoint, current: Checkpoint, path: st
 def nothing_new(saved: Checkpoint, current: Checkpoint | None) -> bool:
     if saved.status != "complete" or current is None:
         return False
+    if saved.end is not None and saved.position.input_bytes >= saved.end:
+        return True  # a shard that is not the last: its range is done, whatever came after
     done = saved.position.per_input
     return all(i.regular and i.size == d for i, d in zip(current.inputs, done, strict=False))
 

@@ -4,32 +4,43 @@
     >>> b"".join(t.stream([b"a\\nb", b"c\\n"]))
     b'A\\nBC\\n'
 
-Frames are cut exactly as `wasmstream run` cuts them (framing.py), run one after another on
-one instance, and their outputs come back in order. `run_range` runs one part of the input by
-Hadoop's rule (parts.py): what a `--shard` or a cluster task runs, and what a Ray Data or Spark
-task can call on its own split. A Transform may be used from several threads: each call starts
-its own instance of the shared compiled module.
+This is `wasmstream run`'s own run (core.run_steps), with an executor that hands each frame's
+output to the caller as it is done: frames are cut as the CLI cuts them, run one after another
+on one instance with the CLI's failure policy, and a module's finish output ends the stream.
+`run_range` runs one part of the input by Hadoop's rule (parts.py): what a `--shard` or a
+cluster task runs, and what a Ray Data or Spark task can call on its own split; like `--shard`,
+it refuses a module that must see the whole stream in order. A Transform may be used from
+several threads: each call starts its own instance of the shared compiled module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Literal
 
-from .abi import DEFAULT_TRANSFORM, AbiOptions
-from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, Instance, LoadedModule, Sandbox, load_wasm
+from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions, StateKind
+from .core import (
+    LocalFrames,
+    Run,
+    check_frame_size,
+    plan_run,
+    read_config_arg,
+    run_steps,
+    settle_for_state,
+)
+from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
 from .engines import read_module as _read_module
+from .engines.base import DirGrant, Sandbox
 from .errors import GuestError, UsageError
-from .framing import Buffer, Frame, Framing, FramingSpec, Oversize, fixed_frames, record_frames
-from .framing import Skipped as _Skipped
-from .inputs import ConcatenatedInput
-from .options import DEFAULT_FRAME_SIZE, POLICIES, RunConfig
+from .framing import Frame, Framing, FramingSpec, Oversize
+from .options import DEFAULT_FRAME_SIZE, POLICIES, RunConfig, StartPoint, parse_dir, parse_env
 from .parts import Part, align
+from .pool import Frames, PoolSettings, serial_steps
 from .sources import Inputs
-
-Policy = Literal["fail", "skip", "passthrough"]
+from .units import parse_duration, parse_size
 
 
 @dataclass
@@ -55,12 +66,20 @@ class PartResult:
     skipped_bytes: int = 0
 
 
+Size = int | str
+Duration = float | str
+
+
 class Transform:
     """A WebAssembly transform, compiled once, run over chunks or byte ranges.
 
     `module` is a path or the module's bytes. The keyword arguments are `wasmstream run`'s
-    options of the same names. Raises ModuleError when the module cannot be used, UsageError
-    for a bad option.
+    options of the same names, taking the same values: sizes as numbers of bytes or as text
+    (`"1MiB"`), durations as seconds or text (`"500ms"`), `max_memory=None` or `"unlimited"`
+    for no limit, `env` as a mapping or `KEY=VALUE` texts, `dirs` as `HOST[:GUEST][:ro|rw]`
+    texts, `config` as bytes or as the CLI's TEXT or @FILE. `dead_letter` appends failed frames
+    to a file as `--dead-letter` does (else they are listed in `failed`). Raises UsageError for
+    a bad option and ModuleError when the module cannot be used, both before any data is read.
     """
 
     def __init__(
@@ -68,43 +87,62 @@ class Transform:
         module: str | os.PathLike[str] | bytes,
         *,
         framing: str | Framing = Framing.FIXED,
-        frame_size: int = DEFAULT_FRAME_SIZE,
+        frame_size: Size = DEFAULT_FRAME_SIZE,
         delimiter: bytes = b"\n",
         oversize: str | Oversize = Oversize.ERROR,
         function: str = DEFAULT_TRANSFORM,
         alloc: str | None = None,
         free: str | None = None,
         init: str | None = None,
-        config: bytes = b"",
+        config: bytes | str = b"",
+        state: str = "auto",
+        finish: str | None = None,
+        wasi_command: bool = False,
         engine: str = DEFAULT_ENGINE,
-        timeout: float | None = None,
+        timeout: Duration | None = None,
         fuel: int | None = None,
-        max_memory: int | None = DEFAULT_MAX_MEMORY,
-        max_output: int | None = None,
-        on_error: Policy = "fail",
+        max_memory: Size | None = DEFAULT_MAX_MEMORY,
+        max_output: Size | None = None,
+        env: Mapping[str, str] | Sequence[str] = (),
+        dirs: Sequence[str | DirGrant] = (),
+        on_error: str = "fail",
+        dead_letter: str | os.PathLike[str] | None = None,
         cache: bool = True,
     ) -> None:
-        if on_error not in POLICIES:
-            raise UsageError(f"on_error must be one of {', '.join(POLICIES)}, not {on_error!r}")
-        try:
-            spec = FramingSpec(Framing(framing), delimiter, Oversize(oversize))
-        except ValueError as error:
-            raise UsageError(str(error)) from None
         path = "<bytes>" if isinstance(module, bytes) else os.fspath(module)
-        settings = RunConfig(
-            module=path,
-            frame_size=frame_size,
-            abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
-            engine=engine,
-            sandbox=Sandbox(
-                timeout=timeout, fuel=fuel, max_memory=max_memory, max_output=max_output
-            ),
-            on_error=on_error,
-            framing=spec,
-            cache=cache,
-        )
+        try:
+            settings = RunConfig(
+                module=path,
+                frame_size=_size("frame_size", frame_size, unlimited=False) or 0,
+                abi=AbiOptions(
+                    function=function,
+                    alloc=alloc,
+                    free=free,
+                    init=init,
+                    wasi_command=wasi_command,
+                    state=_choice("state", state, STATE_MODES),
+                    finish=finish,
+                ),
+                engine=engine,
+                sandbox=Sandbox(
+                    timeout=_duration("timeout", timeout),
+                    fuel=_count("fuel", fuel),
+                    max_memory=_size("max_memory", max_memory),
+                    max_output=_size("max_output", max_output),
+                    env=_env(env),
+                    dirs=tuple(d if isinstance(d, DirGrant) else parse_dir(d) for d in dirs),
+                ),
+                on_error=_choice("on_error", on_error, POLICIES),
+                dead_letter=None if dead_letter is None else os.fspath(dead_letter),
+                framing=FramingSpec(Framing(framing), _delimiter(delimiter), Oversize(oversize)),
+                cache=cache,
+            )
+        except (ValueError, TypeError) as error:
+            raise UsageError(str(error)) from None
+        check_frame_size(settings.frame_size, settings.sandbox.max_memory)
+        config_bytes = config if isinstance(config, bytes) else read_config_arg(config)
         wasm = module if isinstance(module, bytes) else _read_module(path)
-        self._setup(settings, wasm, config)
+        self._setup(settings, wasm, config_bytes)
 
     @classmethod
     def from_config(cls, settings: RunConfig, wasm: bytes, config: bytes = b"") -> Transform:
@@ -114,11 +152,15 @@ class Transform:
         return transform
 
     def _setup(self, settings: RunConfig, wasm: bytes, config: bytes) -> None:
-        self.settings = settings
         self._config = config
         self.loaded: LoadedModule = load_wasm(
             wasm, settings.module, settings.abi, settings.engine, settings.sandbox, settings.cache
         )
+        try:
+            self.settings = settle_for_state(settings, self.loaded.abi)
+        except BaseException:
+            self.loaded.engine.close()
+            raise
         self.failed: list[FailedFrame] = []  # under skip/passthrough, every failed frame so far
 
     def close(self) -> None:
@@ -132,11 +174,13 @@ class Transform:
         self.close()
 
     def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """The outputs of the frames cut from `chunks` (any sizes), in order, one per frame.
+        """The outputs of the frames cut from `chunks` (any sizes), in order, one per frame,
+        then the module's finish output (if it has a finish function).
 
         Raises GuestError (with the frame's number and offset) under `on_error="fail"`.
         """
-        return self._outputs(_ChunkReader(chunks), 0, 0, _Skipped(), self.failed, False)
+        recorder = _Recorder(self.failed, self.settings.on_error, keep_input=False)
+        return self._outputs(_OneByOne(chunks), StartPoint(), None, recorder)
 
     def run_range(
         self, paths: str | Sequence[str], start: int, end: int, *, aligned: bool = False
@@ -147,7 +191,10 @@ class Transform:
 
         Running consecutive ranges covering the input, and joining their outputs, gives the
         output of one run (parts.py says when byte for byte). Files may be fsspec URLs.
+        Refuses (UsageError) a module that keeps state or has a finish function: it must see
+        the whole stream, in order.
         """
+        self._check_splittable()
         with Inputs([paths] if isinstance(paths, str) else paths) as inputs:
             if not aligned:
                 if self.settings.framing.framing is Framing.FIXED:
@@ -156,98 +203,212 @@ class Transform:
                 start, end = align(inputs, self.settings.framing, [start, end])
         first = start // self.settings.frame_size if not self.settings.framing.record_based else 0
         part = Part(0, start, max(start, end), first)
-        yield from self._range_outputs(inputs, part, _Skipped(), self.failed, False)
+        recorder = _Recorder(self.failed, self.settings.on_error, keep_input=False)
+        yield from self._range_outputs(inputs, part, recorder)
 
     def run_part(self, inputs: Inputs, part: Part, keep_input: bool = False) -> PartResult:
         """One aligned part, its output gathered (a cluster task). Under `on_error="fail"` a
         guest failure is returned, with the output of the frames before it, not raised.
         `keep_input`: failed frames keep their input (for dead letters)."""
+        self._check_splittable()
         result = PartResult()
-        skipped = _Skipped()
+        recorder = _Recorder(result.failed, self.settings.on_error, keep_input)
         chunks: list[bytes] = []
         try:
-            for output in self._range_outputs(inputs, part, skipped, result.failed, keep_input):
+            for output in self._range_outputs(inputs, part, recorder, result):
                 chunks.append(output)
                 result.frames += 1
         except GuestError as error:
             result.error = error
         result.output = b"".join(chunks)
-        result.skipped_records, result.skipped_bytes = skipped.records, skipped.bytes
         return result
+
+    def _check_splittable(self) -> None:
+        abi = self.loaded.abi
+        if abi.one_instance:
+            why = (
+                f"keeps state across frames ({abi.state.value})"
+                if abi.state is not StateKind.NONE
+                else f"has a finish function ({abi.finish})"
+            )
+            raise UsageError(
+                f"module {self.settings.module} {why}: it must see the stream in order, in one "
+                "instance, so a range of it cannot run alone (use stream)"
+            )
 
     def _range_outputs(
         self,
         inputs: Inputs,
         part: Part,
-        skipped: _Skipped,
-        failed: list[FailedFrame],
-        keep_input: bool,
+        recorder: _Recorder,
+        result: PartResult | None = None,
     ) -> Iterator[bytes]:
-        stream = ConcatenatedInput(inputs.paths, inputs.per_input(part.start), limit=part.length)
-        try:
-            stream.skip_to_start()
-            yield from self._outputs(
-                stream, part.first_frame, part.start, skipped, failed, keep_input
-            )
-        finally:
-            stream.close()
+        settings = dataclasses.replace(self.settings, inputs=tuple(inputs.paths))
+        origin = StartPoint(part.start, inputs.per_input(part.start), part.first_frame)
+        return self._outputs(LocalOneByOne(), origin, part.end, recorder, settings, result)
 
     def _outputs(
         self,
-        stream: ConcatenatedInput | _ChunkReader,
-        first_index: int,
-        first_offset: int,
-        skipped: _Skipped,
-        failed: list[FailedFrame],
-        keep_input: bool,
+        executor: LocalOneByOne,
+        origin: StartPoint,
+        end: int | None,
+        recorder: _Recorder,
+        settings: RunConfig | None = None,
+        result: PartResult | None = None,
     ) -> Iterator[bytes]:
-        settings = self.settings
-        buffer = bytearray(settings.frame_size)
-
-        def next_buffer() -> Buffer:
-            return buffer
-
-        where = {"first_index": first_index, "first_offset": first_offset}
-        frames = (
-            record_frames(stream, next_buffer, settings.framing, skipped=skipped, **where)
-            if settings.framing.record_based
-            else fixed_frames(stream, next_buffer, **where)
+        """The run's outputs, one per frame as it is done (then the finish output, if any)."""
+        run = plan_run(
+            settings or self.settings, self.loaded, self._config, _ignore, None, origin, end
         )
-        instance = self._instance()
+        collected = _Collected()
+        steps = run_steps(run, executor, lambda keep, durable: collected, dead_letters=recorder)
         try:
-            for frame in frames:
-                try:
-                    output = instance.transform(frame.data, bytes)
-                except GuestError as error:
-                    instance.close()
-                    instance = self._instance()  # its state may be corrupt
-                    located = error.at(frame.index, frame.offset)
-                    output = self._failed(frame, located, failed, keep_input)
-                yield output
+            with closing(steps):
+                for _ in steps:
+                    yield collected.take()
         finally:
-            instance.close()
+            if result is not None:
+                result.skipped_records = run.summary.skipped.records
+                result.skipped_bytes = run.summary.skipped.bytes
+        finished = collected.take()
+        if finished:
+            yield finished
 
-    def _instance(self) -> Instance:
-        loaded = self.loaded
-        return loaded.compiled.instantiate(loaded.abi, self.settings.frame_size, self._config)
 
-    def _failed(
-        self, frame: Frame, error: GuestError, failed: list[FailedFrame], keep_input: bool
-    ) -> bytes:
-        """The output in place of a failed frame's (raises under on_error="fail", after
-        recording the frame when its input is kept)."""
-        data = bytes(frame.data)
-        policy = self.settings.on_error
-        if policy != "fail" or keep_input:
-            kept = data if keep_input else b""
-            failed.append(FailedFrame(frame.index, frame.offset, frame.length, error, kept))
-        if policy == "fail":
-            raise error
-        return b"" if policy == "skip" else data
+def _ignore(message: str) -> None:
+    """The library's runs have no one to tell: what they would say is in their results."""
+
+
+def _size(name: str, value: Size | None, unlimited: bool = True) -> int | None:
+    """A size as the CLI takes it (None, or `unlimited`, lifts a limit)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("unlimited", "none")):
+        if not unlimited:
+            raise ValueError(f"{name} must be a size, not {value!r}")
+        return None
+    size = parse_size(value) if isinstance(value, str) else value
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{name} must be a size of at least 1 byte, not {value!r}")
+    return size
+
+
+def _duration(name: str, value: Duration | None) -> float | None:
+    if value is None:
+        return None
+    seconds = parse_duration(value) if isinstance(value, str) else value
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+        raise ValueError(f"{name} must be a duration longer than 0, not {value!r}")
+    return float(seconds)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _count(name: str, value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _delimiter(value: bytes) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 1:
+        raise ValueError(f"delimiter must be one byte, not {value!r}")
+    return value
+
+
+def _env(env: Mapping[str, str] | Sequence[str]) -> tuple[tuple[str, str], ...]:
+    if isinstance(env, Mapping):
+        return tuple((str(key), str(value)) for key, value in env.items())
+    if isinstance(env, str):
+        raise ValueError(f"env must be a mapping or a list of KEY=VALUE texts, not {env!r}")
+    return tuple(parse_env(pair) for pair in env)
+
+
+class _Recorder:
+    """The library's dead letters: failed frames listed (under `fail`, only when their input
+    is kept, for the cluster client's dead letters: the error itself ends the run)."""
+
+    def __init__(self, failed: list[FailedFrame], policy: str, keep_input: bool) -> None:
+        self._failed = failed
+        self._policy = policy
+        self._keep_input = keep_input
+
+    def append(self, frame: Frame, error: GuestError) -> None:
+        if self._policy != "fail" or self._keep_input:
+            data = bytes(frame.data) if self._keep_input else b""
+            self._failed.append(FailedFrame(frame.index, frame.offset, frame.length, error, data))
+
+
+class _Collected:
+    """The library's output: what the run writes, handed on frame by frame."""
+
+    fd = -1
+    is_pipe = False
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, data: memoryview | bytes) -> int:
+        self._chunks.append(bytes(data))  # guest memory is reused by the next frame
+        return len(data)
+
+    def take(self) -> bytes:
+        taken = b"".join(self._chunks)
+        self._chunks.clear()
+        return taken
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class LocalOneByOne(LocalFrames):
+    """The library's executor: the run's frames on one instance, on the caller's thread, one
+    step per frame (`pool.serial_steps`), so that each output is handed on as it is done."""
+
+    def execute(self, run: Run) -> Iterator[None]:
+        assert self.instances is not None
+        settings = PoolSettings(
+            frame_size=run.config.frame_size,
+            direct_read=not run.config.framing.record_based,
+            measured=False,
+        )
+        return serial_steps(
+            self.frames(run),
+            self.instances.new(),
+            self.instances.new,
+            run.write,
+            settings,
+            run.summary.tally,
+            run.summary.failures,
+            end=run.end_with if run.loaded.abi.one_instance else None,
+        )
+
+
+class _OneByOne(LocalOneByOne):
+    """The same over chunks of bytes in memory rather than the run's input files."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        super().__init__()
+        self._chunks = _ChunkReader(chunks)
+
+    def open(self, run: Run) -> _ChunkReader:  # type: ignore[override]
+        self.instances = self._new_instances(run)
+        return self._chunks
+
+    def frames(self, run: Run) -> Frames:
+        return self._frames_of(self._chunks, run, run.config.framing)
 
 
 class _ChunkReader:
     """`readinto` over an iterable of byte strings of any sizes."""
+
+    head = bytearray()
+    skipped_tail = b""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
@@ -263,3 +424,6 @@ class _ChunkReader:
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]
         return count
+
+    def progress(self, stream_offset: int) -> list[int]:
+        return [stream_offset]
