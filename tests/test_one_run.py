@@ -6,11 +6,13 @@ skeletons): they now share `core.run_steps`, and each test failed before that.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,8 @@ import wasmstream
 from wasmstream import GuestError, Transform, UsageError
 from wasmstream.errors import ExitStatus
 
-from conftest import ROOT, fixture, spawn, wasmstream as run_cli
+from conftest import ROOT, fixture, spawn
+from conftest import wasmstream as run_cli
 
 IDENTITY = fixture("identity.wasm")
 UPPER = fixture("upper.wasm")
@@ -29,15 +32,12 @@ WC = fixture("c/wc.wasm")  # passes frames through; its totals come out of `fini
 ENV = {"PYTHONPATH": str(ROOT)}
 
 needs_dask = pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("distributed") is None,
+    importlib.util.find_spec("distributed") is None,
     reason="Dask is not installed (pip install 'wasmstream[dask]')",
 )
-wasmtime_only = pytest.mark.wasmtime_only
 
 
 def shell(command: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    import sys
-
     return subprocess.run(
         ["sh", "-c", command, sys.executable, *args],
         capture_output=True,
@@ -253,9 +253,9 @@ def test_guest_errors_are_exported_and_raised_with_their_place() -> None:
     assert (raised.value.frame, raised.value.offset) == (1, 4)
 
 
+@needs_dask
 def test_an_interrupted_cluster_run_says_how_to_continue(tmp_path: Path) -> None:
     """SIGTERM on a cluster run: interrupted, and the line that says how to go on."""
-    pytest.importorskip("distributed")
     source, out = tmp_path / "in", tmp_path / "out"
     source.write_bytes(random.Random(6).randbytes(64 << 20))
     process = spawn(
