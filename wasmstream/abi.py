@@ -117,6 +117,13 @@ class GuestAbi:
         """Whether the run must use one instance, frames in input order."""
         return self.state is not StateKind.NONE or self.finish is not None
 
+    @property
+    def why_one_instance(self) -> str:
+        """Why it must (for messages: "module m.wasm keeps state across frames (exports)")."""
+        if self.state is not StateKind.NONE:
+            return f"keeps state across frames ({self.state.value})"
+        return f"has a finish function ({self.finish})"
+
 
 I32, I64 = "i32", "i64"
 TRANSFORM_SIGS = {

@@ -24,6 +24,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from .errors import CheckpointError, IOFailure
+from .framing import Framing, Oversize
+from .options import OnError
 from .sources import Inputs, is_url, size_of
 
 FORMAT_VERSION = 2  # 2: the limits, grants and overload policy moved to `options`
@@ -43,9 +45,6 @@ Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 OneByte = Annotated[str, msgspec.Meta(min_length=1, max_length=1)]
 OverloadText = Annotated[str, msgspec.Meta(pattern="^(block|adaptive|drop|sample:[1-9][0-9]*)$")]
 ShardText = Annotated[str, msgspec.Meta(pattern="^[1-9][0-9]*/[1-9][0-9]*$")]
-FramingName = Literal["fixed", "lines", "delimiter", "length-prefixed"]
-OversizeName = Literal["error", "split", "skip"]
-PolicyName = Literal["fail", "skip", "passthrough"]
 StateMode = Literal["auto", "none", "memory"]
 StateName = Literal["exports", "memory"]
 StateFile = Annotated[str, msgspec.Meta(pattern=r"^[^/\0]+\.state-[0-9a-f]{16}$")]
@@ -97,10 +96,10 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     init: str | None
     config_sha256: Sha256
     frame_size: FrameSize
-    framing: FramingName = "fixed"
+    framing: Framing = Framing.FIXED
     delimiter: OneByte = "\n"  # latin-1: one byte, any value
-    oversize: OversizeName = "error"
-    on_error: PolicyName = "fail"
+    oversize: Oversize = Oversize.ERROR
+    on_error: OnError = OnError.FAIL
     wasi_command: bool = False
     timeout: Seconds | None = None
     fuel: Positive | None = None

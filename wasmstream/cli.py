@@ -31,6 +31,7 @@ from .options import (
     DEFAULT_FRAME_SIZE,
     DEFAULT_PART_SIZE,
     POLICIES,
+    OnError,
     Overload,
     RunConfig,
     Shard,
@@ -612,7 +613,7 @@ def run_command(
             env=env_pairs,
             dirs=dir_grants,
         ),
-        on_error=on_error,
+        on_error=OnError(on_error),
         dead_letter=dead_letter,
         framing=FramingSpec(
             framing=Framing(framing),

@@ -33,7 +33,7 @@ from .engines import LoadedModule, read_module
 from .errors import IOFailure, UsageError, WasmstreamError
 from .files import RunFiles
 from .framing import Frame
-from .options import Notify, RunConfig, local_workers
+from .options import Notify, OnError, RunConfig, local_workers
 from .parts import Part, split
 from .sources import INSTALL_DASK, Inputs
 from .transform import PartResult, Transform
@@ -249,7 +249,7 @@ class _Client:
             resume=False,
             restart=False,
         )
-        self._keep_input = config.dead_letter is not None or config.on_error == "passthrough"
+        self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
 
     def run(self, parts: list[Part]) -> None:
         wasm = read_module(self._config.module)
@@ -342,7 +342,7 @@ class _Client:
     def report(self) -> str:
         """One line for the end of the run: parts, workers, bytes and throughput."""
         elapsed = perf_counter() - self._started
-        done = self._summary.tally.bytes_in
+        done = self._summary.tally.input_bytes
         rate = done / MiB / elapsed if elapsed > 0 else 0.0
         return (
             f"cluster: {self._parts_done} parts on {self._workers} workers, "

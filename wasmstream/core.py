@@ -31,7 +31,7 @@ from .errors import CheckpointError, ExitStatus, FramesFailed, Interrupted, Stat
 from .files import Role, RunFiles, check_checkpoint_path, check_distinct
 from .framing import Skipped
 from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
-from .options import Notify, RunConfig, StartPoint
+from .options import Notify, OnError, Reached, RunConfig
 from .parts import shard_part
 from .policy import DeadLetters, DeadLetterSink, DropLog, FailureHandler
 from .pool import Frames, InputWaits, PoolSettings, Write, run_frames
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 class RunSummary:
     tally: Tally
     failures: FailureHandler = field(default_factory=FailureHandler)
-    resumed_from: StartPoint | None = None
+    resumed_from: Reached | None = None
     checkpoints_written: int = 0
     skipped: Skipped = field(default_factory=Skipped)  # oversized records (--oversize skip)
     nothing_to_do: bool = False
@@ -138,11 +138,7 @@ def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
     refused up front."""
     if not abi.one_instance:
         return config
-    why = (
-        f"keeps state across frames ({abi.state.value})"
-        if abi.state is not StateKind.NONE
-        else f"has a finish function ({abi.finish})"
-    )
+    why = abi.why_one_instance
     if config.jobs is not None and config.jobs > 1:
         raise UsageError(
             f"{config.module} {why}: it runs as one instance, frames in order; "
@@ -153,10 +149,11 @@ def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
             f"{config.module} {why}: every frame must reach it; --on-overload {config.overload} "
             "cannot apply"
         )
-    if config.on_error != "fail" and abi.state is not StateKind.NONE:
+    if config.on_error is not OnError.FAIL and abi.state is not StateKind.NONE:
         raise UsageError(
             f"{config.module} {why}: a failed frame may leave that state half-updated, so "
-            f"--on-error {config.on_error} is refused for it (use --on-error fail, or --state none)"
+            f"--on-error {config.on_error.value} is refused for it (use --on-error fail, or "
+            "--state none)"
         )
     return dataclasses.replace(config, jobs=1)
 
@@ -176,29 +173,26 @@ def _check_splittable(config: RunConfig) -> None:
         )
 
 
-def shard_start(config: RunConfig) -> tuple[StartPoint, int | None]:
+def shard_start(config: RunConfig) -> tuple[Reached, int | None]:
     """Where a run starts when nothing is saved, and the input offset it stops at (None: the
     input's end, as for the last shard, which takes whatever the input grows by)."""
     if config.shard is None:
-        return StartPoint(), None
+        return Reached(), None
     with Inputs(config.inputs) as inputs:
         part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
-    start = StartPoint(part.start, inputs.per_input(part.start), part.first_frame, 0)
+    start = Reached(part.start, inputs.per_input(part.start), part.first_frame, 0)
     k, n = config.shard
     return start, None if k == n else part.end
+
+
+SEQUENTIAL = "it must see the stream in order, in one instance"
 
 
 def _sequential(config: RunConfig, abi: GuestAbi) -> str:
     """Why a module that must see the stream in order, in one instance, cannot be split."""
     what = "--cluster" if config.clustered else "--shard"
-    why = (
-        f"keeps state across frames ({abi.state.value})"
-        if abi.state is not StateKind.NONE
-        else f"has a finish function ({abi.finish})"
-    )
     return (
-        f"module {config.module} {why}: it must see the stream in order, in one instance, so "
-        f"it cannot run with {what}"
+        f"module {config.module} {abi.why_one_instance}: {SEQUENTIAL}, so it cannot run with {what}"
     )
 
 
@@ -276,7 +270,7 @@ class Run:
     loaded: LoadedModule
     config_bytes: bytes
     summary: RunSummary
-    start: StartPoint
+    start: Reached
     end: int | None
     plan: CheckpointPlan | None
     notify: Notify
@@ -309,12 +303,12 @@ def plan_run(
     config_bytes: bytes,
     notify: Notify,
     output_fd: int | None,
-    origin: StartPoint | None = None,
+    origin: Reached | None = None,
     end: int | None = None,
 ) -> Run:
     """Where the run starts and stops: `origin` and `end` (a shard's, a range's), or with a
     checkpoint, where the saved run got to and the end it recorded."""
-    origin = origin or StartPoint()
+    origin = origin or Reached()
     plan = None
     if config.checkpoint is not None:
         from .resume import CheckpointPlan  # msgspec and the checkpoint code load only here
@@ -662,7 +656,7 @@ def _run_frames(
 
 
 def progress_of(
-    progress: ProgressFactory | None, tally: Tally, config: RunConfig, start: StartPoint
+    progress: ProgressFactory | None, tally: Tally, config: RunConfig, start: Reached
 ) -> AbstractContextManager[object]:
     if progress is None:
         return nullcontext()

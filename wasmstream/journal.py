@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -37,6 +37,7 @@ from . import checkpoint, state
 from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, StateRecord, Status
 from .errors import GuestError, WasmstreamError
 from .framing import Frame
+from .options import Reached
 from .tally import Tally
 
 
@@ -86,13 +87,6 @@ class StreamTail:
         """The digest of the WINDOW bytes (or fewer, if fewer are known) before offset `at`."""
         held = len(self._bytes) - (self._end - at)
         return Digest.of(self._bytes[max(held - WINDOW, 0) : max(held, 0)])
-
-
-class _FrameEnd(NamedTuple):
-    bytes_in: int
-    frames: int
-    bytes_out: int
-    logs: tuple[int | None, int | None] = (None, None)  # dead letters, drop log: their sizes
 
 
 def unread_in_pipe(fd: int) -> int:
@@ -177,8 +171,8 @@ class Journal:
         # Output to a pipe (stdout, a FIFO): a save claims only what its reader has taken, so
         # that if the reader dies the bytes left in the pipe are not counted as delivered.
         self._pipe_fd = pipe_fd
-        self._ends: deque[_FrameEnd] = deque()
-        self._last: _FrameEnd | None = None
+        self._ends: deque[Reached] = deque()  # since this run started, frame by frame
+        self._last: Reached | None = None
         self.saves = 0
         if stream_tail is not None:
             tally.on_frame_dropped.append(stream_tail.frame_dropped)
@@ -187,10 +181,7 @@ class Journal:
 
     def frame_written(self, frame: Frame, written: int) -> None:
         if self._pipe_fd is not None:
-            tally = self._tally
-            self._ends.append(
-                _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out, self._log_sizes())
-            )
+            self._ends.append(self._reached())
         if self._clock.due():
             self.save("running")
 
@@ -294,17 +285,26 @@ class Journal:
         self.save("complete", finished=finished)
         self.completed = True
 
-    def _delivered(self, complete: bool) -> _FrameEnd:
+    def _reached(self) -> Reached:
+        """Where this run has got to since it started (the tally, and its logs' sizes)."""
+        tally = self._tally
+        return Reached(
+            tally.input_bytes,
+            frames=tally.frames,
+            output_bytes=tally.output_bytes,
+            log_bytes=self._log_sizes(),
+        )
+
+    def _delivered(self, complete: bool) -> Reached:
         """Where this run has got to: its last frame written; to a pipe, while the run goes on
         or when its reader went away, the last frame whose output the reader has taken. (A run
         that completed has put everything in the pipe, for a reader that is still there.)"""
-        tally = self._tally
-        now = _FrameEnd(tally.bytes_in, tally.frames, tally.bytes_out, self._log_sizes())
+        now = self._reached()
         if self._pipe_fd is None or complete:
             return now
-        taken = now.bytes_out - unread_in_pipe(self._pipe_fd)
-        nothing = delivered = _FrameEnd(0, 0, 0, self._start_logs)
-        while self._ends and self._ends[0].bytes_out <= taken:
+        taken = now.output_bytes - unread_in_pipe(self._pipe_fd)
+        nothing = delivered = Reached(log_bytes=self._start_logs)
+        while self._ends and self._ends[0].output_bytes <= taken:
             delivered = self._ends.popleft()
         if delivered == nothing and self._last is not None:
             delivered = self._last  # nothing newer was taken: where the last save stood
@@ -314,8 +314,8 @@ class Journal:
 
     def _position(self, finished: bool = False, complete: bool = False) -> Position:
         done = self._delivered(complete)
-        input_bytes = self._start.input_bytes + done.bytes_in
-        output_bytes = self._start.output_bytes + done.bytes_out
+        input_bytes = self._start.input_bytes + done.input_bytes
+        output_bytes = self._start.output_bytes + done.output_bytes
         head = tail = None
         if self._stream_tail is not None:
             head = Digest.of(self._stream.head[: min(WINDOW, input_bytes)])
@@ -325,15 +325,15 @@ class Journal:
             output_tail = checkpoint.output_tail(self._output_fd, output_bytes)
         return Position(
             input_bytes=input_bytes,
-            per_input=self._stream.progress(done.bytes_in),
+            per_input=self._stream.progress(done.input_bytes),
             frames=self._start.frames + done.frames,
             output_bytes=output_bytes,
             stream_head=head,
             stream_tail=tail,
             output_tail=output_tail,
             finished=finished,
-            dead_letter_bytes=done.logs[0],
-            drop_log_bytes=done.logs[1],
+            dead_letter_bytes=done.log_bytes[0],
+            drop_log_bytes=done.log_bytes[1],
         )
 
     @property

@@ -6,6 +6,7 @@ here does anything.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,17 @@ from .engines import DEFAULT_ENGINE
 from .engines.base import DirGrant, Sandbox
 from .framing import FramingSpec
 
-POLICIES = ("fail", "skip", "passthrough")  # --on-error
+
+class OnError(enum.Enum):
+    """`--on-error`: what a failed frame does — stops the run, produces no output, or passes its
+    input through unchanged."""
+
+    FAIL = "fail"
+    SKIP = "skip"
+    PASSTHROUGH = "passthrough"
+
+
+POLICIES = tuple(policy.value for policy in OnError)
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
@@ -128,7 +139,7 @@ class RunConfig:
     config_arg: str | None = None  # --config as given: TEXT or @FILE
     engine: str = DEFAULT_ENGINE
     sandbox: Sandbox = field(default_factory=Sandbox)
-    on_error: str = "fail"
+    on_error: OnError = OnError.FAIL
     dead_letter: str | None = None
     framing: FramingSpec = field(default_factory=FramingSpec)
     overload: Overload = field(default_factory=Overload)
@@ -163,11 +174,14 @@ class RunConfig:
         return self.jobs if self.jobs is not None else default_jobs()
 
 
-class StartPoint(NamedTuple):
-    """Where this run starts in the input and output: zero, or a checkpoint's position."""
+class Reached(NamedTuple):
+    """How far a run got, in input order: bytes of the input stream done (and of each input),
+    frames, output bytes written, and how long its logs were then (dead letters, drop log;
+    None: no such log). Where a run starts (zero, a shard's start, a checkpoint's position),
+    and in the journal, where each frame written left it."""
 
     input_bytes: int = 0
     per_input: tuple[int, ...] = ()
     frames: int = 0
     output_bytes: int = 0
-    log_bytes: tuple[int | None, int | None] = (None, None)  # dead letters, drop log
+    log_bytes: tuple[int | None, int | None] = (None, None)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .errors import GuestError, IOFailure
 from .framing import Frame
-from .options import POLICIES
+from .options import OnError
 from .tally import Tally
 
 
@@ -111,11 +111,10 @@ class FailureHandler:
 
     def __init__(
         self,
-        policy: str = "fail",
+        policy: OnError = OnError.FAIL,
         dead_letters: DeadLetterSink | None = None,
         tally: Tally | None = None,
     ) -> None:
-        assert policy in POLICIES
         self.policy = policy
         self.dead_letters = dead_letters
         self.tally = tally if tally is not None else Tally()
@@ -125,25 +124,25 @@ class FailureHandler:
     @property
     def needs_input(self) -> bool:
         """Whether a failed frame's original input must still be at hand after the guest ran."""
-        return self.policy != "fail" or self.dead_letters is not None
+        return self.policy is not OnError.FAIL or self.dead_letters is not None
 
     def handle(self, frame: Frame, error: GuestError) -> bytes | memoryview:
         """The output to write in place of the failed frame's; raises `error` under `fail`."""
         if self.dead_letters is not None:
             self.dead_letters.append(frame, error)
-        if self.policy == "fail":
+        if self.policy is OnError.FAIL:
             raise error
         self.tally.failed += 1
         self.by_kind[error.kind] += 1
         self.first = self.first or error
-        return b"" if self.policy == "skip" else frame.data
+        return b"" if self.policy is OnError.SKIP else frame.data
 
     @property
     def failed(self) -> int:
         return self.tally.failed
 
     def summary(self, frames: int) -> str:
-        verb = "skipped" if self.policy == "skip" else "passed through unchanged"
+        verb = "skipped" if self.policy is OnError.SKIP else "passed through unchanged"
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.by_kind.items()))
         return (
             f"{self.failed} of {frames} frames failed ({kinds}) and were {verb}; "

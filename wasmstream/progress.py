@@ -83,7 +83,7 @@ class ProgressDisplay:
         if tally.dropped:
             detail += f", {tally.dropped} dropped"
         self._progress.update(
-            self._task, completed=self._done_before + tally.bytes_in, detail=detail
+            self._task, completed=self._done_before + tally.input_bytes, detail=detail
         )
 
 
@@ -110,10 +110,10 @@ class Stats:
         tally = summary.tally
         return cls(
             frames=tally.frames,
-            bytes_in=tally.bytes_in,
-            bytes_out=tally.bytes_out,
+            bytes_in=tally.input_bytes,
+            bytes_out=tally.output_bytes,
             elapsed_seconds=round(elapsed, 6),
-            throughput_mib_s=round(tally.bytes_in / MiB / elapsed, 1) if elapsed > 0 else 0.0,
+            throughput_mib_s=round(tally.input_bytes / MiB / elapsed, 1) if elapsed > 0 else 0.0,
             waiting_for_input_seconds=round(tally.input_seconds, 6),
             in_guest_seconds=round(tally.guest_seconds, 6),
             waiting_for_output_seconds=round(tally.output_seconds, 6),

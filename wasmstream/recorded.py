@@ -27,7 +27,7 @@ from .checkpoint import (
     text_path,
 )
 from .engines.base import DirGrant, Sandbox
-from .framing import Framing, FramingSpec, Oversize
+from .framing import FramingSpec
 from .options import Overload, RunConfig, Shard
 
 
@@ -41,8 +41,6 @@ def _same(value: Any) -> Any:
 
 
 SAME = Codec(_same, _same)
-FRAMING = Codec(lambda framing: framing.value, Framing)
-OVERSIZE = Codec(lambda oversize: oversize.value, Oversize)
 ONE_BYTE = Codec(lambda delimiter: delimiter.decode("latin-1"), lambda text: text.encode("latin-1"))
 OVERLOAD = Codec(str, Overload.parse)
 SHARD = Codec(
@@ -68,9 +66,9 @@ RECORDED: dict[str, tuple[str, Codec]] = {
     "init": ("abi.init", SAME),
     "wasi_command": ("abi.wasi_command", SAME),
     "frame_size": ("frame_size", SAME),
-    "framing": ("framing.framing", FRAMING),
+    "framing": ("framing.framing", SAME),
     "delimiter": ("framing.delimiter", ONE_BYTE),
-    "oversize": ("framing.oversize", OVERSIZE),
+    "oversize": ("framing.oversize", SAME),
     "on_error": ("on_error", SAME),
     "timeout": ("sandbox.timeout", SAME),
     "fuel": ("sandbox.fuel", SAME),

@@ -27,7 +27,7 @@ from .engines import LoadedModule
 from .errors import CheckpointError
 from .inputs import STDIN, ConcatenatedInput
 from .journal import Journal, StreamProgress, StreamTail
-from .options import Notify, RunConfig, StartPoint
+from .options import Notify, Reached, RunConfig
 from .recorded import record_options, recorded_run
 
 if TYPE_CHECKING:
@@ -48,13 +48,13 @@ class CheckpointPlan:
         config_bytes: bytes,
         notify: Notify,
         output_fd: int | None,
-        origin: StartPoint | None = None,
+        origin: Reached | None = None,
         end: int | None = None,
     ) -> None:
         assert config.checkpoint is not None
         self.config = config
         self.output_fd = output_fd
-        self.origin = origin or StartPoint()  # where the run starts when nothing is saved
+        self.origin = origin or Reached()  # where the run starts when nothing is saved
         self.record = new_record(config, loaded, config_bytes, output_fd, origin, end)
         self.replaces = config.restart
         self.saved = self._previous(notify)
@@ -84,7 +84,7 @@ class CheckpointPlan:
         return saved.end if saved is not None and saved.end is not None else self.record.end
 
     @property
-    def start(self) -> StartPoint:
+    def start(self) -> Reached:
         if self.saved is None:
             return self.origin
         position = self.saved.position
@@ -97,7 +97,7 @@ class CheckpointPlan:
                 (command.drop_log, self.config.drop_log),
             )
         ]
-        return StartPoint(
+        return Reached(
             position.input_bytes,
             tuple(position.per_input),
             position.frames,
@@ -200,12 +200,12 @@ def new_record(
     loaded: LoadedModule,
     config_bytes: bytes,
     output_fd: int | None,
-    origin: StartPoint | None = None,
+    origin: Reached | None = None,
     end: int | None = None,
 ) -> Checkpoint:
     """The checkpoint this run would write, at its start (`origin`: a shard's, else zero;
     `end`: where it stops, None for the input's end)."""
-    origin = origin or StartPoint()
+    origin = origin or Reached()
     stamp = checkpoint.now()
     options, command = record_options(config, config_bytes)
     output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))

@@ -20,8 +20,8 @@ class Tally:
     frames: int = 0  # written + dropped
     dropped: int = 0
     failed: int = 0  # skipped or passed through under --on-error
-    bytes_in: int = 0
-    bytes_out: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
     # where the time went (--stats): reading input, running guests (summed), writing output
     input_seconds: float = 0.0
     guest_seconds: float = 0.0
@@ -33,8 +33,8 @@ class Tally:
 
     def record(self, frame: Frame, written: int) -> None:
         self.frames += 1
-        self.bytes_in += frame.span
-        self.bytes_out += written
+        self.input_bytes += frame.span
+        self.output_bytes += written
         for callback in self.on_frame_written:
             callback(frame, written)
 
@@ -46,4 +46,4 @@ class Tally:
 
     def record_finish(self, written: int) -> None:
         """The finish function's output, written after the last frame (no frame of its own)."""
-        self.bytes_out += written
+        self.output_bytes += written

@@ -21,8 +21,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 
-from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions, StateKind
+from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
 from .core import (
+    SEQUENTIAL,
     LocalFrames,
     Run,
     check_frame_size,
@@ -36,7 +37,7 @@ from .engines import read_module as _read_module
 from .engines.base import DirGrant, Sandbox
 from .errors import GuestError, UsageError
 from .framing import Frame, Framing, FramingSpec, Oversize
-from .options import DEFAULT_FRAME_SIZE, POLICIES, RunConfig, StartPoint, parse_dir, parse_env
+from .options import DEFAULT_FRAME_SIZE, POLICIES, OnError, Reached, RunConfig, parse_dir, parse_env
 from .parts import Part, align
 from .pool import Frames, PoolSettings, serial_steps
 from .sources import Inputs
@@ -105,7 +106,7 @@ class Transform:
         max_output: Size | None = None,
         env: Mapping[str, str] | Sequence[str] = (),
         dirs: Sequence[str | DirGrant] = (),
-        on_error: str = "fail",
+        on_error: str | OnError = OnError.FAIL,
         dead_letter: str | os.PathLike[str] | None = None,
         cache: bool = True,
     ) -> None:
@@ -132,7 +133,7 @@ class Transform:
                     env=_env(env),
                     dirs=tuple(d if isinstance(d, DirGrant) else parse_dir(d) for d in dirs),
                 ),
-                on_error=_choice("on_error", on_error, POLICIES),
+                on_error=_on_error(on_error),
                 dead_letter=None if dead_letter is None else os.fspath(dead_letter),
                 framing=FramingSpec(Framing(framing), _delimiter(delimiter), Oversize(oversize)),
                 cache=cache,
@@ -180,7 +181,7 @@ class Transform:
         Raises GuestError (with the frame's number and offset) under `on_error="fail"`.
         """
         recorder = _Recorder(self.failed, self.settings.on_error, keep_input=False)
-        return self._outputs(_OneByOne(chunks), StartPoint(), None, recorder)
+        return self._outputs(_OneByOne(chunks), Reached(), None, recorder)
 
     def run_range(
         self, paths: str | Sequence[str], start: int, end: int, *, aligned: bool = False
@@ -226,14 +227,9 @@ class Transform:
     def _check_splittable(self) -> None:
         abi = self.loaded.abi
         if abi.one_instance:
-            why = (
-                f"keeps state across frames ({abi.state.value})"
-                if abi.state is not StateKind.NONE
-                else f"has a finish function ({abi.finish})"
-            )
             raise UsageError(
-                f"module {self.settings.module} {why}: it must see the stream in order, in one "
-                "instance, so a range of it cannot run alone (use stream)"
+                f"module {self.settings.module} {abi.why_one_instance}: {SEQUENTIAL}, so a "
+                "range of it cannot run alone (use stream)"
             )
 
     def _range_outputs(
@@ -244,13 +240,13 @@ class Transform:
         result: PartResult | None = None,
     ) -> Iterator[bytes]:
         settings = dataclasses.replace(self.settings, inputs=tuple(inputs.paths))
-        origin = StartPoint(part.start, inputs.per_input(part.start), part.first_frame)
+        origin = Reached(part.start, inputs.per_input(part.start), part.first_frame)
         return self._outputs(LocalOneByOne(), origin, part.end, recorder, settings, result)
 
     def _outputs(
         self,
         executor: LocalOneByOne,
-        origin: StartPoint,
+        origin: Reached,
         end: int | None,
         recorder: _Recorder,
         settings: RunConfig | None = None,
@@ -306,6 +302,12 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _on_error(value: str | OnError) -> OnError:
+    if isinstance(value, OnError):
+        return value
+    return OnError(_choice("on_error", value, POLICIES))
+
+
 def _count(name: str, value: int | None) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -330,13 +332,13 @@ class _Recorder:
     """The library's dead letters: failed frames listed (under `fail`, only when their input
     is kept, for the cluster client's dead letters: the error itself ends the run)."""
 
-    def __init__(self, failed: list[FailedFrame], policy: str, keep_input: bool) -> None:
+    def __init__(self, failed: list[FailedFrame], policy: OnError, keep_input: bool) -> None:
         self._failed = failed
         self._policy = policy
         self._keep_input = keep_input
 
     def append(self, frame: Frame, error: GuestError) -> None:
-        if self._policy != "fail" or self._keep_input:
+        if self._policy is not OnError.FAIL or self._keep_input:
             data = bytes(frame.data) if self._keep_input else b""
             self._failed.append(FailedFrame(frame.index, frame.offset, frame.length, error, data))
 
