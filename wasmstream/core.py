@@ -17,7 +17,7 @@ import dataclasses
 import os
 import stat
 from collections.abc import Callable, Generator, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -285,7 +285,7 @@ class Run:
     def watches_stream(self) -> bool:
         return self.plan is not None and self.plan.watches_stream
 
-    def end_with(self, instance: Instance) -> None:
+    def finish_with(self, instance: Instance) -> None:
         """After the last frame, on the one instance's thread: the finish function's output,
         written after the last frame's; then the final checkpoint (complete only once that is
         durable)."""
@@ -344,18 +344,21 @@ def run_steps(
         run.notify(f"nothing new to process since checkpoint {config.checkpoint}")
         summary.nothing_to_do = True
         return
-    try:
+    with ExitStack() as cleanup:  # whatever was opened is closed, however the run ends
+        cleanup.callback(executor.close)
         stream = executor.open(run)
         # Only now is the output cut: the input and module are usable and the checkpoint
         # agrees with this run.
         output = open_output(run.start.output_bytes if run.resumed else None, plan is not None)
+        cleanup.callback(output.close)
         logs = Logs(config, summary, dead_letters)
+        cleanup.callback(logs.close)
         if run.resumed:
             logs.keep(run.start.log_bytes)  # what was logged after the checkpoint is again
         run.write = output.write
         if plan is not None:
             stateful = run.loaded.abi.state is not StateKind.NONE
-            run.journal = plan.open_journal(
+            run.journal = journal = plan.open_journal(
                 [output.sync, *logs.syncs],
                 stream,
                 summary.tally,
@@ -364,6 +367,7 @@ def run_steps(
                 state_kind=run.loaded.abi.state.value,
                 log_sizes=logs.sizes,
             )
+            cleanup.callback(lambda: setattr(summary, "checkpoints_written", journal.saves))
         try:
             with progress_of(progress, summary.tally, config, run.start):
                 yield from executor.execute(run)
@@ -373,15 +377,8 @@ def run_steps(
             if isinstance(error, (KeyboardInterrupt, Interrupted)):
                 raise stopped(error, run.journal, config.checkpoint) from None
             raise
-        else:
-            if run.journal is not None:
-                run.journal.finish(None)
-        finally:
-            output.close()
-            logs.close()
-            summary.checkpoints_written = run.journal.saves if run.journal else 0
-    finally:
-        executor.close()
+        if run.journal is not None:
+            run.journal.finish(None)
     report_losses(summary, run.notify)
 
 
@@ -490,7 +487,7 @@ class LocalFrames:
                 config, direct_read=not config.framing.record_based and not run.watches_stream
             ),
             run.summary,
-            end=run.end_with if abi.one_instance else None,
+            end=run.finish_with if abi.one_instance else None,
             input_waits=self.stream,
         )
         return iter(())

@@ -387,7 +387,7 @@ class LocalOneByOne(LocalFrames):
             settings,
             run.summary.tally,
             run.summary.failures,
-            end=run.end_with if run.loaded.abi.one_instance else None,
+            end=run.finish_with if run.loaded.abi.one_instance else None,
         )
 
 
