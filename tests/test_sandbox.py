@@ -400,7 +400,13 @@ def test_a_signal_stops_a_guest_stuck_in_a_loop(
     process.stdin.write(GOOD + BAD)  # the second frame spins forever
     process.stdin.close()
     process.stdin = None  # closed: communicate() has nothing to send
-    time.sleep(1.5)
+    # the first frame written: the second is in the guest (a fixed sleep lost the race on a
+    # loaded machine, signalling a run still starting up)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_bytes() == GOOD):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)
     assert process.poll() is None
     sent = time.monotonic()
     process.send_signal(sig)
