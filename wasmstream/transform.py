@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from time import perf_counter
 from typing import Literal
 
 from .abi import DEFAULT_TRANSFORM, AbiOptions
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, Instance, LoadedModule, Sandbox, load_wasm
 from .engines import read_module as _read_module
-from .errors import GuestError, UsageError
+from .errors import GuestError, Interrupted, UsageError, WasmstreamError
 from .framing import Buffer, Frame, Framing, FramingSpec, Oversize, fixed_frames, record_frames
 from .framing import Skipped as _Skipped
 from .inputs import ConcatenatedInput
@@ -45,14 +46,18 @@ class FailedFrame:
 
 @dataclass
 class PartResult:
-    """What running one part gave: its whole output, and what happened on the way."""
+    """What running one part gave: its whole output, and what happened on the way. Plain data:
+    it crosses from a cluster worker to the client (its errors are `detached`)."""
 
     output: bytes = b""
     frames: int = 0
     failed: list[FailedFrame] = field(default_factory=list)
-    error: GuestError | None = None  # under on_error="fail": output holds the frames before it
+    # The failure that stopped the part (a guest's under on_error="fail", an oversized record
+    # under --oversize error, an unreadable input): output holds the frames before it.
+    error: WasmstreamError | None = None
     skipped_records: int = 0
     skipped_bytes: int = 0
+    guest_seconds: float = 0.0  # in guest calls, when asked to time them (--stats)
 
 
 class Transform:
@@ -158,21 +163,31 @@ class Transform:
         part = Part(0, start, max(start, end), first)
         yield from self._range_outputs(inputs, part, _Skipped(), self.failed, False)
 
-    def run_part(self, inputs: Inputs, part: Part, keep_input: bool = False) -> PartResult:
-        """One aligned part, its output gathered (a cluster task). Under `on_error="fail"` a
-        guest failure is returned, with the output of the frames before it, not raised.
-        `keep_input`: failed frames keep their input (for dead letters)."""
+    def run_part(
+        self, inputs: Inputs, part: Part, keep_input: bool = False, timed: bool = False
+    ) -> PartResult:
+        """One aligned part, its output gathered (a cluster task). A failure that stops the
+        part (a guest's under `on_error="fail"`, an oversized record, an unreadable input) is
+        returned, with the output of the frames before it, not raised: the caller writes that
+        output, then raises it, as a local run would. `keep_input`: failed frames keep their
+        input (for dead letters); `timed`: count the seconds spent in the guest."""
         result = PartResult()
         skipped = _Skipped()
         chunks: list[bytes] = []
+        clock = _GuestClock() if timed else None
+        outputs = self._range_outputs(inputs, part, skipped, result.failed, keep_input, clock)
         try:
-            for output in self._range_outputs(inputs, part, skipped, result.failed, keep_input):
+            for output in outputs:
                 chunks.append(output)
                 result.frames += 1
-        except GuestError as error:
-            result.error = error
+        except Interrupted:
+            raise
+        except WasmstreamError as error:
+            result.error = error.detached()
         result.output = b"".join(chunks)
+        result.failed = [replace(f, error=f.error.detached()) for f in result.failed]
         result.skipped_records, result.skipped_bytes = skipped.records, skipped.bytes
+        result.guest_seconds = clock.seconds if clock else 0.0
         return result
 
     def _range_outputs(
@@ -182,12 +197,13 @@ class Transform:
         skipped: _Skipped,
         failed: list[FailedFrame],
         keep_input: bool,
+        clock: _GuestClock | None = None,
     ) -> Iterator[bytes]:
         stream = ConcatenatedInput(inputs.paths, inputs.per_input(part.start), limit=part.length)
         try:
             stream.skip_to_start()
             yield from self._outputs(
-                stream, part.first_frame, part.start, skipped, failed, keep_input
+                stream, part.first_frame, part.start, skipped, failed, keep_input, clock
             )
         finally:
             stream.close()
@@ -200,6 +216,7 @@ class Transform:
         skipped: _Skipped,
         failed: list[FailedFrame],
         keep_input: bool,
+        clock: _GuestClock | None = None,
     ) -> Iterator[bytes]:
         settings = self.settings
         buffer = bytearray(settings.frame_size)
@@ -216,6 +233,7 @@ class Transform:
         instance = self._instance()
         try:
             for frame in frames:
+                started = perf_counter() if clock is not None else 0.0
                 try:
                     output = instance.transform(frame.data, bytes)
                 except GuestError as error:
@@ -223,6 +241,9 @@ class Transform:
                     instance = self._instance()  # its state may be corrupt
                     located = error.at(frame.index, frame.offset)
                     output = self._failed(frame, located, failed, keep_input)
+                finally:
+                    if clock is not None:
+                        clock.seconds += perf_counter() - started
                 yield output
         finally:
             instance.close()
@@ -244,6 +265,13 @@ class Transform:
         if policy == "fail":
             raise error
         return b"" if policy == "skip" else data
+
+
+@dataclass
+class _GuestClock:
+    """Seconds spent in guest calls (a failed frame's call included), for --stats."""
+
+    seconds: float = 0.0
 
 
 class _ChunkReader:
