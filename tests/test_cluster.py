@@ -524,6 +524,50 @@ def error_lines(stderr: bytes) -> list[str]:
     return [line for line in lines if not line.startswith("wasmstream: cluster: ")]
 
 
+PICKLE_PART_RESULTS = """
+import json, pickle, sys
+import wasmstream.cluster  # as on a worker spawned from the script: wasmstream, then tblib
+import tblib.pickling_support
+from wasmstream import Transform
+from wasmstream.parts import Part
+from wasmstream.sources import Inputs
+
+tblib.pickling_support.install()  # what importing distributed does
+path, cases = sys.argv[1], json.loads(sys.argv[2])
+for module, options in cases:
+    with Transform(module, frame_size=100, **options) as transform:
+        with Inputs([path]) as inputs:
+            result = transform.run_part(inputs, Part(0, 0, 300, 0))
+    back = pickle.loads(pickle.dumps(result))
+    print(type(back.error).__name__, back.error, len(back.output))
+"""
+
+
+def test_a_part_result_with_a_guest_failure_pickles_as_plain_data(tmp_path: Path) -> None:
+    """Whatever a guest error was chained to (a wasmtime Trap, holding a ctypes pointer), the
+    part's result pickles as Dask pickles it: with tblib's reducers for every exception."""
+    pytest.importorskip("tblib")
+    (tmp_path / "in").write_bytes(b"a" * 150 + b"!" + b"a" * 149)  # frame 1 holds the '!'
+    hostile = fixture("hostile.wasm")
+    cases = [
+        (fixture("trap.wasm"), {}),
+        (hostile, {"function": "spin", "timeout": 0.2}),
+        (hostile, {"function": "spin", "fuel": 1_000_000}),
+        (hostile, {"function": "grow_bomb", "max_memory": 32 << 20}),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", PICKLE_PART_RESULTS, str(tmp_path / "in"), json.dumps(cases)],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **ENV},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    kinds = ["GuestTrap", "GuestTimeout", "GuestOutOfFuel", "GuestMemoryLimit"]
+    for line, kind in zip(done.stdout.decode().splitlines(), kinds, strict=True):
+        assert line.startswith(f"{kind} frame 1 at offset 100: ") and line.endswith(" 100"), line
+
+
 @needs_dask
 @pytest.mark.cluster
 def test_a_trap_on_a_cluster_fails_and_resumes_as_locally(tmp_path: Path) -> None:
