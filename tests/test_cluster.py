@@ -700,6 +700,24 @@ def test_sigterm_on_a_cluster_run_says_how_to_go_on(
     assert out.read_bytes() == expected
 
 
+@pytest.mark.cluster
+def test_a_relative_input_path_is_the_clients_file_on_every_worker(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    """Workers started elsewhere have working folders of their own."""
+    data = records(Framing.LINES, [n % 50 for n in range(2000)])
+    (tmp_path / "in").write_bytes(data)
+    done = wasmstream(
+        *("run", UPPER, "in", "--framing", "lines", "-o", "out", "--part-size", "16K"),
+        *("--cluster-file", scheduler.file),
+        cwd=tmp_path,
+        env=ENV,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == data.upper()
+
+
 def worker_threads(scheduler: Scheduler) -> dict[str, int]:
     """Each worker's thread count, and how many transforms it keeps, asked of the workers."""
     probe = (

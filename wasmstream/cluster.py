@@ -51,7 +51,7 @@ from .framing import Frame
 from .options import Notify, RunConfig, StartPoint, local_workers
 from .parts import Part, split
 from .sink import Sink
-from .sources import INSTALL_DASK, Inputs
+from .sources import INSTALL_DASK, Inputs, is_url
 from .tally import Tally
 from .transform import PartResult, Transform
 from .units import format_size
@@ -403,7 +403,7 @@ class _Client:
         self._config = config
         self._sha256 = loaded.sha256
         self._config_bytes = config_bytes
-        self._paths = inputs.paths
+        self._paths = _as_workers_see_them(inputs.paths)
         self._sink = sink
         self._summary = summary
         self._frames = start.frames  # frames of the whole input before the next part
@@ -430,6 +430,7 @@ class _Client:
                 self._write_next()
         while self._in_flight:
             self._write_next()
+        self._summary.tally.workers = len(self._client.scheduler_info().get("workers", {}))
 
     def _submit(self, part: Part, wasm: Any) -> None:
         future = self._client.submit(
@@ -527,11 +528,14 @@ class _Client:
         )
 
 
+def _as_workers_see_them(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Input paths as a worker opens them: a worker's working folder is its own, so a path
+    relative to the client's names another file there (or none)."""
+    return tuple(path if is_url(path) else os.path.abspath(path) for path in paths)
+
+
 def _how_cut(parts: list[Part], config: RunConfig, window: int) -> str:
     """--stats' reason line for a cluster run: how its input was cut, and how much ran at once."""
     assert config.part_size is not None
     count = f"{len(parts)} part{'' if len(parts) == 1 else 's'}"
-    return (
-        f"cluster workers; the input cut in {count} of {format_size(config.part_size)} "
-        f"to run, at most {window} in flight"
-    )
+    return f"cluster workers; {count} of {format_size(config.part_size)} to run, {window} at a time"
