@@ -3,10 +3,12 @@
 The input is cut into parts (parts.py: whole records, whole frames under fixed framing); each
 part is a task that runs `Transform.run_part` on a worker, with the run's own options. The
 module's bytes are scattered to every worker once, and each worker compiles them once and keeps
-the result (`_transform_for`). The client submits parts in input order, at most `window` in
-flight, and writes each part's output as soon as it and every part before it are done: memory
-stays flat however large the input. Failed frames follow the run's `--on-error`, numbered in
-the whole input; dead letters are written by the client, in order.
+the result (`KeptTransforms`: the few most recently used). The client submits parts in input
+order, at most `window` in flight, and writes each part's output as soon as it and every part
+before it are done: memory stays flat however large the input. Failed frames follow the run's
+`--on-error`, numbered in the whole input; dead letters are written by the client, in order. A
+failure that stops a part (a guest's under `--on-error fail`, an oversized record) comes back
+with the output before it: the client writes that, then raises it, as a local run would.
 
 The checkpoint is the run's usual one: parts are written in order, so the parts written are
 those before `input_bytes`, and `output_bytes` is where their output ends. A worker that dies
@@ -458,7 +460,7 @@ class _Client:
         try:
             result: PartResult = self._wait(part, future)
         except WasmstreamError:
-            raise  # raised by the task (an unreadable input, an oversized record): as locally
+            raise  # a task returns its own failures (`run_part_task`); this is the client's
         except Exception as error:
             why = (str(error) or "the scheduler or its workers went away").splitlines()[0]
             then = (
