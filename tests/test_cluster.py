@@ -452,6 +452,7 @@ def test_a_worker_killed_mid_run_changes_nothing(
     _, stderr = client.communicate(timeout=120)
     assert client.returncode == 0, stderr
     assert out.read_bytes() == expected
+    assert error_lines(stderr) == [], stderr  # Dask's own lines about the lost worker: none
     scheduler.add_worker()  # as it was, for whoever comes next
 
 
