@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -717,6 +718,41 @@ def test_a_relative_input_path_is_the_clients_file_on_every_worker(
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out").read_bytes() == data.upper()
+
+
+def test_kept_transforms_close_what_they_push_out_once_no_part_uses_it() -> None:
+    """The few most recently used stay; one pushed out while a part runs on it is closed (its
+    --timeout ticker stopped) only when that part is done."""
+    from wasmstream.cluster import KeptTransforms
+
+    def tickers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "wasmstream-epoch"}
+
+    kept = KeptTransforms(size=2)
+    started: dict[int, threading.Thread] = {}
+    made: list[Transform] = []
+
+    def make(n: int) -> Transform:
+        before = tickers()
+        made.append(Transform(UPPER, timeout=n + 1.0))
+        (started[n],) = tickers() - before
+        return made[-1]
+
+    with kept.use(0, lambda: make(0)) as first:
+        for n in (1, 2, 3):
+            with kept.use(n, lambda n=n: make(n)):
+                pass
+        assert len(kept) == 2  # 2 and 3
+        assert b"".join(first.stream([b"still runs\n"])) == b"STILL RUNS\n"
+        assert started[0].is_alive()  # pushed out, but in use
+    for n in (0, 1):
+        started[n].join(timeout=10)
+        assert not started[n].is_alive(), n
+    assert started[2].is_alive() and started[3].is_alive()
+    with kept.use(2, lambda: make(99)) as again:  # kept: not compiled again
+        assert 99 not in started and again is not first
+    for transform in made:
+        transform.close()
 
 
 def worker_threads(scheduler: Scheduler) -> dict[str, int]:
