@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +30,7 @@ from wasmstream.framing import Framing
 from wasmstream.parts import shard_part, split
 from wasmstream.sources import Inputs
 
-from conftest import HEAVY_TABLE, ROOT, fixture, spawn, wasmstream
+from conftest import HEAVY_TABLE, ROOT, assert_clean_failure, fixture, spawn, wasmstream
 
 UPPER = fixture("upper.wasm")
 MARKS = fixture("marks.wasm")  # its output shows where every frame was cut
@@ -451,6 +453,7 @@ def test_a_worker_killed_mid_run_changes_nothing(
     _, stderr = client.communicate(timeout=120)
     assert client.returncode == 0, stderr
     assert out.read_bytes() == expected
+    assert error_lines(stderr) == [], stderr  # Dask's own lines about the lost worker: none
     scheduler.add_worker()  # as it was, for whoever comes next
 
 
@@ -480,6 +483,7 @@ def test_the_scheduler_gone_stops_the_run_resumably(
     lines = stderr.decode().strip().splitlines()
     assert lines[-1].startswith("wasmstream: error: the cluster lost the part"), stderr
     assert "--resume" in lines[-1]
+    assert error_lines(stderr) == [lines[-1]], stderr  # nothing of Dask's own: one line
     saved = json.loads((tmp_path / "out.ckpt.json").read_text())
     assert saved["status"] == "failed"
     resumed = wasmstream(
@@ -498,6 +502,309 @@ def test_the_scheduler_gone_stops_the_run_resumably(
     )
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == expected
+
+
+# --- a cluster run fails, stops and reports as a local one does -----------------------------
+
+
+def installed(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    """The CLI as users start it, by its installed script. A local cluster's workers are spawned
+    from the script, so they import wasmstream before Dask, and Dask's tblib then pickles its
+    errors with their whole chain (`python -m` workers import neither first)."""
+    script = Path(sys.executable).parent / "wasmstream"
+    if not script.exists():
+        pytest.skip("the wasmstream script is not installed (pip install -e .)")
+    env = {**os.environ, **ENV, **kwargs.pop("env", {})}
+    return subprocess.run(
+        [str(script), *args], capture_output=True, timeout=120, env=env, check=False, **kwargs
+    )
+
+
+def error_lines(stderr: bytes) -> list[str]:
+    """stderr without the cluster's start-up notice: what the run had to say."""
+    lines = stderr.decode().splitlines()
+    return [line for line in lines if not line.startswith("wasmstream: cluster: ")]
+
+
+PICKLE_PART_RESULTS = """
+import json, pickle, sys
+import wasmstream.cluster  # as on a worker spawned from the script: wasmstream, then tblib
+import tblib.pickling_support
+from wasmstream import Transform
+from wasmstream.parts import Part
+from wasmstream.sources import Inputs
+
+tblib.pickling_support.install()  # what importing distributed does
+path, cases = sys.argv[1], json.loads(sys.argv[2])
+for module, options in cases:
+    with Transform(module, frame_size=100, **options) as transform:
+        with Inputs([path]) as inputs:
+            result = transform.run_part(inputs, Part(0, 0, 300, 0))
+    back = pickle.loads(pickle.dumps(result))
+    print(type(back.error).__name__, back.error, len(back.output))
+"""
+
+
+def test_a_part_result_with_a_guest_failure_pickles_as_plain_data(tmp_path: Path) -> None:
+    """Whatever a guest error was chained to (a wasmtime Trap, holding a ctypes pointer), the
+    part's result pickles as Dask pickles it: with tblib's reducers for every exception."""
+    pytest.importorskip("tblib")
+    (tmp_path / "in").write_bytes(b"a" * 150 + b"!" + b"a" * 149)  # frame 1 holds the '!'
+    hostile = fixture("hostile.wasm")
+    cases = [
+        (fixture("trap.wasm"), {}),
+        (hostile, {"function": "spin", "timeout": 0.2}),
+        (hostile, {"function": "spin", "fuel": 1_000_000}),
+        (hostile, {"function": "grow_bomb", "max_memory": 32 << 20}),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", PICKLE_PART_RESULTS, str(tmp_path / "in"), json.dumps(cases)],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **ENV},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    kinds = ["GuestTrap", "GuestTimeout", "GuestOutOfFuel", "GuestMemoryLimit"]
+    for line, kind in zip(done.stdout.decode().splitlines(), kinds, strict=True):
+        assert line.startswith(f"{kind} frame 1 at offset 100: ") and line.endswith(" 100"), line
+
+
+@needs_dask
+@pytest.mark.cluster
+def test_a_trap_on_a_cluster_fails_and_resumes_as_locally(tmp_path: Path) -> None:
+    """Exit 4, one line naming the frame and offset, and the output before it, as a local run
+    gives: the failing part's frames before the trap included. A resume fails the same way."""
+    (tmp_path / "in").write_bytes(b"a" * 150_000 + b"!" + b"a" * 49_999)
+    args = ["run", fixture("trap.wasm"), "in", "--frame-size", "1K"]
+    local = installed(*args, "-o", "local", cwd=tmp_path)
+    assert local.returncode == 4, local.stderr
+    spread = [*args, "--cluster", "local:2", "--part-size", "64K", "-o", "out"]
+    for again in ((), ("--resume",)):
+        done = installed(*spread, *again, cwd=tmp_path)
+        assert done.returncode == 4, done.stderr
+        assert error_lines(done.stderr) == local.stderr.decode().splitlines()
+        assert "frame 146 at offset 149504" in local.stderr.decode()
+        assert (tmp_path / "out").read_bytes() == (tmp_path / "local").read_bytes()
+
+
+@needs_dask
+@pytest.mark.cluster
+def test_an_oversized_record_on_a_cluster_writes_the_local_prefix(tmp_path: Path) -> None:
+    """The failing part's records before the oversized one are written too."""
+    lines = [bytes([97 + n % 26]) * (n % 61) + b"\n" for n in range(4000)]
+    lines.insert(2500, b"x" * 5000 + b"\n")
+    (tmp_path / "in").write_bytes(b"".join(lines))
+    args = ["run", UPPER, "in", "--framing", "lines", "--frame-size", "4K"]
+    local = wasmstream(*args, "-o", "local", cwd=tmp_path)
+    assert local.returncode == 11, local.stderr
+    done = wasmstream(
+        *args, "--cluster", "local:2", "--part-size", "16K", "-o", "out", cwd=tmp_path, env=ENV
+    )
+    assert done.returncode == 11, done.stderr
+    assert error_lines(done.stderr) == local.stderr.decode().splitlines()
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "local").read_bytes()
+    assert len((tmp_path / "local").read_bytes()) > 4 * 16384  # ends inside a part
+
+
+@needs_dask
+@pytest.mark.cluster
+def test_cluster_stats_count_the_workers_guest_time_and_parts(tmp_path: Path) -> None:
+    data = records(Framing.LINES, [n % 61 for n in range(6000)])
+    (tmp_path / "in").write_bytes(data)
+    done = wasmstream(
+        "run",
+        HEAVY,
+        "in",
+        "--cluster",
+        "local:2",
+        "--part-size",
+        "64K",
+        "-o",
+        "out",
+        "--stats-json",
+        "stats.json",
+        cwd=tmp_path,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    parts = -(-len(data) // 65536)
+    assert stats["in_guest_seconds"] > 0
+    assert stats["workers"] == 2
+    assert f"{parts} parts of 64KiB" in stats["jobs"], stats["jobs"]
+
+
+@needs_dask
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read the scheduler file"),
+        ("", "is not JSON"),
+        ("not json", "is not JSON"),
+        ("{}", 'no "address"'),
+        ("[1, 2]", 'no "address"'),
+        ('{"address": 8786}', 'no "address"'),
+    ],
+)
+def test_a_bad_cluster_file_is_a_usage_error_before_anything_is_written(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    (tmp_path / "in").write_bytes(b"x\n")
+    (tmp_path / "out").write_bytes(b"kept")
+    if content is not None:
+        (tmp_path / "sched.json").write_text(content)
+    done = wasmstream(
+        "run", UPPER, "in", "--cluster-file", "sched.json", "-o", "out", cwd=tmp_path, timeout=30
+    )
+    assert_clean_failure(done, 2, "sched.json", says)
+    assert (tmp_path / "out").read_bytes() == b"kept"
+    assert not (tmp_path / "out.ckpt.json").exists()
+
+
+@needs_dask
+@pytest.mark.parametrize("how", ["--cluster-file", "--cluster"])
+def test_an_unreachable_scheduler_is_an_io_error_before_anything_is_written(
+    tmp_path: Path, how: str
+) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    (tmp_path / "sched.json").write_text(json.dumps({"address": address}))
+    (tmp_path / "in").write_bytes(b"x\n")
+    (tmp_path / "out").write_bytes(b"kept")
+    where = "sched.json" if how == "--cluster-file" else address
+    done = wasmstream("run", UPPER, "in", how, where, "-o", "out", cwd=tmp_path, timeout=30)
+    assert_clean_failure(done, 8, f"cannot reach the Dask scheduler at {address}")
+    assert (tmp_path / "out").read_bytes() == b"kept"
+
+
+@pytest.mark.cluster
+def test_sigterm_on_a_cluster_run_says_how_to_go_on(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    out = tmp_path / "out"
+    client = spawn(
+        cluster_run(scheduler, path, out),
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: out.exists() and out.stat().st_size > 0)
+    client.send_signal(signal.SIGTERM)
+    _, stderr = client.communicate(timeout=60)
+    assert client.returncode == 143, stderr
+    last = stderr.decode().splitlines()[-1]
+    checkpoint = tmp_path / "out.ckpt.json"
+    assert last.endswith(f"continue with: wasmstream resume --checkpoint {checkpoint}"), stderr
+    assert "Traceback" not in stderr.decode()
+    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), env=ENV, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == expected
+
+
+@pytest.mark.cluster
+def test_a_relative_input_path_is_the_clients_file_on_every_worker(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    """Workers started elsewhere have working folders of their own."""
+    data = records(Framing.LINES, [n % 50 for n in range(2000)])
+    (tmp_path / "in").write_bytes(data)
+    done = wasmstream(
+        *("run", UPPER, "in", "--framing", "lines", "-o", "out", "--part-size", "16K"),
+        *("--cluster-file", scheduler.file),
+        cwd=tmp_path,
+        env=ENV,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == data.upper()
+
+
+def test_kept_transforms_close_what_they_push_out_once_no_part_uses_it() -> None:
+    """The few most recently used stay; one pushed out while a part runs on it is closed (its
+    --timeout ticker stopped) only when that part is done."""
+    from wasmstream.cluster import KeptTransforms
+
+    def tickers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "wasmstream-epoch"}
+
+    kept = KeptTransforms(size=2)
+    started: dict[int, threading.Thread] = {}
+    made: list[Transform] = []
+
+    def make(n: int) -> Transform:
+        before = tickers()
+        made.append(Transform(UPPER, timeout=n + 1.0))
+        (started[n],) = tickers() - before
+        return made[-1]
+
+    with kept.use(0, lambda: make(0)) as first:
+        for n in (1, 2, 3):
+            with kept.use(n, lambda n=n: make(n)):
+                pass
+        assert len(kept) == 2  # 2 and 3
+        assert b"".join(first.stream([b"still runs\n"])) == b"STILL RUNS\n"
+        assert started[0].is_alive()  # pushed out, but in use
+    for n in (0, 1):
+        started[n].join(timeout=10)
+        assert not started[n].is_alive(), n
+    assert started[2].is_alive() and started[3].is_alive()
+    with kept.use(2, lambda: make(99)) as again:  # kept: not compiled again
+        assert 99 not in started and again is not first
+    for transform in made:
+        transform.close()
+
+
+def worker_threads(scheduler: Scheduler) -> dict[str, int]:
+    """Each worker's thread count, and how many transforms it keeps, asked of the workers."""
+    probe = (
+        "import json, threading; from distributed import Client\n"
+        f"c = Client(scheduler_file={scheduler.file!r}, timeout='20s')\n"
+        "def ask():\n"
+        "    import sys\n"
+        "    kept = sys.modules.get('wasmstream.cluster')\n"
+        "    return threading.active_count(), len(kept._TRANSFORMS) if kept else 0\n"
+        "print(json.dumps(c.run(ask))); c.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=scheduler.env, timeout=60, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    return {worker: threads for worker, (threads, _) in json.loads(done.stdout).items()} | {
+        f"{worker} kept": kept for worker, (_, kept) in json.loads(done.stdout).items()
+    }
+
+
+@pytest.mark.cluster
+def test_a_long_lived_worker_keeps_a_bounded_number_of_transforms(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    """Runs with distinct --timeout values each compile a transform (with its ticker thread);
+    a worker keeps only the few most recently used, and closes the others."""
+    from wasmstream.cluster import KEPT_TRANSFORMS
+
+    (tmp_path / "in").write_bytes(records(Framing.LINES, [n % 50 for n in range(3000)]))
+
+    def run(n: int, *limits: str) -> None:
+        done = wasmstream(
+            *("run", UPPER, str(tmp_path / "in"), "--framing", "lines", "-o", f"out{n}"),
+            *("--cluster-file", scheduler.file, "--part-size", "16K", *limits),
+            cwd=tmp_path,
+            env=ENV,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+
+    run(0)  # without a timeout (no ticker): each worker's task thread is started
+    before = worker_threads(scheduler)
+    for n in range(1, KEPT_TRANSFORMS + 4):
+        run(n, "--timeout", f"{n + 1}s")
+    after = worker_threads(scheduler)
+    for worker, threads in after.items():
+        if worker.endswith(" kept"):
+            assert threads <= KEPT_TRANSFORMS, after
+        else:
+            assert threads - before.get(worker, threads) <= KEPT_TRANSFORMS, (before, after)
 
 
 # --- fsspec inputs ---------------------------------------------------------------------------

@@ -8,7 +8,9 @@ the input byte offset of the frame.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound="WasmstreamError")
 
 
 class ExitStatus(enum.IntEnum):
@@ -32,9 +34,32 @@ class ExitStatus(enum.IntEnum):
 
 
 class WasmstreamError(Exception):
-    """Base of every error the CLI reports as a one-line message."""
+    """Base of every error the CLI reports as a one-line message.
+
+    Picklable as plain data, its class, arguments and fields, whatever its `__init__` takes:
+    a cluster task returns its failures to the client (`detached` says why that is not all).
+    """
 
     status: ExitStatus = ExitStatus.FAILURE
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+    def detached(self: E) -> E:
+        """This error with nothing chained: no cause, context or traceback, to cross to another
+        process. Dask installs tblib's pickling for every exception class, and it pickles the
+        chain too; an engine's error raised `from None` still holds the wasmtime Trap (and its
+        ctypes pointer, which nothing can pickle) as `__context__`, and a traceback holds the
+        frames, input bytes included."""
+        return _rebuilt(type(self), self.args, dict(self.__dict__))
+
+
+def _rebuilt(cls: type[E], args: tuple[Any, ...], fields: dict[str, Any]) -> E:
+    """An error of `cls` from its arguments and fields, without calling its `__init__`."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(fields)
+    return error
 
 
 class UsageError(WasmstreamError):

@@ -15,11 +15,10 @@ several threads: each call starts its own instance of the shared compiled module
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
 from .core import (
@@ -35,7 +34,7 @@ from .core import (
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
 from .engines import read_module as _read_module
 from .engines.base import DirGrant, Sandbox
-from .errors import GuestError, UsageError
+from .errors import GuestError, Interrupted, UsageError, WasmstreamError
 from .framing import Frame, Framing, FramingSpec, Oversize
 from .options import DEFAULT_FRAME_SIZE, POLICIES, OnError, Reached, RunConfig, parse_dir, parse_env
 from .parts import Part, align
@@ -57,14 +56,18 @@ class FailedFrame:
 
 @dataclass
 class PartResult:
-    """What running one part gave: its whole output, and what happened on the way."""
+    """What running one part gave: its whole output, and what happened on the way. Plain data:
+    it crosses from a cluster worker to the client (its errors are `detached`)."""
 
     output: bytes = b""
     frames: int = 0
     failed: list[FailedFrame] = field(default_factory=list)
-    error: GuestError | None = None  # under on_error="fail": output holds the frames before it
+    # The failure that stopped the part (a guest's under on_error="fail", an oversized record
+    # under --oversize error, an unreadable input): output holds the frames before it.
+    error: WasmstreamError | None = None
     skipped_records: int = 0
     skipped_bytes: int = 0
+    guest_seconds: float = 0.0  # in guest calls, when asked to time them (--stats)
 
 
 Size = int | str
@@ -207,21 +210,28 @@ class Transform:
         recorder = _Recorder(self.failed, self.settings.on_error, keep_input=False)
         yield from self._range_outputs(inputs, part, recorder)
 
-    def run_part(self, inputs: Inputs, part: Part, keep_input: bool = False) -> PartResult:
-        """One aligned part, its output gathered (a cluster task). Under `on_error="fail"` a
-        guest failure is returned, with the output of the frames before it, not raised.
-        `keep_input`: failed frames keep their input (for dead letters)."""
+    def run_part(
+        self, inputs: Inputs, part: Part, keep_input: bool = False, timed: bool = False
+    ) -> PartResult:
+        """One aligned part, its output gathered (a cluster task). A failure that stops the
+        part (a guest's under `on_error="fail"`, an oversized record, an unreadable input) is
+        returned, with the output of the frames before it, not raised: the caller writes that
+        output, then raises it, as a local run would. `keep_input`: failed frames keep their
+        input (for dead letters); `timed`: count the seconds spent in the guest."""
         self._check_splittable()
         result = PartResult()
         recorder = _Recorder(result.failed, self.settings.on_error, keep_input)
         chunks: list[bytes] = []
         try:
-            for output in self._range_outputs(inputs, part, recorder, result):
+            for output in self._range_outputs(inputs, part, recorder, result, timed):
                 chunks.append(output)
                 result.frames += 1
-        except GuestError as error:
-            result.error = error
+        except Interrupted:
+            raise
+        except WasmstreamError as error:
+            result.error = error.detached()
         result.output = b"".join(chunks)
+        result.failed = [replace(f, error=f.error.detached()) for f in result.failed]
         return result
 
     def _check_splittable(self) -> None:
@@ -238,10 +248,12 @@ class Transform:
         part: Part,
         recorder: _Recorder,
         result: PartResult | None = None,
+        timed: bool = False,
     ) -> Iterator[bytes]:
-        settings = dataclasses.replace(self.settings, inputs=tuple(inputs.paths))
+        settings = replace(self.settings, inputs=tuple(inputs.paths))
         origin = Reached(part.start, inputs.per_input(part.start), part.first_frame)
-        return self._outputs(LocalOneByOne(), origin, part.end, recorder, settings, result)
+        executor = LocalOneByOne(timed)
+        return self._outputs(executor, origin, part.end, recorder, settings, result)
 
     def _outputs(
         self,
@@ -266,6 +278,7 @@ class Transform:
             if result is not None:
                 result.skipped_records = run.summary.skipped.records
                 result.skipped_bytes = run.summary.skipped.bytes
+                result.guest_seconds = run.summary.tally.guest_seconds
         finished = collected.take()
         if finished:
             yield finished
@@ -370,14 +383,19 @@ class _Collected:
 
 class LocalOneByOne(LocalFrames):
     """The library's executor: the run's frames on one instance, on the caller's thread, one
-    step per frame (`pool.serial_steps`), so that each output is handed on as it is done."""
+    step per frame (`pool.serial_steps`), so that each output is handed on as it is done.
+    `timed`: count the seconds spent in the guest (a cluster task's, for --stats)."""
+
+    def __init__(self, timed: bool = False) -> None:
+        super().__init__()
+        self._timed = timed
 
     def execute(self, run: Run) -> Iterator[None]:
         assert self.instances is not None
         settings = PoolSettings(
             frame_size=run.config.frame_size,
             direct_read=not run.config.framing.record_based,
-            measured=False,
+            measured=self._timed,
         )
         return serial_steps(
             self.frames(run),
