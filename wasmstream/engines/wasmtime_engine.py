@@ -372,8 +372,8 @@ class WasmtimeInstance(CopyingInstance):
         return call_export
 
     def memory(self) -> memoryview:
-        """`Runtime.memory`: a view of all guest memory. Only guest code can grow or move it,
-        so it is looked up again only after a call."""
+        """`Runtime.memory`: a view of all guest memory. Only guest code and `grow_memory` can
+        grow or move it, so it is looked up again only after either."""
         if self._memory_checked:
             return self._memory_view
         self._memory_checked = True
@@ -398,6 +398,9 @@ class WasmtimeInstance(CopyingInstance):
         self._global(name).set_value(self._store, value)
 
     def grow_memory(self, pages: int) -> None:
+        """`WholeInstance.grow_memory`. The cached view no longer covers all of memory (and may
+        point where memory was): the next `memory()` looks it up again."""
+        self._memory_checked = False
         try:
             self._memory.grow(self._store, pages)
         except wasmtime.WasmtimeError as error:
