@@ -353,6 +353,39 @@ def test_a_pipe_run_that_dropped_frames_resumes_with_the_same_input(tmp_path: Pa
         assert saved["status"] == "complete" and saved["position"]["input_bytes"] == len(data)
 
 
+def test_a_dropped_frame_is_recorded_with_its_own_bytes_or_none() -> None:
+    """The race the test above cannot time: the reader takes a dropped frame's scratch buffer
+    again before the writer records it. The frame is then recorded over no bytes, and the
+    stream tail starts again after it, never holding the later frame's bytes."""
+    from wasmstream.checkpoint import Digest
+    from wasmstream.framing import Frame
+    from wasmstream.journal import StreamTail
+    from wasmstream.pool import _Scratch
+
+    stream = os.urandom(200 * 1024)
+    scratch, frames = _Scratch(1024), []
+    for index in range(200):  # every frame dropped; the writer records none of them yet
+        buffer = scratch.take()
+        buffer[:] = stream[index * 1024 : (index + 1) * 1024]
+        turn = scratch.turn_of(buffer)
+        assert turn is not None
+        frames.append((Frame(index, index * 1024, buffer, 1024), turn))
+    tail = StreamTail(b"", 0)
+    for frame, turn in frames:
+        recorded = scratch.as_recorded(frame, turn)
+        tail.frame_written(recorded, 0)
+        end = frame.offset + frame.length
+        if len(recorded.buffer) == 0:  # its buffer holds a later frame now
+            assert bytes(frame.data) != stream[frame.offset : end]
+            assert tail.digest(end).length == 0
+        else:
+            assert bytes(recorded.data) == stream[frame.offset : end]
+            digest = tail.digest(end)
+            assert digest.length > 0
+            assert digest == Digest.of(stream[end - digest.length : end])
+    assert tail.digest(len(stream)).length == 64 * 1024  # the last ring of buffers is intact
+
+
 class Refusal:
     """A completed-then-failed job whose checkpoint and output must survive a refusal intact."""
 
