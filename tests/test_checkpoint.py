@@ -324,6 +324,68 @@ def test_dropped_frames_count_as_done_in_the_checkpoint(tmp_path: Path) -> None:
     assert b"nothing new to process" in again.stderr
 
 
+def test_a_pipe_run_that_dropped_frames_resumes_with_the_same_input(tmp_path: Path) -> None:
+    """Issue 24, item 8: a dropped frame's buffer is scratch space the reader fills again with
+    the next frame it drops; the stream tail the checkpoint keeps took its bytes from there,
+    so a resume with the very same input was refused ("the input's last … bytes differ")."""
+    # varying.wasm spins ~10 ms on frames starting with 0xff: 100 frames arrive at once, two
+    # get a buffer and the rest are dropped; the reader is then left waiting in the middle of
+    # the next frame, read into scratch space, when the run is stopped.
+    data = b"".join(bytes([255]) + os.urandom(1023) for _ in range(200))
+    out, ckpt = tmp_path / "out", tmp_path / "out.ckpt.json"
+    args = ["run", fixture("varying.wasm"), "-", "-o", str(out), "--frame-size", "1K", "-q"]
+    args += ["-j", "1", "--queue-depth", "1", "--on-overload", "drop"]
+    for _ in range(3):
+        for old in tmp_path.glob("out*"):
+            old.unlink()
+        process = start(*args, "--checkpoint-every", "1", stdin=subprocess.PIPE)
+        assert process.stdin is not None
+        process.stdin.write(data[: 100 * 1024 + 500])
+        process.stdin.flush()
+        moved_on(ckpt, 100 * 1024 - 1, process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == ExitStatus.TERMINATED, stderr
+        assert read_checkpoint(ckpt)["position"]["input_bytes"] == 100 * 1024
+        resumed = wasmstream(*args, "--resume", input=data)
+        assert resumed.returncode == 0, resumed.stderr
+        saved = read_checkpoint(ckpt)
+        assert saved["status"] == "complete" and saved["position"]["input_bytes"] == len(data)
+
+
+def test_a_dropped_frame_is_recorded_with_its_own_bytes_or_none() -> None:
+    """The race the test above cannot time: the reader takes a dropped frame's scratch buffer
+    again before the writer records it. The frame is then recorded over no bytes, and the
+    stream tail starts again after it, never holding the later frame's bytes."""
+    from wasmstream.checkpoint import Digest
+    from wasmstream.framing import Frame
+    from wasmstream.journal import StreamTail
+    from wasmstream.pool import _Scratch
+
+    stream = os.urandom(200 * 1024)
+    scratch, frames = _Scratch(1024), []
+    for index in range(200):  # every frame dropped; the writer records none of them yet
+        buffer = scratch.take()
+        buffer[:] = stream[index * 1024 : (index + 1) * 1024]
+        turn = scratch.turn_of(buffer)
+        assert turn is not None
+        frames.append((Frame(index, index * 1024, buffer, 1024), turn))
+    tail = StreamTail(b"", 0)
+    for frame, turn in frames:
+        recorded = scratch.as_recorded(frame, turn)
+        tail.frame_written(recorded, 0)
+        end = frame.offset + frame.length
+        if len(recorded.buffer) == 0:  # its buffer holds a later frame now
+            assert bytes(frame.data) != stream[frame.offset : end]
+            assert tail.digest(end).length == 0
+        else:
+            assert bytes(recorded.data) == stream[frame.offset : end]
+            digest = tail.digest(end)
+            assert digest.length > 0
+            assert digest == Digest.of(stream[end - digest.length : end])
+    assert tail.digest(len(stream)).length == 64 * 1024  # the last ring of buffers is intact
+
+
 class Refusal:
     """A completed-then-failed job whose checkpoint and output must survive a refusal intact."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -147,6 +149,64 @@ def test_input_missing_fails_before_any_output(tmp_path: Path) -> None:
     )
     assert_clean_failure(result, IO, "cannot read input", "missing: No such file or directory")
     assert out.read_bytes() == b"keep"
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def no_aws_credentials(**more: str) -> dict[str, str]:
+    """What boto sees besides no AWS_* variable of the machine's (the test removes them all):
+    no credentials, and nothing to ask but 127.0.0.1. (A credential variable set even to ""
+    counts as set: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="" sends boto to 169.254.170.2.)"""
+    return {
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance metadata lookup (169.254.169.254)
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{unused_port()}",
+        "AWS_MAX_ATTEMPTS": "1",
+        **more,
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "reason"),
+    [
+        pytest.param("zip://in.txt::{tmp}/notzip.zip", {}, "File is not a zip file", id="zip"),
+        pytest.param(
+            "s3://bucket/in.txt", no_aws_credentials(), "Unable to locate credentials", id="s3"
+        ),
+        pytest.param(
+            "s3://bucket/in.txt",
+            no_aws_credentials(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y"),
+            "Could not connect to the endpoint URL",
+            id="s3-refused",
+        ),
+    ],
+)
+def test_an_object_store_that_fails_is_an_input_error(
+    url: str, env: dict[str, str], reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24, item 12: fsspec's backends raise their own exceptions (botocore's
+    NoCredentialsError, zipfile's BadZipFile), which were internal errors."""
+    pytest.importorskip("s3fs", reason="the s3:// cases need s3fs (pip install s3fs)")
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)  # no profile or key of the machine's: only `env`'s
+    (tmp_path / "notzip.zip").write_bytes(b"this is not a zip archive\n")
+    url = url.format(tmp=tmp_path)
+    out = tmp_path / "out"
+    result = wasmstream("run", fixture("upper.wasm"), url, "-o", str(out), env=env)
+    assert_clean_failure(result, IO, f"cannot read input {url}: {reason}")
+    assert not out.exists()
+
+
+def test_a_url_fsspec_cannot_parse_is_a_usage_error(tmp_path: Path) -> None:
+    pytest.importorskip("fsspec", reason="URL inputs need fsspec")
+    result = wasmstream("run", fixture("upper.wasm"), "nosuchprotocol://x/y")
+    assert_clean_failure(result, USAGE, "input nosuchprotocol://x/y: Protocol not known")
 
 
 def test_input_is_a_directory(tmp_path: Path) -> None:

@@ -182,6 +182,41 @@ def test_wasi_guest_output_goes_to_stderr_not_the_data_stream() -> None:
     assert result.stderr == b"chatty: ready\nchatty: frame\nchatty: frame\n"
 
 
+LIBRARY_SCRIPTS = {
+    "stream run to its end": (
+        "import sys\n"
+        "from wasmstream import Transform\n"
+        "transform = Transform(sys.argv[1], frame_size=4)\n"
+        "sys.stdout.buffer.write(b''.join(transform.stream([b'abcdefgh'])))\n"
+    ),
+    "stream left unfinished": (
+        "import sys\n"
+        "from wasmstream import Transform\n"
+        "outputs = Transform(sys.argv[1], frame_size=4).stream([b'abcdefgh'])\n"
+        "sys.stdout.buffer.write(next(outputs))\n"
+    ),
+}
+
+
+@pytest.mark.wasmtime_only
+@pytest.mark.parametrize("script", LIBRARY_SCRIPTS.values(), ids=LIBRARY_SCRIPTS.keys())
+def test_a_library_user_whose_guest_prints_exits_without_a_panic(script: str) -> None:
+    """Issue 24, item 17: wasmtime released a guest's stdout callback on one of its own
+    threads while Python finalised, and that thread panicked ("panic in a function that
+    cannot unwind") in about three exits in four. A plain script exits normally: no os._exit."""
+    for _ in range(4):  # each exit is one chance to panic
+        result = subprocess.run(
+            [sys.executable, "-c", script, fixture("chatty.wasm")],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert b"panic" not in result.stderr, result.stderr.decode(errors="replace")
+        assert result.stdout in (b"abcdefgh", b"abcd")
+        assert result.stderr.startswith(b"chatty: ready\nchatty: frame\n")
+
+
 def test_fast_and_slow_call_paths_agree() -> None:
     data = random.Random(5).randbytes(50_000)
     for module in ("upper.wasm", "hexdump.wasm", "c/redact.wasm"):

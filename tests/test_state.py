@@ -224,6 +224,28 @@ def test_a_restore_that_refuses_the_state_stops_the_resume_with_files_untouched(
     assert files_of(folder) == before
 
 
+@WHOLE_INSTANCE
+def test_a_whole_instance_image_larger_than_a_fresh_instance_is_restored(tmp_path: Path) -> None:
+    """With 64 KiB frames linenum_memory grows to 14 pages for its output; a fresh instance
+    has 2, so the resume grows memory before putting the pages back (issue 24, item 7: the
+    view of memory taken before the grow was reused, and the restore failed)."""
+    data = lines(1_000_000, seed=7)
+    source, out = tmp_path / "in.txt", tmp_path / "out"
+    source.write_bytes(data[:400_000])
+    args = ["run", fixture("linenum_memory.wasm"), str(source), "-o", str(out)]
+    args += ["--state", "memory", "--frame-size", "64K"]
+    first = wasmstream(*args)
+    assert first.returncode == 0, first.stderr
+    saved = json.loads((tmp_path / "out.ckpt.json").read_bytes())
+    assert saved["state"] is not None
+    source.write_bytes(data)  # the resume restores the image, then goes on with the new tail
+    resumed = wasmstream(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    once = wasmstream(*args[:3], *args[5:], "--no-checkpoint")
+    assert once.returncode == 0, once.stderr
+    assert out.read_bytes() == once.stdout == numbered(data)
+
+
 @pytest.mark.parametrize(
     ("module", "first", "then"),
     [

@@ -937,6 +937,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # threads sometimes panic while Python tears down (a Rust backtrace on stderr in about one
     # run in four with a WASI module, measured here; never with os._exit). Everything of ours
     # is already written: outputs go out with os.write, checkpoints are closed and synced.
+    # (A library user's process does finalise: wasmtime_engine._CustomOutputs covers it.)
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
         sys.stderr.flush()

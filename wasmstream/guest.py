@@ -37,7 +37,8 @@ class Runtime(Protocol):
         ...
 
     def memory(self) -> memoryview:
-        """All of guest memory, valid until the next call (a call may grow and move it)."""
+        """All of guest memory, valid until the next call or `grow_memory` (either may grow
+        and move it); every runtime looks it up again after both."""
         ...
 
 
@@ -50,7 +51,9 @@ class WholeInstance(Runtime, Protocol):
 
     def set_global(self, name: str, value: int | float) -> None: ...
 
-    def grow_memory(self, pages: int) -> None: ...
+    def grow_memory(self, pages: int) -> None:
+        """Grow linear memory by `pages`; views `memory()` returned before are stale."""
+        ...
 
 
 class Guest:

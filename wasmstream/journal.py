@@ -56,13 +56,16 @@ class StreamProgress(Protocol):
 
 
 class StreamTail:
-    """The last bytes of the input stream up to the last frame written (WINDOW of them, and
+    """The last bytes of the input stream up to the last frame recorded (WINDOW of them, and
     SLACK more, so that a save may claim a little less than all that was written: see
     `Journal`'s pipe outputs).
 
-    Fed with each frame as it is written, whose input is still intact then (the run keeps frames
-    in host buffers when it watches a stream); a gap (bytes skipped or dropped, never seen in a
-    frame) starts it afresh, so it only ever holds bytes that really precede the offset.
+    Fed with each frame as it is recorded, whose input is still intact then (the run keeps
+    frames in host buffers when it watches a stream; a dropped frame is recorded over a copy);
+    a gap starts it afresh — bytes skipped before a frame, or a dropped frame whose bytes were
+    gone (recorded over fewer bytes than its length: see `pool._Scratch`) — so it only ever
+    holds bytes that really precede the offset, and a digest after a gap covers fewer bytes,
+    never other ones.
     """
 
     SLACK = 4 << 20
@@ -70,17 +73,14 @@ class StreamTail:
     def __init__(self, seed: bytes, end: int) -> None:
         self._bytes = bytearray(seed[-WINDOW:])
         self._end = end  # the stream offset just after the last byte held
-        self._gap = False
-
-    def frame_dropped(self, frame: Frame) -> None:
-        self._gap = True  # a dropped frame's buffer is scratch space, overwritten since
 
     def frame_written(self, frame: Frame, written: int) -> None:
-        if self._gap or frame.span != frame.length:  # bytes the frames never held
+        known = len(frame.buffer) >= frame.length  # a dropped frame's bytes may be gone
+        if frame.span != frame.length or not known:  # bytes the tail cannot hold: a gap
             self._bytes.clear()
-            self._gap = False
-        self._bytes += frame.data[-(WINDOW + self.SLACK) :]
-        del self._bytes[: -(WINDOW + self.SLACK)]
+        if known:
+            self._bytes += frame.data[-(WINDOW + self.SLACK) :]
+            del self._bytes[: -(WINDOW + self.SLACK)]
         self._end = frame.offset + frame.length
 
     def digest(self, at: int) -> Digest:
@@ -175,7 +175,6 @@ class Journal:
         self._last: Reached | None = None
         self.saves = 0
         if stream_tail is not None:
-            tally.on_frame_dropped.append(stream_tail.frame_dropped)
             tally.on_frame_written.append(stream_tail.frame_written)
         tally.on_frame_written.append(self.frame_written)
 

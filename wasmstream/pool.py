@@ -21,7 +21,8 @@ frames in flight; the first failure stops the run with everything before it writ
 - `jobs > 1` under `--on-overload drop|sample:N|adaptive`: the calling thread reads frames into
   a bounded set of recycled buffers (at most `queue_depth + jobs`), worker threads transform
   copies of them, and a writer thread writes them in order. Under drop/sample the reader does
-  not wait: a frame with no free buffer is read and dropped; under adaptive it slows down.
+  not wait: a frame with no free buffer is read (into scratch space, see `_Scratch`) and
+  dropped; under adaptive it slows down.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Protocol
 from .engines.base import Instance, Pipelined
 from .errors import GuestError, Interrupted, WasmstreamError
 from .framing import Buffer, Frame
+from .inputs import WINDOW
 from .options import Overload
 from .policy import FailureHandler
 from .tally import Tally
@@ -545,12 +547,53 @@ class Pacer:
             sleep(delay)
 
 
+class _Scratch:
+    """The buffers the reader puts the frames it drops into (drop, sample:N), in turn, made as
+    they are first needed.
+
+    A dropped frame is recorded by the writer later, with its bytes (the checkpoint keeps the
+    stream's last bytes to recognise a pipe: `journal.StreamTail`), while the reader goes on
+    and may fill its buffer again with a later frame. Enough buffers in turn to hold a WINDOW
+    of the stream make that rare; when it happened, the frame is recorded without its bytes,
+    never with a later frame's. Taken by the reader thread; looked at by the writer.
+    """
+
+    def __init__(self, frame_size: int) -> None:
+        self._size = frame_size
+        self._count = max(2, -(-WINDOW // frame_size) + 1)
+        self._buffers: list[bytearray] = []
+        self._turns = 0
+        self._turn_of: dict[int, int] = {}  # id of a buffer: the turn it was last taken at
+
+    def take(self) -> bytearray:
+        which = self._turns % self._count
+        if which == len(self._buffers):
+            self._buffers.append(bytearray(self._size))
+        buffer = self._buffers[which]
+        self._turn_of[id(buffer)] = self._turns  # before the reader writes into it
+        self._turns += 1
+        return buffer
+
+    def turn_of(self, buffer: Buffer) -> int | None:
+        """The turn `buffer` was last taken at (None: it is not scratch space)."""
+        turn = self._turn_of.get(id(buffer))
+        return turn if turn is not None and self._buffers[turn % self._count] is buffer else None
+
+    def as_recorded(self, frame: Frame, turn: int) -> Frame:
+        """`frame` over a copy of its bytes if its buffer was not taken again since `turn`,
+        else over none (its bytes are gone)."""
+        copy = bytearray(frame.data)
+        if self._turn_of[id(frame.buffer)] != turn:  # checked after the copy: taken during it?
+            copy = bytearray()
+        return Frame(frame.index, frame.offset, copy, frame.length, frame.span)
+
+
 class _Job:
     __slots__ = ("done", "dropped", "error", "frame", "output")
 
-    def __init__(self, frame: Frame, dropped: bool = False) -> None:
+    def __init__(self, frame: Frame, dropped: int | None = None) -> None:
         self.frame = frame
-        self.dropped = dropped
+        self.dropped = dropped  # dropped: the scratch turn its frame was read in
         self.output: bytes = b""
         self.error: BaseException | None = None
         self.done = threading.Lock()
@@ -576,8 +619,7 @@ class _ParallelRun:
         self._overload = settings.overload
         self._overflows = 0
         # Under drop/sample, a frame with no buffer to go to is read here and let go.
-        self._scratch: bytearray | None = None
-        self._frame_size = settings.frame_size
+        self._scratch = _Scratch(settings.frame_size)
         self._failures = failures
         self._new_instance = new_instance
         self._write = write
@@ -632,8 +674,9 @@ class _ParallelRun:
         for frame in self._frames(next_buffer):
             if self._failure is not None:
                 return
-            if self._scratch is not None and frame.buffer is self._scratch:
-                self._in_order.put(_Job(frame, dropped=True))
+            dropped = self._scratch.turn_of(frame.buffer)
+            if dropped is not None:
+                self._in_order.put(_Job(frame, dropped))
                 continue
             job = _Job(frame)
             self._work.put(job)
@@ -654,9 +697,7 @@ class _ParallelRun:
             overload = self._overload
             if overload.policy == "sample" and self._overflows % overload.keep_one_in == 0:
                 return self._free.get()
-            if self._scratch is None:
-                self._scratch = bytearray(self._frame_size)
-            return self._scratch
+            return self._scratch.take()
 
     def _drain(self) -> None:
         """Let the frames already read be transformed and written, in order."""
@@ -723,9 +764,9 @@ class _ParallelRun:
 
     def _write_loop(self) -> None:
         while (job := self._in_order.get()) is not None:
-            if job.dropped:
+            if job.dropped is not None:
                 if self._failure is None:
-                    self._tally.record_dropped(job.frame)
+                    self._tally.record_dropped(self._scratch.as_recorded(job.frame, job.dropped))
                 continue
             job.done.acquire()
             try:

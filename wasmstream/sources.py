@@ -2,18 +2,20 @@
 
 A leaf: opening, sizing and reading at an offset, the same for both. fsspec is imported only
 when a URL is given; without it (or without the protocol's package) the error names what to
-install.
+install. Every call into fsspec is made here, under `_fsspec_failures`: the one place its
+failures become a usage error or an input that cannot be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
-from .errors import IOFailure, UsageError
+from .errors import IOFailure, UsageError, WasmstreamError
 
 INSTALL_DASK = "pip install 'wasmstream[dask]'"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -24,6 +26,36 @@ def is_url(path: str) -> bool:
     return bool(_URL.match(path))
 
 
+@contextlib.contextmanager
+def _fsspec_failures(url: str, parsing: bool = False) -> Iterator[None]:
+    """Where every failure of fsspec (or of the package behind its protocol) becomes an error
+    of ours, naming the URL and the reason in one line. Backends raise what they like
+    (botocore's NoCredentialsError, zipfile.BadZipFile, aiohttp's errors, OSError…), so any
+    Exception is taken: a URL fsspec cannot parse, or whose package is missing, is a usage
+    error; any other failure is an input that cannot be read."""
+    try:
+        yield
+    except WasmstreamError:
+        raise
+    except ImportError as error:  # fsspec names the protocol's package (s3fs, gcsfs, …)
+        raise UsageError(f"input {url}: {_reason(error)}") from None
+    except ValueError as error:
+        if parsing:
+            raise UsageError(f"input {url}: {_reason(error)}") from None
+        raise IOFailure(f"cannot read input {url}: {_reason(error)}") from None
+    except Exception as error:
+        raise IOFailure(f"cannot read input {url}: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, FileNotFoundError):  # fsspec's carry only the path, named already
+        return "No such file or directory"
+    text = " ".join(str(error).split())  # one line, whatever the backend put in its message
+    return text or type(error).__name__
+
+
 def _filesystem(url: str) -> tuple[Any, str]:
     try:
         import fsspec
@@ -31,12 +63,8 @@ def _filesystem(url: str) -> tuple[Any, str]:
         raise UsageError(
             f"input {url} is a URL: reading it needs fsspec ({INSTALL_DASK})"
         ) from None
-    try:
+    with _fsspec_failures(url, parsing=True):
         return cast("tuple[Any, str]", fsspec.core.url_to_fs(url))
-    except ImportError as error:  # fsspec names the protocol's package (s3fs, gcsfs, …)
-        raise UsageError(f"input {url}: {error}") from None
-    except ValueError as error:
-        raise UsageError(f"input {url}: {error}") from None
 
 
 def size_of(path: str) -> int:
@@ -47,10 +75,8 @@ def size_of(path: str) -> int:
         except OSError as error:
             raise IOFailure(f"cannot read input {path}: {error.strerror}") from None
     fs, inner = _filesystem(path)
-    try:
+    with _fsspec_failures(path):
         return int(fs.size(inner))
-    except (OSError, KeyError) as error:  # fsspec raises FileNotFoundError, memory fs KeyError
-        raise IOFailure(f"cannot read input {path}: {error}") from None
 
 
 class InputFile(Protocol):
@@ -65,16 +91,41 @@ class InputFile(Protocol):
     def close(self) -> None: ...
 
 
+class _UrlFile:
+    """An fsspec file whose failures are ours (see `_fsspec_failures`): reads go on talking to
+    the object store long after it was opened."""
+
+    def __init__(self, url: str, file: Any) -> None:
+        self._url = url
+        self._file = file
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        with _fsspec_failures(self._url):
+            return cast("int | None", self._file.readinto(buffer))
+
+    def read(self, size: int = -1, /) -> bytes | None:
+        with _fsspec_failures(self._url):
+            return cast("bytes | None", self._file.read(size))
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        with _fsspec_failures(self._url):
+            return cast(int, self._file.seek(offset, whence))
+
+    def close(self) -> None:
+        with _fsspec_failures(self._url):
+            self._file.close()
+
+
 def open_input(path: str) -> InputFile:
     """An input opened for reading: unbuffered for a local file, fsspec's file for a URL."""
-    try:
-        if not is_url(path):
-            return io.FileIO(path, "rb")
+    if is_url(path):
         fs, inner = _filesystem(path)
-        return cast(InputFile, fs.open(inner, "rb"))
-    except (OSError, KeyError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise IOFailure(f"cannot read input {path}: {reason}") from None
+        with _fsspec_failures(path):
+            return _UrlFile(path, fs.open(inner, "rb"))
+    try:
+        return io.FileIO(path, "rb")
+    except OSError as error:
+        raise IOFailure(f"cannot read input {path}: {error.strerror}") from None
 
 
 class Inputs:

@@ -13,12 +13,15 @@ wasmtime's fuel; `--max-memory` uses store limits. All are armed afresh before e
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import gc
 import hashlib
 import math
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -317,6 +320,10 @@ class WasmtimeInstance(CopyingInstance):
         config: bytes,
     ) -> None:
         self._store, self._guard = engine.new_store()
+        self._wasi = abi.wasi
+        self._calls = 0  # guest calls under way (counted for WASI instances only)
+        if abi.wasi:
+            _CUSTOM_OUTPUTS.instances.add(self)
         self._memory_view = memoryview(b"")
         self._memory_at = (0, 0)
         self._memory_checked = False
@@ -349,6 +356,25 @@ class WasmtimeInstance(CopyingInstance):
 
     def export(self, name: str) -> Callable[..., int | None]:
         """`Runtime.export`: the raw-call fast path, each call under fresh limits."""
+        call = self._export(name)
+        if not self._wasi:
+            return call
+
+        def call_counted(*args: int) -> int | None:  # see `idle`
+            self._calls += 1
+            try:
+                return call(*args)
+            finally:
+                self._calls -= 1
+
+        return call_counted
+
+    @property
+    def idle(self) -> bool:
+        """Whether no thread is in a guest call (closing the store then is safe)."""
+        return self._calls == 0
+
+    def _export(self, name: str) -> Callable[..., int | None]:
         export = _export(self._store, self._instance, name)
         assert isinstance(export, wasmtime.Func)
         caller = _caller(self._store, export)
@@ -372,8 +398,8 @@ class WasmtimeInstance(CopyingInstance):
         return call_export
 
     def memory(self) -> memoryview:
-        """`Runtime.memory`: a view of all guest memory. Only guest code can grow or move it,
-        so it is looked up again only after a call."""
+        """`Runtime.memory`: a view of all guest memory. Only guest code and `grow_memory` can
+        grow or move it, so it is looked up again only after either."""
         if self._memory_checked:
             return self._memory_view
         self._memory_checked = True
@@ -398,6 +424,9 @@ class WasmtimeInstance(CopyingInstance):
         self._global(name).set_value(self._store, value)
 
     def grow_memory(self, pages: int) -> None:
+        """`WholeInstance.grow_memory`. The cached view no longer covers all of memory (and may
+        point where memory was): the next `memory()` looks it up again."""
+        self._memory_checked = False
         try:
             self._memory.grow(self._store, pages)
         except wasmtime.WasmtimeError as error:
@@ -427,6 +456,8 @@ class WasmtimeInstance(CopyingInstance):
         self._memory_view.release()
         self._memory_at = (0, 0)
         self._memory_checked = False
+        if self._wasi:  # its stdout callback is released now, not at exit: see _CustomOutputs
+            self._store.close()
 
 
 class WasmtimeCommand(CopyingInstance):
@@ -464,6 +495,17 @@ class WasmtimeCommand(CopyingInstance):
         finally:
             os.close(stdin)
         store.set_wasi(config)
+        try:
+            self._run(store, guard)
+        finally:
+            store.close()  # the frame's stdout callback is released now: see _CustomOutputs
+        if output.overflowed:
+            raise GuestError(
+                f"output of more than {format_size(self._max_output)} exceeds --max-output"
+            )
+        return consume(memoryview(b"".join(output.chunks)))
+
+    def _run(self, store: wasmtime.Store, guard: _Guard) -> None:
         guard.arm()
         try:
             instance = self._pre.instantiate(store)
@@ -479,11 +521,6 @@ class WasmtimeCommand(CopyingInstance):
             memory = None
         guard.memory = memory if isinstance(memory, wasmtime.Memory) else None
         guard.call(lambda: start(store), exit_ok=True)
-        if output.overflowed:
-            raise GuestError(
-                f"output of more than {format_size(self._max_output)} exceeds --max-output"
-            )
-        return consume(memoryview(b"".join(output.chunks)))
 
     def close(self) -> None:
         pass
@@ -589,9 +626,73 @@ def _sandboxed_wasi(
     config.env = [list(pair) for pair in sandbox.env]
     for grant in sandbox.dirs:
         config.preopen_dir(grant.host, grant.guest, grant.writable)
-    config.stdout_custom = stdout
+    config.stdout_custom = _CUSTOM_OUTPUTS.callback(stdout)
     config.inherit_stderr()
     return config
+
+
+class _Callback:
+    """A custom output's callback: only wasmtime's table of them holds it, so it is freed
+    when wasmtime releases it (`_CustomOutputs` is told by a weak reference)."""
+
+    __slots__ = ("__weakref__", "_write")
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+
+    def __call__(self, data: bytes) -> None:
+        self._write(data)
+
+
+class _CustomOutputs:
+    """The Python callbacks wasmtime calls with a guest's stdout, and being rid of them before
+    Python shuts down.
+
+    wasmtime runs a custom stream's writes, and releases its callback when the stream goes,
+    on the threads of its own async runtime (tokio). A callback released while the interpreter
+    finalises has that thread call into a Python that is going away, which ends the thread
+    under Rust's feet: "panic in a function that cannot unwind" on stderr at exit, for every
+    library user whose guest printed (the CLI ends with os._exit and never finalises). So a
+    store with such a stream is closed as soon as its instance is, and its callback released
+    then, while Python is whole; and at exit (atexit runs before finalisation) the stores left
+    in unreachable cycles are collected and the callbacks' release awaited, a little while.
+    """
+
+    WAIT = 2.0  # seconds; a release takes a runtime thread's turn, well under a millisecond
+
+    def __init__(self) -> None:
+        self._live: set[weakref.ref[_Callback]] = set()
+        self._changed = threading.Condition()  # reentrant: a release may run inside `callback`
+        self._at_exit = False
+        self.instances: weakref.WeakSet[WasmtimeInstance] = weakref.WeakSet()  # WASI ones
+
+    def callback(self, write: Callable[[bytes], None]) -> _Callback:
+        made = _Callback(write)
+        with self._changed:
+            self._live.add(weakref.ref(made, self._released))
+            if not self._at_exit:
+                atexit.register(self.wait)
+                self._at_exit = True
+        return made
+
+    def _released(self, ref: weakref.ref[_Callback]) -> None:
+        with self._changed:
+            self._live.discard(ref)
+            self._changed.notify_all()
+
+    def wait(self) -> None:
+        """At exit: close the instances still open (a stream's generator not run to its end),
+        unless a guest call is under way in one (on a daemon thread: its store must stay), and
+        wait until every callback is released (or WAIT has passed)."""
+        for instance in list(self.instances):
+            if instance.idle:
+                instance.close()
+        gc.collect()  # instances nobody closed, in reference cycles (an instance and its Guest)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._live, timeout=self.WAIT)
+
+
+_CUSTOM_OUTPUTS = _CustomOutputs()
 
 
 def _to_stderr(data: bytes) -> None:
