@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from .errors import GuestError, ModuleError, UsageError
 from .units import format_size
 
+WASM_PAGE = 1 << 16  # WebAssembly's unit of linear memory
+WASM32_MEMORY = 1 << 32  # a 32-bit guest addresses at most 4 GiB
+
 WASI_MODULE = "wasi_snapshot_preview1"
 MEMORY_EXPORT = "memory"
 REACTOR_INIT = "_initialize"

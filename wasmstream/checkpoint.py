@@ -23,14 +23,15 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .durable import replace_durably
 from .errors import CheckpointError, IOFailure
 from .framing import Framing, Oversize
+from .inputs import STDIN, WINDOW
 from .options import OnError
 from .sources import Inputs, is_url, size_of
 
 FORMAT_VERSION = 2  # 2: the limits, grants and overload policy moved to `options`
 HEAD_BYTES = 64 * 1024  # inputs are identified by the hash of their first 64 KiB
-WINDOW = 64 * 1024  # streams and outputs are recognised by digests of this many bytes
 # "interrupted": stopped by a signal or a closed output pipe, resumable as it is. Files of
 # older versions said "running" for that: it still loads, and means the same.
 Status = Literal["running", "interrupted", "complete", "failed"]
@@ -241,8 +242,8 @@ def describe_input(path: str) -> InputRecord:
     Only regular files are opened: opening a FIFO and closing it again would end the stream
     for its writer (and opening it may block until one comes).
     """
-    if path == "-":
-        return _describe_fd("-", 0)
+    if path == STDIN:
+        return _describe_fd(STDIN, 0)
     if is_url(path):
         with Inputs([path]) as inputs:
             head = inputs.read_at(0, HEAD_BYTES)
@@ -363,7 +364,7 @@ def save(path: str, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint at `path` atomically and durably. Raises IOFailure."""
     data = msgspec.json.format(_encoder.encode(checkpoint), indent=2) + b"\n"
     try:
-        _replace_durably(path, data)
+        replace_durably(path, data, ".ckpt.tmp")
     except OSError as error:
         raise IOFailure(f"cannot save checkpoint {path}: {error.strerror}") from None
 
@@ -385,30 +386,6 @@ def check_writable(path: str) -> None:
                 os.unlink(temp)
     except OSError as error:
         raise IOFailure(f"cannot save checkpoint {path}: {error.strerror}") from None
-
-
-def _replace_durably(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".", suffix=".ckpt.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_resumable(
@@ -507,8 +484,8 @@ def _check_input(
     then: InputRecord, current: InputRecord, done: int, force: bool, source: str
 ) -> None:
     path = text_path(current.path)
-    name = "standard input" if path == "-" else path
-    if path != "-" and then.regular != current.regular:
+    name = "standard input" if path == STDIN else path
+    if path != STDIN and then.regular != current.regular:
         kind = {True: "a regular file", False: "a stream (pipe, FIFO or device)"}
         raise CheckpointError(
             f"input {name} was {kind[then.regular]} when checkpoint {source} was written and "
@@ -522,7 +499,7 @@ def _check_input(
     if force or not (then.regular and current.regular):
         return
     same_file = (then.device, then.inode) == (current.device, current.inode)
-    if then.path != "-" and not same_file:
+    if then.path != STDIN and not same_file:
         raise CheckpointError(
             f"input {name} is not the file recorded in checkpoint {source} (another inode); "
             "--force resumes anyway"
@@ -538,12 +515,12 @@ def head_sha256(path: str, length: int) -> str:
     if is_url(path):
         with Inputs([path]) as inputs:
             return hashlib.sha256(inputs.read_at(0, length)).hexdigest()
-    fd = 0 if path == "-" else os.open(path, os.O_RDONLY)
+    fd = 0 if path == STDIN else os.open(path, os.O_RDONLY)
     try:
         origin = os.lseek(fd, 0, os.SEEK_CUR)  # stdin: from where it starts (see _describe_fd)
         return hashlib.sha256(os.pread(fd, length, origin)).hexdigest()
     finally:
-        if path != "-":
+        if path != STDIN:
             os.close(fd)
 
 

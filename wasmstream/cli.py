@@ -671,7 +671,7 @@ def _checkpoint_path(given: str | None, disabled: bool, output: str | None) -> s
         return None
     if given is not None:
         return given
-    if output in (None, "-") or not is_own_file(output):
+    if output in (None, stdio.STDIO) or not is_own_file(output):
         return None  # -o /dev/null, a FIFO, a terminal: nothing to resume exactly
     return sidecar_for(output)
 

@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from . import framing
-from .abi import GuestAbi, StateKind
+from .abi import WASM32_MEMORY, WASM_PAGE, GuestAbi, StateKind
 from .adaptive import run_adaptive
 from .engines import LoadedModule, load_module
 from .engines.base import Instance
@@ -39,9 +39,6 @@ from .sink import STDOUT, Sink
 from .sources import Inputs, is_url
 from .tally import Tally
 from .units import format_size
-
-WASM32_MEMORY = 1 << 32  # a 32-bit guest addresses at most 4 GiB
-PAGE = 1 << 16
 
 if TYPE_CHECKING:
     from .journal import Journal, StreamProgress
@@ -211,7 +208,7 @@ def check_frame_size(frame_size: int, max_memory: int | None) -> None:
     """A frame lives in the guest's linear memory (32-bit: 4 GiB at most), within --max-memory:
     refuse a frame size that can never fit now, not after gigabytes of allocation."""
     limit = min(max_memory or WASM32_MEMORY, WASM32_MEMORY)
-    if frame_size > limit - PAGE:
+    if frame_size > limit - WASM_PAGE:
         raise UsageError(
             f"a frame of {format_size(frame_size)} cannot fit in guest memory, which is limited "
             f"to {format_size(limit)}: choose a smaller frame size or a larger memory limit"

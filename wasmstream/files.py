@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import IOFailure, RunLocked, UsageError
-
-STDIO = "-"
+from .stdio import STDIO
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, TypeVar, runtime_checkable
 
-from .abi import REACTOR_INIT, RESTORE, SNAPSHOT, GuestAbi, ResultKind, StateKind, output_range
+from .abi import (
+    REACTOR_INIT,
+    RESTORE,
+    SNAPSHOT,
+    WASM_PAGE,
+    GuestAbi,
+    ResultKind,
+    StateKind,
+    output_range,
+)
 from .errors import GuestError, StartupError, StateRefused
 
 T = TypeVar("T")
@@ -207,7 +216,7 @@ class Guest:
         runtime = self._runtime
         assert isinstance(runtime, WholeInstance)
         pages, values, saved = state.decode_image(image)
-        now = len(runtime.memory()) // state.PAGE
+        now = len(runtime.memory()) // WASM_PAGE
         if now > pages or len(values) != len(self._abi.state_globals):
             raise StateRefused(
                 f"the saved image ({pages} pages, {len(values)} globals) does not fit this "
@@ -220,7 +229,7 @@ class Guest:
         for index, page in saved:
             if index >= pages:
                 raise StateRefused(f"the saved image has page {index} of {pages}")
-            memory[index * state.PAGE : (index + 1) * state.PAGE] = page
+            memory[index * WASM_PAGE : (index + 1) * WASM_PAGE] = page
         for (name, _), value in zip(self._abi.state_globals, values, strict=True):
             runtime.set_global(name, value)
 

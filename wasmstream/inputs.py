@@ -17,10 +17,10 @@ from time import perf_counter
 from .errors import CheckpointError, IOFailure, UsageError
 from .pipes import enlarge_pipe
 from .sources import InputFile, is_url, open_input, size_of
-from .stdio import was_closed
+from .stdio import STDIO, was_closed
 from .tally import Tally
 
-STDIN = "-"
+STDIN = STDIO
 STDIN_FD = 0  # not sys.stdin: Python sets that to None when descriptor 0 was closed
 WINDOW = 64 * 1024  # how much of a stream's head and tail a checkpoint recognises it by
 

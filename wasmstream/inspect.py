@@ -19,6 +19,7 @@ from .abi import (
     COMMAND_START,
     MEMORY_EXPORT,
     WASI_MODULE,
+    WASM_PAGE,
     AbiOptions,
     ExportDesc,
     GuestAbi,
@@ -31,7 +32,6 @@ from .engines import DEFAULT_ENGINE, CompiledModule, Sandbox, get_engine, read_m
 from .errors import CheckpointError, GuestError, ModuleError
 from .units import format_size
 
-PAGE = 65536
 INIT_NAMES = ("init", "configure", "setup")
 START_TIMEOUT = 2.0  # seconds an instance may take to start when inspect tries one
 RESULT_FORMS = {
@@ -125,7 +125,7 @@ def _start_problem(compiled: CompiledModule, abi: GuestAbi) -> str | None:
     """Why an instance cannot start (a start function or _initialize that traps or never
     returns, an allocator that fails), or None: "ready to run" must mean it."""
     try:
-        compiled.instantiate(abi, PAGE, b"").close()
+        compiled.instantiate(abi, WASM_PAGE, b"").close()
     except (GuestError, ModuleError) as error:
         return str(error)
     return None
@@ -147,8 +147,8 @@ def _export_record(export: ExportDesc) -> dict[str, Any]:
 def _export(export: ExportDesc) -> str:
     if export.pages is not None:
         low, high = export.pages
-        top = format_size(high * PAGE) if high is not None else "no maximum"
-        return f"{export.name} (memory: {format_size(low * PAGE)} initial, {top})"
+        top = format_size(high * WASM_PAGE) if high is not None else "no maximum"
+        return f"{export.name} (memory: {format_size(low * WASM_PAGE)} initial, {top})"
     return str(export)
 
 

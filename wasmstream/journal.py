@@ -34,9 +34,10 @@ from typing import Protocol
 import msgspec
 
 from . import checkpoint, state
-from .checkpoint import WINDOW, Checkpoint, Digest, Failure, Position, StateRecord, Status
+from .checkpoint import Checkpoint, Digest, Failure, Position, StateRecord, Status
 from .errors import GuestError, WasmstreamError
 from .framing import Frame
+from .inputs import WINDOW
 from .options import Reached
 from .tally import Tally
 

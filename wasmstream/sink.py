@@ -15,10 +15,10 @@ from time import perf_counter
 
 from .errors import BrokenPipe, IOFailure
 from .pipes import enlarge_pipe
-from .stdio import was_closed
+from .stdio import STDIO, was_closed
 from .tally import Tally
 
-STDOUT = "-"
+STDOUT = STDIO
 STDOUT_FD = 1  # not sys.stdout: Python sets that to None when descriptor 1 was closed
 
 

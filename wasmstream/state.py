@@ -16,19 +16,19 @@ import glob
 import hashlib
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from collections.abc import Sequence
 
+from .abi import WASM_PAGE
+from .durable import replace_durably
 from .errors import CheckpointError, IOFailure, StateRefused
 
-PAGE = 65536
 MAGIC = b"WSMEM\x01"
 HEADER = struct.Struct("<II")  # pages, globals
 GLOBAL = struct.Struct("<cq")  # b"i" and the integer; or b"f" and a double's bits
 PAGE_INDEX = struct.Struct("<I")
-ZERO_PAGE = bytes(PAGE)
+ZERO_PAGE = bytes(WASM_PAGE)
 GlobalValue = int | float
 
 
@@ -36,7 +36,7 @@ def encode_image(memory: memoryview, globals_: Sequence[GlobalValue]) -> bytes:
     """The whole instance's state: its globals' values and its memory's non-zero pages, each
     with its index. Uncompressed: this runs between two frames, and copying is all it does
     (the state file is compressed later, on another thread: see `write`)."""
-    pages = len(memory) // PAGE
+    pages = len(memory) // WASM_PAGE
     parts: list[bytes | memoryview] = [MAGIC, HEADER.pack(pages, len(globals_))]
     for value in globals_:
         if isinstance(value, float):
@@ -44,7 +44,7 @@ def encode_image(memory: memoryview, globals_: Sequence[GlobalValue]) -> bytes:
         else:
             parts.append(GLOBAL.pack(b"i", value))
     for index in range(pages):
-        page = memory[index * PAGE : (index + 1) * PAGE]
+        page = memory[index * WASM_PAGE : (index + 1) * WASM_PAGE]
         if page != ZERO_PAGE:
             parts += (PAGE_INDEX.pack(index), page)
     return b"".join(parts)
@@ -63,7 +63,7 @@ def decode_image(image: bytes) -> tuple[int, list[GlobalValue], list[tuple[int, 
             kind, raw = GLOBAL.unpack_from(image, at)
             at += GLOBAL.size
             values.append(struct.unpack("<d", struct.pack("<q", raw))[0] if kind == b"f" else raw)
-        view, step = memoryview(image), PAGE_INDEX.size + PAGE
+        view, step = memoryview(image), PAGE_INDEX.size + WASM_PAGE
         if (len(image) - at) % step:
             raise ValueError("a page is cut short")
         saved = [
@@ -128,22 +128,7 @@ def write(checkpoint_path: str, state: bytes, parts: int = 1) -> tuple[str, str]
     if os.path.exists(target):
         return name, digest
     try:
-        fd, temp = tempfile.mkstemp(prefix=".", suffix=".state.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(compress(state, parts))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        folder_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(folder_fd)
-        finally:
-            os.close(folder_fd)
+        replace_durably(target, compress(state, parts), ".state.tmp")
     except OSError as error:
         raise IOFailure(f"cannot save state {target}: {error.strerror}") from None
     return name, digest

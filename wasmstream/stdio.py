@@ -13,6 +13,8 @@ import io
 import os
 import sys
 
+STDIO = "-"  # on the command line: standard input as an input, standard output as the output
+
 _closed: set[int] = set()
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from .core import run
+from .inputs import STDIN
 from .options import RunConfig, default_jobs
 
 FRAME_SIZES = (16 << 10, 64 << 10, 256 << 10, 1 << 20)
@@ -44,7 +45,7 @@ def make_sample(source: str | None, size: int, directory: str) -> str:
     with open(path, "wb") as sample:
         if source is None:
             sample.write(os.urandom(size))
-        elif source == "-":
+        elif source == STDIN:
             sample.write(os.read(0, size) if size < (1 << 16) else _read_up_to(0, size))
         else:
             with open(source, "rb") as data:

@@ -59,6 +59,7 @@ from .wasmer_worker import (
     TIMEOUT,
     TRAP,
     read_exactly,
+    write_all,
 )
 
 T = TypeVar("T")
@@ -313,7 +314,7 @@ class WasmerWorker(CopyingInstance):
         message = json.dumps(spec).encode()
         try:
             os.write(self._requests, struct.pack("<I", len(message)))
-            _write_all(self._requests, message)
+            write_all(self._requests, message)
             self._await(STARTUP_GRACE + (self._timeout or 0), starting=True)
         except BaseException:
             self.close()
@@ -351,7 +352,7 @@ class WasmerWorker(CopyingInstance):
 
     def restore(self, state: bytes) -> None:
         self._request_alone(b"R", len(state))
-        _write_all(self._requests, state)
+        write_all(self._requests, state)
         self._await(self._timeout)
 
     def finish(self) -> bytes:
@@ -452,12 +453,6 @@ def _error(status: int, message: str, starting: bool) -> Exception:
         return GuestTimeout(message)
     assert status == GUEST_ERROR
     return GuestError(message)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _module_info(wasmer: Any, module: Any) -> ModuleInfo:

@@ -312,7 +312,7 @@ def handle_state(
         if command == b"S":
             state = guest.snapshot() or b""
             os.write(replies, REPLY.pack(OK, len(state), len(state)))
-            _write_all(replies, state)
+            write_all(replies, state)
         elif command == b"R":
             guest.restore(read_exactly(requests, length))
             reply(replies, OK)
@@ -324,7 +324,8 @@ def handle_state(
         raise _failure(error) from None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to the pipe `fd` (a pipe takes at most its capacity per write)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

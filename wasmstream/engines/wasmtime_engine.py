@@ -31,6 +31,7 @@ from .. import interrupts
 from ..abi import (
     COMMAND_START,
     MEMORY_EXPORT,
+    WASM_PAGE,
     ExportDesc,
     FuncSig,
     GuestAbi,
@@ -54,7 +55,6 @@ from ..units import format_duration, format_size
 from .base import CopyingInstance, Sandbox, check_header
 
 T = TypeVar("T")
-PAGE = 65536
 
 try:  # the raw call path; see the module docstring
     from wasmtime import _bindings as _ffi
@@ -279,7 +279,7 @@ class _Guard:
         if limit is None or self.memory is None:
             return False
         # memory.grow's request is not known here: count "within an eighth of the cap" as at it
-        return self.memory.data_len(self._store) + max(PAGE, limit // 8) > limit
+        return self.memory.data_len(self._store) + max(WASM_PAGE, limit // 8) > limit
 
 
 class WasmtimeModule:
