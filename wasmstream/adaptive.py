@@ -2,8 +2,8 @@
 while the run goes on, by measuring it.
 
 Passing the read and write turns between threads costs the host more than a cheap guest call
-(measured here: a no-op guest ran at 0.64x on two threads of what it ran on one; 0.45x with the
-reader/worker/writer pool before), while a heavy guest runs nearly twice as fast on two cores.
+does (a no-op guest runs slower on two threads than on one), while a heavy guest runs nearly
+twice as fast on two cores.
 Which one wins depends on how long the guest takes per frame against the host's own cost per
 frame, and that can change within a run (a log whose first megabytes are cheap and the rest
 expensive). So the run is cut into segments at frame boundaries, each run by the shape that the
@@ -37,10 +37,10 @@ FIRST_LOOK = 0.05  # seconds of a run before the first decision
 LOOK = 0.25  # seconds between later decisions: switches cost a pool start and a drain
 MIN_FRAMES = 8  # frames a decision needs at the least
 GAIN = 0.8  # switch to the pool only for a predicted gain of 20% or more
-# Seconds of host time per frame in the pool, until measured. Passing turns costs 13-17 µs a
-# frame here (identity at -j 2 against -j 1), but the first look at a run is noisy (its first
-# frames cost more: cold pages, first calls); at 25 µs, a no-op guest went to the pool on that
-# noise and stayed (0.16 s against 0.10 s). The guess keeps a margin.
+# Seconds of host time per frame in the pool, until measured. It is a few times what passing
+# turns costs, on purpose: the first look at a run is noisy (its first frames cost more: cold
+# pages, first calls), and a guess close to the true cost sent no-op guests to the pool on that
+# noise, where they stayed. `make bench` (F1, F2) shows whether it still chooses well.
 HAND_OFF_GUESS = 60e-6
 
 

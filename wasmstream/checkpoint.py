@@ -30,7 +30,7 @@ from .inputs import STDIN, WINDOW
 from .options import OnError
 from .sources import Inputs, is_url, size_of
 
-FORMAT_VERSION = 2  # 2: the limits, grants and overload policy moved to `options`
+FORMAT_VERSION = 2  # a checkpoint of another version is refused, never guessed at
 HEAD_BYTES = 64 * 1024  # inputs are identified by the hash of their first 64 KiB
 # "interrupted": stopped by a signal or a closed output pipe, resumable as it is. Files of
 # older versions said "running" for that: it still loads, and means the same.

@@ -927,9 +927,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: run the CLI and turn every outcome into an exit status."""
     stdio.guard()  # before anything opens a file: see stdio.py
     signal.signal(signal.SIGTERM, _raise_terminated)
-    # With -j N, four threads hand each frame on (reader, worker, writer); Python's default 5 ms
-    # switch interval makes those hand-offs wait. 1 ms took a light guest's -j 2 run over
-    # 512 MiB from 0.61 s to 0.50 s here. Set by the CLI, which owns the process; not the core.
+    # With -j N, threads hand turns (and, under an overload policy, frames) to each other;
+    # Python's default 5 ms switch interval makes every hand-off wait that long for the GIL.
+    # Set by the CLI, which owns the process; not the core.
     sys.setswitchinterval(0.001)
     interrupts.install()
     status = _run_cli(argv)

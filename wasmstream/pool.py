@@ -275,9 +275,8 @@ class _Turns:
     straight into its own instance's input buffer, and a write turn, in which it writes its
     output straight from guest memory. Between the two it runs the guest, the GIL released.
 
-    There is no reader or writer thread to hand frames to, and no copy: measured against the
-    reader/worker/writer pool on 2 cores (bench/turns.py, 256 MiB, 64 KiB frames), upper and
-    hexdump ran at 1.62x and 1.53x of one instance, against 1.24x and 1.09x.
+    There is no reader or writer thread to hand frames to, and no copy, which is why this shape
+    beats a reader/worker/writer pool (bench/turns.py measures both).
 
     Memory: one frame per instance (and a host buffer each when the input must outlive the
     guest). A read error is raised once every frame read before it is written; a failed frame
@@ -529,7 +528,7 @@ class Pacer:
     def __init__(self) -> None:
         self._last = perf_counter()
         self.per_frame = 0.0  # seconds the writer takes per frame, averaged
-        self.paused = 0.0  # seconds the reader waited in all (for tests and --stats)
+        self.paused = 0.0  # seconds the reader was held back in all (read by the tests)
 
     def frame_written(self) -> None:
         now = perf_counter()
