@@ -22,7 +22,14 @@ from . import interrupts, stdio
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
 from .core import ProgressFactory, run
-from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
+from .engines import (
+    DEFAULT_ENGINE,
+    DEFAULT_MAX_MEMORY,
+    ENGINE_NAMES,
+    DirGrant,
+    Sandbox,
+    is_component_file,
+)
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
 from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
@@ -584,7 +591,7 @@ def run_command(
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
     uninterrupted run.
     """
-    if config_arg is not None and init is None:
+    if config_arg is not None and init is None and not is_component_file(module):
         raise click.UsageError("--config needs --init NAME (the export that receives it)")
     if delimiter is not None and framing != Framing.DELIMITER.value:
         raise click.UsageError("--delimiter needs --framing delimiter")
@@ -812,7 +819,7 @@ def bench_command(
             err=True,
         )
 
-    if config_arg is not None and init is None:
+    if config_arg is not None and init is None and not is_component_file(module):
         raise click.UsageError("--config needs --init NAME (the export that receives it)")
     base = RunConfig(
         module=module,

@@ -28,6 +28,7 @@ from .options import Notify, RunConfig, StartPoint
 from .parts import shard_part
 from .policy import DeadLetters, DropLog, FailureHandler
 from .pool import Frames, InputWaits, PoolSettings, Write, run_frames
+from .settle import settle_for_component
 from .sink import STDOUT, Sink
 from .sources import Inputs, is_url
 from .tally import Tally
@@ -112,6 +113,7 @@ def execute(
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
+        config = settle_for_component(config, loaded.abi, config.config_arg is not None)
         if (config.shard or config.clustered) and loaded.abi.one_instance:
             raise UsageError(_sequential(config, loaded.abi))
         config = settle_for_state(config, loaded.abi)

@@ -27,6 +27,7 @@ from .framing import Skipped as _Skipped
 from .inputs import ConcatenatedInput
 from .options import DEFAULT_FRAME_SIZE, POLICIES, RunConfig
 from .parts import Part, align
+from .settle import settle_for_component
 from .sources import Inputs
 
 Policy = Literal["fail", "skip", "passthrough"]
@@ -114,11 +115,15 @@ class Transform:
         return transform
 
     def _setup(self, settings: RunConfig, wasm: bytes, config: bytes) -> None:
-        self.settings = settings
         self._config = config
         self.loaded: LoadedModule = load_wasm(
             wasm, settings.module, settings.abi, settings.engine, settings.sandbox, settings.cache
         )
+        try:
+            self.settings = settle_for_component(settings, self.loaded.abi, bool(config))
+        except BaseException:
+            self.loaded.engine.close()
+            raise
         self.failed: list[FailedFrame] = []  # under skip/passthrough, every failed frame so far
 
     def close(self) -> None:
@@ -210,7 +215,7 @@ class Transform:
         where = {"first_index": first_index, "first_offset": first_offset}
         frames = (
             record_frames(stream, next_buffer, settings.framing, skipped=skipped, **where)
-            if settings.framing.record_based
+            if settings.framing.record_based or settings.framing.whole_chars
             else fixed_frames(stream, next_buffer, **where)
         )
         instance = self._instance()

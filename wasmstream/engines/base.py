@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 from ..abi import GuestAbi, ModuleInfo
+from ..component import ComponentInfo
 from ..errors import ModuleError
 
 WASM_MAGIC = b"\0asm"
@@ -147,6 +148,18 @@ class CompiledModule(Protocol):
         ...
 
 
+class CompiledComponent(CompiledModule, Protocol):
+    """A compiled component: `info` is empty (a component has no core exports of its own to
+    show); `component_info` is what it imports and exports, with WIT types."""
+
+    component_info: ComponentInfo
+
+    def check_linkable(self) -> None:
+        """Raise ModuleError if an import cannot be satisfied (a WASI interface the engine does
+        not provide): asked once, before any data is read."""
+        ...
+
+
 class Engine(Protocol):
     name: str
 
@@ -158,4 +171,13 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop helper threads (the epoch ticker)."""
+        ...
+
+
+@runtime_checkable
+class ComponentEngine(Engine, Protocol):
+    """An engine that also runs components (the registry refuses them for the others)."""
+
+    def compile_component(self, wasm: bytes, source: str) -> CompiledComponent:
+        """Compile the component `wasm`. Raises ModuleError."""
         ...
