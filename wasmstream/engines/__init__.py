@@ -35,6 +35,7 @@ __all__ = [
     "MIN_MAX_OUTPUT",
     "CompiledComponent",
     "CompiledModule",
+    "ComponentEngine",
     "DirGrant",
     "Engine",
     "Instance",
@@ -42,6 +43,7 @@ __all__ = [
     "Sandbox",
     "get_engine",
     "is_component_file",
+    "refuse_unsupported",
     "load_module",
     "load_wasm",
 ]

@@ -126,9 +126,11 @@ class WasmtimeComponent:
         try:
             self._linker.instantiate(store, self._component)
         except wasmtime.WasmtimeError as error:
-            if not _is_trap(str(error)):
-                message = _one_line(str(error))
-                raise ModuleError(f"{self._source}: cannot link: {message}") from None
+            if not _is_trap(str(error)):  # the first line names the import; the rest, why
+                message = str(error).strip().splitlines()[0]
+                raise ModuleError(
+                    f"{self._source}: cannot link: {message} (wasmstream provides WASI p2 only)"
+                ) from None
 
     def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> ComponentInstance:
         return ComponentInstance(self, abi, buffer_size, config)
