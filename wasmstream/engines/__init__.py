@@ -43,9 +43,9 @@ __all__ = [
     "Sandbox",
     "get_engine",
     "is_component_file",
-    "refuse_unsupported",
     "load_module",
     "load_wasm",
+    "refuse_unsupported",
 ]
 
 
