@@ -203,6 +203,19 @@ def test_the_compiled_component_is_cached(tmp_path: Path) -> None:
     assert any("component" in name for name in entries), entries
 
 
+def test_wasi_p2_grants_only_env_given_and_guest_stdout_goes_to_stderr() -> None:
+    wasi = fixture("components/wasiecho.wasm")  # writes each frame to its stdout; returns env
+    bare = wasmstream("run", wasi, input=b"to stderr\n", env={"LEAKED": "no"})
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout == b""  # no environment granted: the host's does not leak in
+    assert bare.stderr == b"to stderr\n"
+    granted = wasmstream("run", wasi, "--env", "GREETING=hi", "--env", "B=2", input=b"x")
+    assert granted.returncode == 0, granted.stderr
+    assert granted.stdout == b"GREETING=hi\nB=2\n"
+    shown = wasmstream("inspect", wasi).stdout.decode()
+    assert "wasi:cli/stdout@0.2.0 (instance)" in shown and "ready to run" in shown
+
+
 # --- inspect --------------------------------------------------------------------------------
 
 

@@ -333,14 +333,16 @@ export_options = _stack(
         help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
     ),
     click.option(
-        "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+        "--init",
+        metavar="NAME",
+        help="Export called once per instance with the --config bytes [a component: init].",
     ),
 )
 config_option = click.option(
     "--config",
     "config_arg",
     metavar="TEXT|@FILE",
-    help="Bytes passed to --init: TEXT, or the contents of FILE.",
+    help="Bytes passed to --init (a component's init export): TEXT, or the contents of FILE.",
 )
 engine_option = click.option(
     "--engine",
@@ -585,7 +587,8 @@ def run_command(
 
     The inputs are read as one stream, cut into frames of --frame-size bytes (the last may be
     shorter), transformed by --jobs instances of MODULE in parallel, and written to stdout or
-    --output strictly in input order. See the GUEST ABI section of `man wasmstream`.
+    --output strictly in input order. MODULE is a core module or a WebAssembly component. See the
+    GUEST ABI and COMPONENTS sections of `man wasmstream`.
 
     With -o OUT, progress is checkpointed in OUT.ckpt.json; after a crash or Ctrl-C, the same
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
