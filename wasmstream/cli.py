@@ -475,6 +475,13 @@ delimiter_option = click.option(
     help="Give the guest an environment variable (repeatable) [default: none].",
 )
 @click.option(
+    "--arg",
+    "wasi_args",
+    metavar="TEXT",
+    multiple=True,
+    help="An argument for a WASI program, after argv[0] (repeatable, in order) [default: none].",
+)
+@click.option(
     "--dir",
     "dir_grants",
     metavar="HOST[:GUEST][:ro|rw]",
@@ -559,6 +566,7 @@ def run_command(
     dead_letter: str | None,
     env_pairs: tuple[tuple[str, str], ...],
     dir_grants: tuple[DirGrant, ...],
+    wasi_args: tuple[str, ...],
     wasi_command: bool,
     framing: str,
     delimiter: bytes | None,
@@ -630,6 +638,7 @@ def run_command(
             max_output=max_output,
             env=env_pairs,
             dirs=dir_grants,
+            args=wasi_args,
         ),
         on_error=on_error,
         dead_letter=dead_letter,

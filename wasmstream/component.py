@@ -37,13 +37,6 @@ WIT_PACKAGE = "wasmstream:transform@0.1.0"
 PROCESS, INIT = "process", "init"
 BYTES, TEXT = "list<u8>", "string"
 WASI_PREFIX = "wasi:"
-# The preamble: magic, a 16-bit version, a 16-bit layer (0: core module, 1: component).
-COMPONENT_LAYER = b"\x01\x00"
-
-
-def is_component(wasm: bytes) -> bool:
-    """Whether `wasm` is a component rather than a core module, by its preamble's layer."""
-    return wasm[:4] == b"\0asm" and wasm[6:8] == COMPONENT_LAYER
 
 
 @dataclass(frozen=True)

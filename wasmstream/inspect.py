@@ -27,7 +27,7 @@ from .abi import (
     StateKind,
     resolve_abi,
 )
-from .component import WASI_PREFIX, WIT_PACKAGE, ComponentItem, is_component, resolve_component
+from .component import WASI_PREFIX, WIT_PACKAGE, ComponentItem, resolve_component
 from .engines import (
     DEFAULT_ENGINE,
     CompiledComponent,
@@ -37,7 +37,7 @@ from .engines import (
     get_engine,
     read_module,
 )
-from .engines import refuse_unsupported as _refuse_unsupported
+from .engines.base import is_component
 from .errors import CheckpointError, GuestError, ModuleError, UsageError
 from .units import format_size
 
@@ -56,10 +56,8 @@ def inspect_module(
     """What MODULE exports and imports, the ABI wasmstream would use, and what is missing."""
     wasm = read_module(path)
     component = is_component(wasm)
-    if component:
-        _refuse_unsupported(engine_name, Sandbox(), component=True)
     # A deadline, so that a module whose start function never returns cannot hang inspect.
-    engine = get_engine(engine_name, Sandbox(timeout=START_TIMEOUT), cache=False)
+    engine = get_engine(engine_name, Sandbox(timeout=START_TIMEOUT), False, component)
     try:
         if component:
             assert isinstance(engine, ComponentEngine)  # the others were refused above

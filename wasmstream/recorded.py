@@ -54,6 +54,7 @@ GRANTS = Codec(
     lambda grants: [(path_text(grant.host), grant.guest, grant.writable) for grant in grants],
     lambda grants: tuple(DirGrant(text_path(host), guest, rw) for host, guest, rw in grants),
 )
+ARGS = Codec(list, tuple)
 TEXT = Codec(optional_path_text, optional_text_path)  # as given (--config @FILE: relative)
 FILE = Codec(  # a file the run writes: absolute, so a resume from elsewhere finds it
     lambda path: optional_path_text(path and os.path.abspath(path)), optional_text_path
@@ -78,6 +79,7 @@ RECORDED: dict[str, tuple[str, Codec]] = {
     "max_output": ("sandbox.max_output", SAME),
     "env": ("sandbox.env", PAIRS),
     "dirs": ("sandbox.dirs", GRANTS),
+    "args": ("sandbox.args", ARGS),
     "overload": ("overload", OVERLOAD),
     "state": ("abi.state", SAME),
     "finish": ("abi.finish", SAME),

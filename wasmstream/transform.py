@@ -60,8 +60,8 @@ class Transform:
     """A WebAssembly transform, compiled once, run over chunks or byte ranges.
 
     `module` is a path or the module's bytes. The keyword arguments are `wasmstream run`'s
-    options of the same names. Raises ModuleError when the module cannot be used, UsageError
-    for a bad option.
+    options of the same names (`args`: the `--arg`s). Raises ModuleError when the module cannot
+    be used, UsageError for a bad option.
     """
 
     def __init__(
@@ -84,6 +84,7 @@ class Transform:
         max_output: int | None = None,
         on_error: Policy = "fail",
         cache: bool = True,
+        args: Sequence[str] = (),
     ) -> None:
         if on_error not in POLICIES:
             raise UsageError(f"on_error must be one of {', '.join(POLICIES)}, not {on_error!r}")
@@ -98,7 +99,11 @@ class Transform:
             abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
             engine=engine,
             sandbox=Sandbox(
-                timeout=timeout, fuel=fuel, max_memory=max_memory, max_output=max_output
+                timeout=timeout,
+                fuel=fuel,
+                max_memory=max_memory,
+                max_output=max_output,
+                args=tuple(args),
             ),
             on_error=on_error,
             framing=spec,

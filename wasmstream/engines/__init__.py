@@ -13,7 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..abi import AbiOptions, GuestAbi, StateKind, resolve_abi
-from ..component import is_component, resolve_component
 from ..errors import ModuleError, UsageError
 from .base import (
     DEFAULT_MAX_MEMORY,
@@ -26,6 +25,7 @@ from .base import (
     Instance,
     Sandbox,
     check_header,
+    is_component,
 )
 
 __all__ = [
@@ -104,20 +104,29 @@ def refuse_unsupported(
             )
 
 
-def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) -> Engine:
-    """The engine `name`; `cache`: keep compiled modules in the user's cache directory.
-    Refuses (UsageError) a sandbox the engine cannot enforce."""
+def get_engine(
+    name: str, sandbox: Sandbox | None = None, cache: bool = True, components: bool = False
+) -> Engine:
+    """The engine `name`; `cache`: keep compiled modules in the user's cache directory;
+    `components`: one that runs components too. Refuses (UsageError) a sandbox the engine
+    cannot enforce, and components where it cannot run them."""
     if name in ENGINES:
-        refuse_unsupported(name, sandbox or Sandbox())
-    return _new_engine(name, sandbox, cache)
+        refuse_unsupported(name, sandbox or Sandbox(), component=components)
+    return _new_engine(name, sandbox, cache, components)
 
 
-def _new_engine(name: str, sandbox: Sandbox | None, cache: bool) -> Engine:
+def _new_engine(name: str, sandbox: Sandbox | None, cache: bool, components: bool) -> Engine:
     if name == "wasmtime":
         from ..cache import ModuleCache
-        from .wasmtime_component import WasmtimeComponents
 
-        return WasmtimeComponents(sandbox or Sandbox(), ModuleCache() if cache else None)
+        store = ModuleCache() if cache else None
+        if components:  # wasmtime.component costs ~12 ms to import: only when it is used
+            from .wasmtime_component import WasmtimeComponents
+
+            return WasmtimeComponents(sandbox or Sandbox(), store)
+        from .wasmtime_engine import WasmtimeEngine
+
+        return WasmtimeEngine(sandbox or Sandbox(), store)
     if name == "wasmer":
         from .wasmer_engine import WasmerEngine
 
@@ -212,9 +221,9 @@ def _load_component(
     imports linked once, all before any data is read."""
     import hashlib
 
-    if engine_name in ENGINES:
-        refuse_unsupported(engine_name, sandbox or Sandbox(), component=True)
-    engine = get_engine(engine_name, sandbox, cache)
+    from ..component import resolve_component
+
+    engine = get_engine(engine_name, sandbox, cache, components=True)
     try:
         if not isinstance(engine, ComponentEngine):  # pragma: no cover - refused above
             raise UsageError(f"the {engine_name} engine cannot run components")

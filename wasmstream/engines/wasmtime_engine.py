@@ -585,7 +585,7 @@ def _sandboxed_wasi(
 ) -> wasmtime.WasiConfig:
     """A WASI context granting only what the user granted (--env, --dir); nothing by default."""
     config = wasmtime.WasiConfig()
-    config.argv = [os.path.basename(source)]
+    config.argv = [os.path.basename(source), *sandbox.args]
     config.env = [list(pair) for pair in sandbox.env]
     for grant in sandbox.dirs:
         config.preopen_dir(grant.host, grant.guest, grant.writable)
