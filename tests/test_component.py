@@ -216,6 +216,44 @@ def test_wasi_p2_grants_only_env_given_and_guest_stdout_goes_to_stderr() -> None
     assert "wasi:cli/stdout@0.2.0 (instance)" in shown and "ready to run" in shown
 
 
+COMMAND = fixture("components/p2command.wasm")  # echoes its arguments, then its stdin
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_p2_command_component_runs_once_per_frame_with_its_arguments(jobs: str) -> None:
+    data = b"".join(b"line %d\n" % n for n in range(50))
+    args = ["--framing", "lines", "--frame-size", "64", "-j", jobs, "--arg", "-n", "--arg", "a b"]
+    done = wasmstream("run", COMMAND, *args, input=data)
+    assert done.returncode == 0, done.stderr
+    frames = _lines_frames(data, 64)
+    assert done.stdout == b"".join(b"p2command.wasm\n-n\na b\n" + frame for frame in frames)
+
+
+def _lines_frames(data: bytes, size: int) -> list[bytes]:
+    """Frames of whole lines, as --framing lines cuts them (no line here exceeds `size`)."""
+    frames, current = [], b""
+    for line in data.splitlines(keepends=True):
+        if len(current) + len(line) > size:
+            frames.append(current)
+            current = b""
+        current += line
+    return [*frames, current] if current else frames
+
+
+def test_a_failed_p2_command_fails_its_frame_under_the_policy(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    args = ["run", COMMAND, "--framing", "lines", "--frame-size", "5", "--on-error", "skip"]
+    done = wasmstream(*args, "--dead-letter", str(dead), input=b"ok\nbad!\nfine\n")
+    assert done.returncode == ExitStatus.FRAMES_FAILED, done.stderr
+    assert done.stdout == b"p2command.wasm\nok\np2command.wasm\nfine\n"
+    letter = json.loads(dead.read_text())
+    assert (letter["frame"], letter["kind"]) == (1, "exit")
+    shown = wasmstream("inspect", COMMAND)
+    assert shown.returncode == 0 and b"WASI p2 command: wasi:cli/run@0.2.0 once per frame" in (
+        shown.stdout
+    )
+
+
 # --- inspect --------------------------------------------------------------------------------
 
 
@@ -274,6 +312,11 @@ def test_imports_wasmstream_cannot_satisfy_are_refused(
     assert not out.exists()
 
 
+def test_wasi_command_on_a_component_without_run_is_refused() -> None:
+    failed = wasmstream("run", TEXT, "--wasi-command", input=b"x")
+    assert_clean_failure(failed, ExitStatus.INVALID_MODULE, "exports no wasi:cli/run@0.2.x")
+
+
 @pytest.mark.parametrize(
     ("module", "options", "needle"),
     [
@@ -282,7 +325,7 @@ def test_imports_wasmstream_cannot_satisfy_are_refused(
         (TEXT, ["--state", "memory"], "cannot be captured whole"),
         (TEXT, ["--alloc", "malloc"], "--alloc: "),
         (TEXT, ["--config", "x"], "exports no init function"),
-        (TEXT, ["--wasi-command"], "not supported yet"),
+        (COMMAND, ["--finish", "done"], "runs as a WASI command"),
         (TEXT, ["in", "--shard", "1/2"], "text component"),
     ],
 )

@@ -37,6 +37,7 @@ WIT_PACKAGE = "wasmstream:transform@0.1.0"
 PROCESS, INIT = "process", "init"
 BYTES, TEXT = "list<u8>", "string"
 WASI_PREFIX = "wasi:"
+RUN_INTERFACE, RUN = "wasi:cli/run@0.2", "run"  # a p2 command: its instance export, function
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ def resolve_component(info: ComponentInfo, options: AbiOptions, source: str) -> 
     _refuse_options(options, source)
     _check_imports(info, source)
     name = PROCESS if options.function == DEFAULT_TRANSFORM else options.function
+    run = next((e.name for e in info.exports if e.name.startswith(RUN_INTERFACE)), None)
+    if options.wasi_command or (info.export(name) is None and run is not None):
+        return _command_abi(run, options, source)
     process = _require(info, name, "transform", _process_sigs(BYTES) + _process_sigs(TEXT), source)
     value = process.param_types[0]
     init = options.init or (INIT if info.export(INIT) else None)
@@ -138,11 +142,28 @@ def _refuse_options(options: AbiOptions, source: str) -> None:
             f"--state memory: {source} is a component, whose instance cannot be captured whole; "
             f"export {SNAPSHOT} and {RESTORE} to keep its state"
         )
-    if options.wasi_command:
-        raise UsageError(
-            f"--wasi-command: {source} is a component; WASI p2 command components (wasi:cli/run) "
-            "are not supported yet"
+
+
+def _command_abi(run: str | None, options: AbiOptions, source: str) -> GuestAbi:
+    """A WASI p2 command component, run once per frame as a core WASI command is."""
+    if run is None:
+        raise ModuleError(
+            f"{source}: --wasi-command: the component exports no {RUN_INTERFACE}.x interface "
+            "(wasi:cli/run), so it is not a WASI p2 command"
         )
+    if options.finish or options.init:
+        raise UsageError(
+            f"{source} runs as a WASI command (a fresh instance per frame): it has no init "
+            "and no finish function"
+        )
+    return GuestAbi(
+        transform=run,
+        result=ResultKind.IN_PLACE,  # unused
+        alloc="",
+        command=True,
+        wasi=True,
+        component=ComponentAbi(text=False),
+    )
 
 
 def _check_imports(info: ComponentInfo, source: str) -> None:

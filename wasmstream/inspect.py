@@ -97,6 +97,12 @@ def _component_report(
         report["problem"] = problem
         return report
     assert abi.component is not None
+    if abi.command:
+        mode = (
+            f"WASI p2 command: {abi.transform} once per frame, frame on stdin, output from stdout"
+        )
+        report["abi"] = {"mode": mode}
+        return report
     value = "text (string): whole UTF-8 characters" if abi.component.text else "bytes (list<u8>)"
     report["abi"] = {
         "mode": f"component ({WIT_PACKAGE})",

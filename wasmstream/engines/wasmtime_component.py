@@ -31,9 +31,10 @@ from wasmtime import _bindings as _ffi
 from wasmtime import component as cm
 
 from ..abi import RESTORE, SNAPSHOT, GuestAbi, ModuleInfo, StateKind
-from ..component import ComponentInfo, ComponentItem, WitFunc
+from ..component import RUN, ComponentInfo, ComponentItem, WitFunc
 from ..errors import (
     GuestError,
+    GuestExit,
     GuestOutOfFuel,
     GuestTimeout,
     GuestTrap,
@@ -44,7 +45,15 @@ from ..errors import (
 )
 from ..units import format_duration, format_size
 from .base import CopyingInstance, check_header
-from .wasmtime_engine import WasmtimeEngine, _one_line, _sandboxed_wasi, _to_stderr
+from .wasmtime_engine import (
+    WasmtimeEngine,
+    _CappedOutput,
+    _frame_as_stdin,
+    _Guard,
+    _one_line,
+    _sandboxed_wasi,
+    _to_stderr,
+)
 
 T = TypeVar("T")
 
@@ -132,11 +141,28 @@ class WasmtimeComponent:
                     f"{self._source}: cannot link: {message} (wasmstream provides WASI p2 only)"
                 ) from None
 
-    def instantiate(self, abi: GuestAbi, buffer_size: int, config: bytes) -> ComponentInstance:
+    def instantiate(
+        self, abi: GuestAbi, buffer_size: int, config: bytes
+    ) -> ComponentInstance | ComponentCommand:
+        if abi.command:
+            return ComponentCommand(self, abi, buffer_size)
         return ComponentInstance(self, abi, buffer_size, config)
 
-    def new_instance(self, store: wasmtime.Store) -> cm.Instance:
-        return self._linker.instantiate(store, self._component)
+    def start(self, store: wasmtime.Store, guard: _Guard) -> cm.Instance:
+        """A new instance in `store` (its WASI context set), started under its limits."""
+        guard.arm()
+        try:
+            return self._linker.instantiate(store, self._component)
+        except wasmtime.WasmtimeError as error:
+            raise StartupError(f"cannot start: {_one_line(str(error))}") from None
+
+    def export_index(self, interface: str, name: str) -> cm.ExportIndex:
+        """Where function `name` of the exported instance `interface` is (found once)."""
+        found = self._component.get_export_index(interface)
+        inner = self._component.get_export_index(name, found) if found is not None else None
+        if inner is None:
+            raise ModuleError(f"{self._source}: {interface} exports no function {name}")
+        return inner
 
 
 class ComponentInstance(CopyingInstance):
@@ -153,15 +179,10 @@ class ComponentInstance(CopyingInstance):
         self._buffer_array = (ctypes.c_ubyte * buffer_size).from_buffer(self._buffer)
         self._max_output = sandbox.output_limit(buffer_size)
         self._kinds = bytes([KIND_U8]) * buffer_size  # a list<u8>'s element kinds, made once
-        self._store, self._guard = engine.new_store()
-        self._engine = engine
+        self._store, guard = engine.new_store()
         self._store.set_wasi(_sandboxed_wasi(compiled._source, sandbox, _to_stderr))
-        self._guard.arm()
-        try:
-            instance = compiled.new_instance(self._store)
-        except wasmtime.WasmtimeError as error:
-            raise StartupError(f"cannot start: {self._describe(error)}") from None
-        self._context = self._store._context()
+        instance = compiled.start(self._store, guard)
+        self._caller = _Caller(engine, self._store, guard, self._max_output)
         self._process = self._func(instance, abi.transform)
         self._finish = self._func(instance, abi.finish) if abi.finish else None
         stateful = abi.state is StateKind.EXPORTS
@@ -171,13 +192,11 @@ class ComponentInstance(CopyingInstance):
             self._init(self._func(instance, abi.init), abi.init, config)
 
     def _func(self, instance: cm.Instance, name: str) -> _Func:
-        func = instance.get_func(self._store, name)
-        assert func is not None  # its type was checked by resolve_component
-        return _Func(func._func, func.type(self._store).result is not None)
+        return _func(self._store, instance, name)
 
     def _init(self, func: _Func, name: str, config: bytes) -> None:
         try:
-            self._call(func, _bytes_value(memoryview(config), self._kinds_for(len(config))))
+            self._caller.call(func, _bytes_value(memoryview(config), self._kinds_for(len(config))))
         except GuestError as error:
             raise StartupError(f"{name}: {error.what}") from None
 
@@ -191,17 +210,19 @@ class ComponentInstance(CopyingInstance):
             param = _text_value(ctypes.addressof(self._buffer_array), length)
         else:
             param = _bytes_value(data, self._kinds)
-        return self._call(self._process, param, consume, limit=True)
+        return self._caller.call(self._process, param, consume, limit=True)
 
     def snapshot(self) -> bytes | None:
         if self._snapshot is None:
             return None
-        return self._call(self._snapshot, None, bytes)
+        return self._caller.call(self._snapshot, None, bytes)
 
     def restore(self, state: bytes) -> None:
         assert self._restore is not None  # restore is asked only of a stateful component
         try:
-            self._call(self._restore, _bytes_value(memoryview(state), self._kinds_for(len(state))))
+            self._caller.call(
+                self._restore, _bytes_value(memoryview(state), self._kinds_for(len(state)))
+            )
         except GuestError as error:
             if isinstance(error, _Refused):
                 raise StateRefused(f"{RESTORE} refused the saved state: {error.what}") from None
@@ -210,7 +231,7 @@ class ComponentInstance(CopyingInstance):
     def finish(self) -> bytes:
         if self._finish is None:
             return b""
-        return self._call(self._finish, None, bytes, limit=True)
+        return self._caller.call(self._finish, None, bytes, limit=True)
 
     def close(self) -> None:
         pass
@@ -218,18 +239,71 @@ class ComponentInstance(CopyingInstance):
     def _kinds_for(self, length: int) -> bytes:
         return self._kinds if length <= len(self._kinds) else bytes([KIND_U8]) * length
 
-    def _call(
+
+class ComponentCommand(CopyingInstance):
+    """A WASI p2 command component (`wasi:cli/run`) run once per frame, as a core WASI command
+    is: a fresh store and instance per frame, the frame its stdin, its stdout the output; a
+    failed `run` or a non-zero exit fails the frame."""
+
+    def __init__(self, compiled: WasmtimeComponent, abi: GuestAbi, buffer_size: int) -> None:
+        self._compiled = compiled
+        self._buffer = bytearray(buffer_size)
+        self._max_output = compiled._engine._sandbox.output_limit(buffer_size)
+        self._run = compiled.export_index(abi.transform, RUN)
+
+    def input_buffer(self) -> memoryview:
+        return memoryview(self._buffer)
+
+    def transform_buffer(self, length: int, consume: Callable[[memoryview], T]) -> T:
+        compiled = self._compiled
+        engine = compiled._engine
+        store, guard = engine.new_store()
+        output = _CappedOutput(self._max_output)
+        config = _sandboxed_wasi(compiled._source, engine._sandbox, output.write)
+        _frame_as_stdin(config, memoryview(self._buffer)[:length])
+        store.set_wasi(config)
+        instance = compiled.start(store, guard)
+        func = instance.get_func(store, self._run)
+        assert func is not None  # export_index found it
+        caller = _Caller(engine, store, guard, self._max_output)
+        try:
+            caller.call(_Func(func._func, True), None, exit_ok=True)
+        except _Refused:
+            raise GuestExit(f"{RUN} returned an error (the program failed)") from None
+        if output.overflowed:
+            raise GuestError(
+                f"output of more than {format_size(self._max_output)} exceeds --max-output"
+            )
+        return consume(memoryview(b"".join(output.chunks)))
+
+    def close(self) -> None:
+        pass
+
+
+class _Caller:
+    """Calls into the component instance of one store, under that store's limits."""
+
+    def __init__(
+        self, engine: WasmtimeEngine, store: wasmtime.Store, guard: _Guard, max_output: int
+    ) -> None:
+        self._engine = engine
+        self._guard = guard
+        self._context = store._context()
+        self._max_output = max_output
+
+    def call(
         self,
         func: _Func,
         param: Any,
         consume: Callable[[memoryview], T] = _ignore,  # type: ignore[assignment]
         limit: bool = False,
+        exit_ok: bool = False,
     ) -> T:
         """Call `func` with one parameter (or none) under fresh limits: `consume(output)`, the
         output being the value it returned (or its `ok`'s, or nothing), freed right after.
         An `err` raises _Refused with the guest's message; a trap, a GuestError naming why."""
         guard = self._guard
-        if guard.per_call:
+        if guard.per_call or exit_ok:
             guard.arm()
         result = _ffi.wasmtime_component_val_t()
         try:
@@ -245,7 +319,10 @@ class ComponentInstance(CopyingInstance):
             if param is not None:
                 _ffi.wasmtime_component_val_delete(ctypes.byref(param))
         if error:
-            raise self._failure(wasmtime.WasmtimeError._from_ptr(error)) from None
+            failure = wasmtime.WasmtimeError._from_ptr(error)
+            if exit_ok and isinstance(failure, wasmtime.ExitTrap) and failure.code == 0:
+                return consume(memoryview(b""))  # a command's exit(0): a normal end
+            raise self._failure(failure) from None
         if not func.has_result:
             return consume(memoryview(b""))
         try:
@@ -273,6 +350,8 @@ class ComponentInstance(CopyingInstance):
 
     def _failure(self, error: wasmtime.WasmtimeError) -> GuestError | Interrupted:
         """What a failed call failed of: a limit, Ctrl-C, or the guest's own trap."""
+        if isinstance(error, wasmtime.ExitTrap):
+            return GuestExit(f"guest exited with status {error.code}")
         text = str(error)
         sandbox = self._engine._sandbox
         if "wasm trap: interrupt" in text:
@@ -282,10 +361,13 @@ class ComponentInstance(CopyingInstance):
                 return GuestTimeout(f"timed out after {format_duration(sandbox.timeout)}")
         if "all fuel consumed" in text and sandbox.fuel is not None:
             return GuestOutOfFuel(f"ran out of fuel ({sandbox.fuel})")
-        return GuestTrap(f"guest trapped: {self._describe(error)}")
+        return GuestTrap(f"guest trapped: {_one_line(str(error))}")
 
-    def _describe(self, error: wasmtime.WasmtimeError) -> str:
-        return _one_line(str(error))
+
+def _func(store: wasmtime.Store, instance: cm.Instance, name: str) -> _Func:
+    func = instance.get_func(store, name)
+    assert func is not None  # its type was checked by resolve_component
+    return _Func(func._func, func.type(store).result is not None)
 
 
 class _Func(NamedTuple):
