@@ -139,6 +139,16 @@ def test_max_output_bounds_a_components_output() -> None:
     assert_clean_failure(failed, ExitStatus.GUEST_ERROR, "202 bytes exceeds the --max-output")
 
 
+def test_max_memory_bounds_a_components_memory(tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"a" * 1_000_000)
+    args = ["run", BYTES, "in", "--frame-size", "1M"]
+    fits = wasmstream(*args, "--max-memory", "4M", cwd=tmp_path)
+    assert fits.returncode == 0 and fits.stdout == b"a" * 1_000_000, fits.stderr
+    # the input list (1 MB) fits in 1.5 MB, the output list does not: the guest's grow fails
+    failed = wasmstream(*args, "--max-memory", "1500K", cwd=tmp_path)
+    assert_clean_failure(failed, ExitStatus.GUEST_ERROR, "frame 0 at offset 0", "unreachable")
+
+
 def test_sigkill_then_resume_keeps_a_stateful_components_state(tmp_path: Path) -> None:
     data = lines(300_000, seed=20)
     source, out = tmp_path / "in.txt", tmp_path / "out"

@@ -57,6 +57,7 @@ from .wasmtime_engine import (
 
 T = TypeVar("T")
 
+COMPONENT_PARTS = 1000  # core instances, memories, tables: a component may hold dozens
 VAL_SIZE = ctypes.sizeof(_ffi.wasmtime_component_val_t)
 VALUE_AT = _ffi.wasmtime_component_val_t.of.offset  # where a value's payload starts
 KIND_U8 = 2
@@ -91,6 +92,22 @@ class WasmtimeComponents(WasmtimeEngine):
                 name = self._component_cache_name(digest)
                 self._cache.store(name, digest, bytes(component.serialize()))
         return WasmtimeComponent(self, component, source)
+
+    def new_store(self) -> tuple[wasmtime.Store, _Guard]:
+        """A store as for core modules, allowing the many core instances, memories and tables
+        one component is made of (toolchains' adapters and shims); `--max-memory` still
+        bounds each memory."""
+        store, guard = super().new_store()
+        max_memory = self._sandbox.max_memory
+        if max_memory is not None:
+            store.set_limits(
+                memory_size=max_memory,
+                table_elements=1 << 20,
+                instances=COMPONENT_PARTS,
+                tables=COMPONENT_PARTS,
+                memories=COMPONENT_PARTS,
+            )
+        return store, guard
 
     def _component_cache_name(self, digest: str) -> str:
         return self._cache_name(digest) + "-component"
