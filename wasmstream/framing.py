@@ -279,7 +279,7 @@ def _utf8_cut(buffer: Buffer, filled: int, ended: bool) -> int:
         return filled
     for back in range(1, min(4, filled) + 1):
         byte = buffer[filled - back]
-        if byte < 0x80:  # ASCII: what follows it (if anything) is no character's start
+        if byte < 0x80 or byte >= 0xF8:  # ASCII, or no UTF-8 at all: nothing to keep whole
             return filled
         if byte >= 0xC0:  # a lead byte, of a character this many bytes long
             length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4

@@ -30,6 +30,7 @@ import wasmtime
 from wasmtime import _bindings as _ffi
 from wasmtime import component as cm
 
+from .. import interrupts
 from ..abi import RESTORE, SNAPSHOT, GuestAbi, ModuleInfo, StateKind
 from ..component import RUN, ComponentInfo, ComponentItem, WitFunc
 from ..errors import (
@@ -76,7 +77,8 @@ def _ignore(output: memoryview) -> None:
 
 
 class WasmtimeComponents(WasmtimeEngine):
-    """The wasmtime engine, with components: what the registry hands out as "wasmtime"."""
+    """The wasmtime engine, able to run components too: what the registry hands out as
+    "wasmtime" for a component (core modules get the plain engine, which loads faster)."""
 
     def compile_component(self, wasm: bytes, source: str) -> WasmtimeComponent:
         check_header(wasm, source)
@@ -84,7 +86,8 @@ class WasmtimeComponents(WasmtimeEngine):
         component = self._component_from_cache(digest)
         if component is None:
             try:
-                component = cm.Component(self._engine, wasm)
+                # a large component takes seconds to compile: Ctrl-C must still stop it
+                component = interrupts.interruptible(lambda: cm.Component(self._engine, wasm))
             except wasmtime.WasmtimeError as error:
                 message = _one_line(str(error))
                 raise ModuleError(f"{source}: invalid WebAssembly component: {message}") from None
