@@ -55,11 +55,14 @@ def test_a_text_component_transforms_text() -> None:
     assert done.stdout == ascii_upper(data)
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("frame_size", [4, 5, 6, 7, 9, 16])
-def test_fixed_frames_keep_characters_whole_for_a_text_component(frame_size: int) -> None:
+def test_fixed_frames_keep_characters_whole_for_a_text_component(
+    frame_size: int, jobs: str
+) -> None:
     # 2-, 3- and 4-byte characters everywhere: a fixed frame ends inside one at every size.
     data = "héllo wörld €uro 𝄞 clef\n".encode() * 20
-    done = wasmstream("run", TEXT, "--frame-size", str(frame_size), input=data)
+    done = wasmstream("run", TEXT, "--frame-size", str(frame_size), "-j", jobs, input=data)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ascii_upper(data)
 
