@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -265,6 +267,43 @@ def test_a_failed_p2_command_fails_its_frame_under_the_policy(tmp_path: Path) ->
     assert shown.returncode == 0 and b"WASI p2 command: wasi:cli/run@0.2.0 once per frame" in (
         shown.stdout
     )
+
+
+PYTHON_GUEST = """
+import re
+
+import wit_world
+from componentize_py_types import Err
+
+
+class WitWorld(wit_world.WitWorld):
+    def process(self, frame: str) -> str:
+        if "!" in frame:
+            raise Err("no exclamations, please")
+        return re.sub(r"\\d", "#", frame).upper()
+"""
+
+
+def componentize_py() -> str | None:
+    beside = Path(sys.executable).parent / "componentize-py"
+    return str(beside) if beside.exists() else shutil.which("componentize-py")
+
+
+@pytest.mark.skipif(componentize_py() is None, reason="componentize-py is not installed")
+def test_a_python_guest_built_by_componentize_py_runs(tmp_path: Path) -> None:
+    """A real toolchain's component (18 MB, 25 WASI p2 imports, many core instances), built
+    against the shipped WIT's `text` world: its output, and its err reaching a dead letter."""
+    (tmp_path / "app.py").write_text(PYTHON_GUEST)
+    wit = ROOT / "wasmstream" / "wit" / "transform.wit"
+    build = [str(componentize_py()), "-d", str(wit), "-w", "text", "componentize", "app"]
+    subprocess.run([*build, "-o", "guest.wasm"], cwd=tmp_path, check=True, capture_output=True)
+    args = ["run", "guest.wasm", "--framing", "lines", "--frame-size", "10", "--on-error", "skip"]
+    data = b"a1 b22\nno!\nc3 d4 e5\n"  # frames: a line each (no two fit in 10 bytes)
+    done = wasmstream(*args, "--dead-letter", "dead", input=data, cwd=tmp_path)
+    assert done.returncode == ExitStatus.FRAMES_FAILED, done.stderr
+    assert done.stdout == b"A# B##\nC# D# E#\n"
+    letter = json.loads((tmp_path / "dead").read_text())
+    assert (letter["frame"], letter["message"]) == (1, "no exclamations, please")
 
 
 # --- inspect --------------------------------------------------------------------------------

@@ -245,7 +245,7 @@ def format_module_report(report: dict[str, Any]) -> str:
     lines.append("imports")
     lines += [f"  {imp}" for imp in report["imports"]] or ["  (none)"]
     if report["wasi"]:
-        lines.append("  WASI: linked to a sandbox granting nothing but --dir and --env")
+        lines.append("  WASI: linked to a sandbox granting nothing but --dir, --env and --arg")
     if report["abi"] is None:
         lines.append(f"cannot run: {report['problem']}")
         lines += [f"  missing {what}" for what in report["missing"]]
