@@ -436,6 +436,7 @@ def test_refuses_changed_output_option(tmp_path: Path) -> None:
         (["--timeout", "10s"], "--timeout"),
         (["--max-memory", "512M"], "--max-memory"),
         (["--env", "K=V"], "--env"),
+        (["--arg", "x"], "--arg"),
     ],
 )
 def test_refuses_every_changed_option_that_can_change_the_bytes(

@@ -22,3 +22,9 @@ def test_wat_source_builds_to_committed_binary(source) -> None:  # type: ignore[
 @pytest.mark.parametrize("source", sorted((FIXTURES / "c").glob("*.c")), ids=lambda p: p.name)
 def test_c_source_builds_to_committed_binary(source) -> None:  # type: ignore[no-untyped-def]
     assert build.build_c(source) == source.with_suffix(".wasm").read_bytes()
+
+
+@pytest.mark.skipif(build.wasm_tools() is None, reason="wasm-tools not installed")
+@pytest.mark.parametrize("source", build.component_sources(), ids=lambda p: p.name)
+def test_component_source_builds_to_committed_binary(source) -> None:  # type: ignore[no-untyped-def]
+    assert build.build_component(source) == source.with_suffix(".wasm").read_bytes()

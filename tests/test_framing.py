@@ -187,3 +187,34 @@ def test_spans_account_for_skipped_records() -> None:
     data = b"a\n" + b"y" * 30 + b"\nb\n"
     frames = cut_records(data, 8, [], FramingSpec(Framing.LINES, oversize=Oversize.SKIP))
     assert [(o, s, f) for o, s, f in frames] == [(0, 2, b"a\n"), (33, 33, b"b\n")]
+
+
+# --- whole UTF-8 characters (a text component's fixed frames) -------------------------------
+
+WHOLE_CHARS = FramingSpec(Framing.FIXED, whole_chars=True)
+
+
+@given(
+    st.text(max_size=400),
+    st.integers(4, 64),
+    st.lists(st.integers(1, 90), max_size=6),
+)
+def test_fixed_frames_can_keep_utf8_characters_whole(
+    text: str, frame_size: int, pieces: list[int]
+) -> None:
+    data = text.encode()
+    frames = cut_records(data, frame_size, pieces, WHOLE_CHARS)
+    assert b"".join(f for _, _, f in frames) == data
+    for _, _, frame in frames:
+        frame.decode()  # every frame is valid UTF-8 on its own
+        assert 0 < len(frame) <= frame_size
+    # at most a character's first 3 bytes move on to the next frame
+    assert all(len(f) > frame_size - 4 for _, _, f in frames[:-1])
+    assert frames == cut_records(data, frame_size, [], WHOLE_CHARS)
+
+
+def test_invalid_utf8_is_cut_where_it_is_and_left_to_the_transform() -> None:
+    data = b"ab\xff\xfe\xfd\xfcgh\x80"
+    frames = [f for _, _, f in cut_records(data, 4, [], WHOLE_CHARS)]
+    assert b"".join(frames) == data
+    assert [len(f) for f in frames] == [4, 4, 1]

@@ -119,6 +119,9 @@ NOT_AT_START = {
     "traceback": "WASMSTREAM_DEBUG's trace of an internal error (1 ms)",
     "importlib.metadata": "--version (20 ms)",
     "asyncio": "--cluster",
+    "wasmstream.component": "components (the contract's dataclasses: 4 ms)",
+    "wasmstream.engines.wasmtime_component": "components",
+    "wasmtime.component": "components (12 ms)",
 }
 
 # A plain run (INPUT to stdout, as bench row B7 runs it), in one process: the modules it loaded,

@@ -331,6 +331,16 @@ def test_wasi_command_program_as_a_filter(jobs: str) -> None:
 
 
 @pytest.mark.wasmtime_only  # WASI command mode
+@pytest.mark.wasmtime_only  # wasmer refuses WASI command mode
+def test_arg_gives_a_wasi_command_its_arguments_after_argv0() -> None:
+    args = ["--arg", "one", "--arg", "two words", "--arg=-x", "--arg", ""]
+    done = wasmstream("run", fixture("echoargs.wasm"), *args, input=b"frame\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"echoargs.wasm\none\ntwo words\n-x\n\nframe\n"
+    bare = wasmstream("run", fixture("echoargs.wasm"), input=b"frame\n")
+    assert bare.stdout == b"echoargs.wasm\nframe\n"  # no arguments unless given
+
+
 def test_wasi_command_failure_follows_the_policy() -> None:
     data = b"abc\n" * 4 + b"a\0c\n" * 4 + b"xyz\n" * 4
     failed = wasmstream(

@@ -242,3 +242,15 @@ def test_a_forked_worker_holds_none_of_the_runs_files(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.communicate(timeout=30)
+
+
+def test_a_component_is_refused_in_one_line_before_anything_is_read(tmp_path: Path) -> None:
+    """Under WASMSTREAM_ENGINE=wasmer (this suite), a component is refused by the engine
+    registry, not by wasmer's compiler: exit 2, one line, no output file."""
+    out = tmp_path / "out"
+    module = fixture("components/textupper.wasm")
+    failed = wasmstream("run", module, "-o", str(out), input=b"text")
+    assert_clean_failure(
+        failed, ExitStatus.USAGE, "a WebAssembly component is not supported by the wasmer engine"
+    )
+    assert not out.exists()

@@ -97,6 +97,14 @@ class AbiOptions:
 
 
 @dataclass(frozen=True)
+class ComponentAbi:
+    """How to drive a component (see `component`): what its functions pass. Each result is
+    read by what it holds (a value, or an `ok` or `err`), so only the value type is decided."""
+
+    text: bool  # process takes and returns `string` (whole UTF-8 characters), else `list<u8>`
+
+
+@dataclass(frozen=True)
 class GuestAbi:
     """How to drive one module, decided once per run."""
 
@@ -114,6 +122,8 @@ class GuestAbi:
     state_globals: tuple[tuple[str, str], ...] = ()  # MEMORY: (reserved export, value type)
     finish: str | None = None  # called once after the last frame: () -> i64 packed
     range_dealloc: str | None = None  # frees snapshot() and finish() ranges, whatever `result`
+    component: ComponentAbi | None = None  # a component: `transform`, `init`, `finish` name its
+    # functions; the fields about memory, allocation and results are unused
 
     @property
     def one_instance(self) -> bool:

@@ -108,6 +108,7 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_output: Positive | None = None
     env: list[tuple[str, str]] = msgspec.field(default_factory=list)
     dirs: list[tuple[str, str, bool]] = msgspec.field(default_factory=list)
+    args: list[str] = msgspec.field(default_factory=list)  # --arg, in order
     overload: OverloadText = "block"
     state: StateMode = "auto"
     finish: str | None = None
@@ -116,7 +117,12 @@ class OutputOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 # How each field of OutputOptions is spelled on the command line, where it differs.
-FLAGS = {"config_sha256": "--config", "overload": "--on-overload", "dirs": "--dir"}
+FLAGS = {
+    "config_sha256": "--config",
+    "overload": "--on-overload",
+    "dirs": "--dir",
+    "args": "--arg",
+}
 
 
 class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

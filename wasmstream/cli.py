@@ -22,7 +22,14 @@ from . import interrupts, stdio
 from ._version import __version__
 from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
 from .core import ProgressFactory, run
-from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
+from .engines import (
+    DEFAULT_ENGINE,
+    DEFAULT_MAX_MEMORY,
+    ENGINE_NAMES,
+    DirGrant,
+    Sandbox,
+    is_component_file,
+)
 from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
 from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
@@ -318,14 +325,16 @@ export_options = _stack(
         help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
     ),
     click.option(
-        "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+        "--init",
+        metavar="NAME",
+        help="Export called once per instance with the --config bytes [a component: init].",
     ),
 )
 config_option = click.option(
     "--config",
     "config_arg",
     metavar="TEXT|@FILE",
-    help="Bytes passed to --init: TEXT, or the contents of FILE.",
+    help="Bytes passed to --init (a component's init export): TEXT, or the contents of FILE.",
 )
 engine_option = click.option(
     "--engine",
@@ -458,6 +467,13 @@ delimiter_option = click.option(
     help="Give the guest an environment variable (repeatable) [default: none].",
 )
 @click.option(
+    "--arg",
+    "wasi_args",
+    metavar="TEXT",
+    multiple=True,
+    help="An argument for a WASI program, after argv[0] (repeatable, in order) [default: none].",
+)
+@click.option(
     "--dir",
     "dir_grants",
     metavar="HOST[:GUEST][:ro|rw]",
@@ -542,6 +558,7 @@ def run_command(
     dead_letter: str | None,
     env_pairs: tuple[tuple[str, str], ...],
     dir_grants: tuple[DirGrant, ...],
+    wasi_args: tuple[str, ...],
     wasi_command: bool,
     framing: str,
     delimiter: bytes | None,
@@ -570,13 +587,14 @@ def run_command(
 
     The inputs are read as one stream, cut into frames of --frame-size bytes (the last may be
     shorter), transformed by --jobs instances of MODULE in parallel, and written to stdout or
-    --output strictly in input order. See the GUEST ABI section of `man wasmstream`.
+    --output strictly in input order. MODULE is a core module or a WebAssembly component. See the
+    GUEST ABI and COMPONENTS sections of `man wasmstream`.
 
     With -o OUT, progress is checkpointed in OUT.ckpt.json; after a crash or Ctrl-C, the same
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
     uninterrupted run.
     """
-    if config_arg is not None and init is None:
+    if config_arg is not None and init is None and not is_component_file(module):
         raise click.UsageError("--config needs --init NAME (the export that receives it)")
     if delimiter is not None and framing != Framing.DELIMITER.value:
         raise click.UsageError("--delimiter needs --framing delimiter")
@@ -612,6 +630,7 @@ def run_command(
             max_output=max_output,
             env=env_pairs,
             dirs=dir_grants,
+            args=wasi_args,
         ),
         on_error=OnError(on_error),
         dead_letter=dead_letter,
@@ -804,7 +823,7 @@ def bench_command(
             err=True,
         )
 
-    if config_arg is not None and init is None:
+    if config_arg is not None and init is None and not is_component_file(module):
         raise click.UsageError("--config needs --init NAME (the export that receives it)")
     base = RunConfig(
         module=module,

@@ -13,7 +13,6 @@ messages and exit codes in one place, and reports notices through the `notify` c
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from collections.abc import Callable, Generator, Iterator
@@ -31,10 +30,11 @@ from .errors import CheckpointError, ExitStatus, FramesFailed, Interrupted, Stat
 from .files import Role, RunFiles, check_checkpoint_path, check_distinct
 from .framing import Skipped
 from .inputs import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
-from .options import Notify, OnError, Reached, RunConfig
+from .options import Notify, Reached, RunConfig
 from .parts import shard_part
 from .policy import DeadLetters, DeadLetterSink, DropLog, FailureHandler
 from .pool import Frames, InputWaits, PoolSettings, Write, run_frames
+from .settle import settle_for_component, settle_for_state
 from .sink import STDOUT, Sink
 from .sources import Inputs, is_url
 from .tally import Tally
@@ -115,6 +115,7 @@ def execute(
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
+        config = settle_for_component(config, loaded.abi, config.config_arg is not None)
         if (config.shard or config.clustered) and loaded.abi.one_instance:
             raise UsageError(_sequential(config, loaded.abi))
         config = settle_for_state(config, loaded.abi)
@@ -127,32 +128,6 @@ def execute(
         failed.summary = summary
         raise failed
     return summary
-
-
-def settle_for_state(config: RunConfig, abi: GuestAbi) -> RunConfig:
-    """A stateful module (or one with a finish function) runs as one instance, frames in input
-    order: `--jobs auto` (the default) means 1 for it, and what cannot keep its state whole is
-    refused up front."""
-    if not abi.one_instance:
-        return config
-    why = abi.why_one_instance
-    if config.jobs is not None and config.jobs > 1:
-        raise UsageError(
-            f"{config.module} {why}: it runs as one instance, frames in order; "
-            f"-j {config.jobs} cannot apply (leave -j out, or give -j 1 or auto)"
-        )
-    if config.overload.policy != "block":
-        raise UsageError(
-            f"{config.module} {why}: every frame must reach it; --on-overload {config.overload} "
-            "cannot apply"
-        )
-    if config.on_error is not OnError.FAIL and abi.state is not StateKind.NONE:
-        raise UsageError(
-            f"{config.module} {why}: a failed frame may leave that state half-updated, so "
-            f"--on-error {config.on_error.value} is refused for it (use --on-error fail, or "
-            "--state none)"
-        )
-    return dataclasses.replace(config, jobs=1)
 
 
 def _check_splittable(config: RunConfig) -> None:

@@ -47,6 +47,9 @@ class FramingSpec:
     delimiter: bytes = b"\n"
     oversize: Oversize = Oversize.ERROR
     linger: float | None = None  # seconds; None: wait for a full frame
+    # Fixed frames end on a UTF-8 character boundary: a character split at a frame's end
+    # moves to the next frame (set for a text component, not by an option of its own).
+    whole_chars: bool = False
 
     @property
     def record_based(self) -> bool:
@@ -226,7 +229,7 @@ def frames(
 ) -> Iterator[Frame]:
     """The frames `spec` cuts `stream` into: fixed-size, or whole records."""
     first = {"first_index": first_index, "first_offset": first_offset}
-    if spec.record_based:
+    if spec.record_based or spec.whole_chars:
         return record_frames(stream, next_buffer, spec, skipped=skipped, **first)
     return fixed_frames(stream, next_buffer, linger=spec.linger, **first)
 
@@ -248,6 +251,8 @@ def _has_record(cut_of: Callable[[Buffer, int, bool], int], buffer: Buffer, fill
 
 def _cutter(spec: FramingSpec) -> Callable[[Buffer, int, bool], int]:
     """For a framing: (buffer, bytes in it, stream ended) -> end of the last whole record."""
+    if spec.framing is Framing.FIXED:  # whole_chars: a "record" is a UTF-8 character
+        return _utf8_cut
     if spec.framing is Framing.LENGTH_PREFIXED:
         return _length_prefixed_cut
     delimiter = b"\n" if spec.framing is Framing.LINES else spec.delimiter
@@ -264,6 +269,22 @@ def _rfind(buffer: Buffer, delimiter: bytes, end: int) -> int:
     if isinstance(buffer, bytearray):
         return buffer.rfind(delimiter, 0, end)
     return bytes(buffer[:end]).rfind(delimiter)
+
+
+def _utf8_cut(buffer: Buffer, filled: int, ended: bool) -> int:
+    """Where the last whole UTF-8 character ends: before a lead byte whose character is not all
+    in the buffer yet. Anything else (invalid UTF-8 included) is cut where it is; the text
+    transform refuses invalid input itself, naming where it is."""
+    if ended:
+        return filled
+    for back in range(1, min(4, filled) + 1):
+        byte = buffer[filled - back]
+        if byte < 0x80 or byte >= 0xF8:  # ASCII, or no UTF-8 at all: nothing to keep whole
+            return filled
+        if byte >= 0xC0:  # a lead byte, of a character this many bytes long
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return filled - back if length > back else filled
+    return filled  # continuation bytes only: invalid, left to the transform
 
 
 def _length_prefixed_cut(buffer: Buffer, filled: int, ended: bool) -> int:

@@ -28,8 +28,18 @@ from .abi import (
     StateKind,
     resolve_abi,
 )
-from .engines import DEFAULT_ENGINE, CompiledModule, Sandbox, get_engine, read_module
-from .errors import CheckpointError, GuestError, ModuleError
+from .component import WASI_PREFIX, WIT_PACKAGE, ComponentItem, resolve_component
+from .engines import (
+    DEFAULT_ENGINE,
+    CompiledComponent,
+    CompiledModule,
+    ComponentEngine,
+    Sandbox,
+    get_engine,
+    read_module,
+)
+from .engines.base import is_component
+from .errors import CheckpointError, GuestError, ModuleError, UsageError
 from .units import format_size
 
 INIT_NAMES = ("init", "configure", "setup")
@@ -45,14 +55,75 @@ def inspect_module(
 ) -> dict[str, Any]:
     """What MODULE exports and imports, the ABI wasmstream would use, and what is missing."""
     wasm = read_module(path)
+    component = is_component(wasm)
     # A deadline, so that a module whose start function never returns cannot hang inspect.
-    engine = get_engine(engine_name, Sandbox(timeout=START_TIMEOUT), cache=False)
+    engine = get_engine(engine_name, Sandbox(timeout=START_TIMEOUT), False, component)
     try:
+        if component:
+            assert isinstance(engine, ComponentEngine)  # the others were refused above
+            return _component_report(path, wasm, engine.compile_component(wasm, path), options)
         compiled = engine.compile(wasm, path)
         report = _report(path, wasm, compiled, options)
     finally:
         engine.close()
     return report
+
+
+def _component_report(
+    path: str, wasm: bytes, compiled: CompiledComponent, options: AbiOptions
+) -> dict[str, Any]:
+    """`_report` for a component: its exports and imports with WIT types, and how it would
+    run under the wasmstream:transform contract (or why it cannot)."""
+    info = compiled.component_info
+    report: dict[str, Any] = {
+        "module": path,
+        "size": len(wasm),
+        "kind": "component",
+        "exports": [_item_record(item) for item in info.exports],
+        "imports": [str(item) for item in info.imports],
+        "wasi": any(item.name.startswith(WASI_PREFIX) for item in info.imports),
+        "missing": [],
+    }
+    try:
+        abi = resolve_component(info, options, path)
+        compiled.check_linkable()
+    except (ModuleError, UsageError) as error:
+        report["abi"] = None
+        report["problem"] = str(error).removeprefix(f"{path}: ")
+        return report
+    problem = _start_problem(compiled, abi)
+    if problem is not None:
+        report["abi"] = None
+        report["problem"] = problem
+        return report
+    assert abi.component is not None
+    if abi.command:
+        mode = (
+            f"WASI p2 command: {abi.transform} once per frame, frame on stdin, output from stdout"
+        )
+        report["abi"] = {"mode": mode}
+        return report
+    value = "text (string): whole UTF-8 characters" if abi.component.text else "bytes (list<u8>)"
+    report["abi"] = {
+        "mode": f"component ({WIT_PACKAGE})",
+        "transform": f"{abi.transform}, each frame as {value}",
+        "init": f"{abi.init} (gets the --config bytes)" if abi.init else "none",
+        "state": (
+            "stateful: its own snapshot and restore exports (kept in checkpoints)"
+            if abi.state is StateKind.EXPORTS
+            else "none"
+        ),
+        "finish": f"{abi.finish} (called once after the last frame)" if abi.finish else "none",
+    }
+    return report
+
+
+def _item_record(item: ComponentItem) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": item.name, "kind": item.kind}
+    if item.func is not None:
+        record["type"] = str(item.func)
+    record["text"] = str(item)
+    return record
 
 
 def _report(
@@ -168,17 +239,18 @@ def _missing(info: ModuleInfo, options: AbiOptions) -> list[str]:
 
 
 def format_module_report(report: dict[str, Any]) -> str:
-    lines = [f"module   {report['module']} ({report['size']} bytes)", "exports"]
+    kind = ", a component" if report.get("kind") == "component" else ""
+    lines = [f"module   {report['module']} ({report['size']} bytes{kind})", "exports"]
     lines += [f"  {export['text']}" for export in report["exports"]] or ["  (none)"]
     lines.append("imports")
     lines += [f"  {imp}" for imp in report["imports"]] or ["  (none)"]
     if report["wasi"]:
-        lines.append("  WASI: linked to a sandbox granting nothing but --dir and --env")
+        lines.append("  WASI: linked to a sandbox granting nothing but --dir, --env and --arg")
     if report["abi"] is None:
         lines.append(f"cannot run: {report['problem']}")
         lines += [f"  missing {what}" for what in report["missing"]]
     else:
-        lines.append("guest ABI")
+        lines.append("guest ABI" if report.get("kind") != "component" else "contract")
         lines += [f"  {key:<12}{value}" for key, value in report["abi"].items()]
         lines.append("ready to run")
         if report.get("hint"):

@@ -52,6 +52,7 @@ GRANTS = Codec(
     lambda grants: [(path_text(grant.host), grant.guest, grant.writable) for grant in grants],
     lambda grants: tuple(DirGrant(text_path(host), guest, rw) for host, guest, rw in grants),
 )
+ARGS = Codec(list, tuple)
 TEXT = Codec(optional_path_text, optional_text_path)  # as given (--config @FILE: relative)
 FILE = Codec(  # a file the run writes: absolute, so a resume from elsewhere finds it
     lambda path: optional_path_text(path and os.path.abspath(path)), optional_text_path
@@ -76,6 +77,7 @@ RECORDED: dict[str, tuple[str, Codec]] = {
     "max_output": ("sandbox.max_output", SAME),
     "env": ("sandbox.env", PAIRS),
     "dirs": ("sandbox.dirs", GRANTS),
+    "args": ("sandbox.args", ARGS),
     "overload": ("overload", OVERLOAD),
     "state": ("abi.state", SAME),
     "finish": ("abi.finish", SAME),
@@ -98,6 +100,8 @@ RECORDED: dict[str, tuple[str, Codec]] = {
 NOT_RECORDED = frozenset(
     {"module", "inputs", "output", "engine", "checkpoint", "resume", "restart", "force"}
     | {"cache", "timings", "flip_every"}
+    # derived from the module (a text component), whose hash the checkpoint records
+    | {"framing.whole_chars"}
 )
 GROUPS: dict[str, type[Any]] = {"abi": AbiOptions, "sandbox": Sandbox, "framing": FramingSpec}
 
@@ -152,5 +156,5 @@ def unrecorded_options() -> set[str]:
         names = (
             [f"{field.name}.{f.name}" for f in dataclasses.fields(group)] if group else [field.name]
         )
-        missing |= {name for name in names if name not in recorded}
+        missing |= {name for name in names if name not in recorded | NOT_RECORDED}
     return missing

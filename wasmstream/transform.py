@@ -29,7 +29,6 @@ from .core import (
     plan_run,
     read_config_arg,
     run_steps,
-    settle_for_state,
 )
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
 from .engines import read_module as _read_module
@@ -39,6 +38,7 @@ from .framing import Frame, Framing, FramingSpec, Oversize
 from .options import DEFAULT_FRAME_SIZE, POLICIES, OnError, Reached, RunConfig, parse_dir, parse_env
 from .parts import Part, align
 from .pool import Frames, PoolSettings, serial_steps
+from .settle import settle_for_component, settle_for_state
 from .sources import Inputs
 from .units import parse_duration, parse_size
 
@@ -81,9 +81,10 @@ class Transform:
     options of the same names, taking the same values: sizes as numbers of bytes or as text
     (`"1MiB"`), durations as seconds or text (`"500ms"`), `max_memory=None` or `"unlimited"`
     for no limit, `env` as a mapping or `KEY=VALUE` texts, `dirs` as `HOST[:GUEST][:ro|rw]`
-    texts, `config` as bytes or as the CLI's TEXT or @FILE. `dead_letter` appends failed frames
-    to a file as `--dead-letter` does (else they are listed in `failed`). Raises UsageError for
-    a bad option and ModuleError when the module cannot be used, both before any data is read.
+    texts, `args` a WASI program's `--arg`s, `config` as bytes or as the CLI's TEXT or @FILE.
+    `dead_letter` appends failed frames to a file as `--dead-letter` does (else they are listed
+    in `failed`). Raises UsageError for a bad option and ModuleError when the module cannot be
+    used, both before any data is read.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class Transform:
         max_output: Size | None = None,
         env: Mapping[str, str] | Sequence[str] = (),
         dirs: Sequence[str | DirGrant] = (),
+        args: Sequence[str] = (),
         on_error: str | OnError = OnError.FAIL,
         dead_letter: str | os.PathLike[str] | None = None,
         cache: bool = True,
@@ -135,6 +137,7 @@ class Transform:
                     max_output=_size("max_output", max_output),
                     env=_env(env),
                     dirs=tuple(d if isinstance(d, DirGrant) else parse_dir(d) for d in dirs),
+                    args=_texts("args", args),
                 ),
                 on_error=_on_error(on_error),
                 dead_letter=None if dead_letter is None else os.fspath(dead_letter),
@@ -161,7 +164,8 @@ class Transform:
             wasm, settings.module, settings.abi, settings.engine, settings.sandbox, settings.cache
         )
         try:
-            self.settings = settle_for_state(settings, self.loaded.abi)
+            settled = settle_for_component(settings, self.loaded.abi, bool(config))
+            self.settings = settle_for_state(settled, self.loaded.abi)
         except BaseException:
             self.loaded.engine.close()
             raise
@@ -331,6 +335,12 @@ def _delimiter(value: bytes) -> bytes:
     if not isinstance(value, bytes) or len(value) != 1:
         raise ValueError(f"delimiter must be one byte, not {value!r}")
     return value
+
+
+def _texts(name: str, values: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(values, str) or not all(isinstance(value, str) for value in values):
+        raise ValueError(f"{name} must be a list of texts, not {values!r}")
+    return tuple(values)
 
 
 def _env(env: Mapping[str, str] | Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -17,12 +17,15 @@ from ..errors import ModuleError, UsageError
 from .base import (
     DEFAULT_MAX_MEMORY,
     MIN_MAX_OUTPUT,
+    CompiledComponent,
     CompiledModule,
+    ComponentEngine,
     DirGrant,
     Engine,
     Instance,
     Sandbox,
     check_header,
+    is_component,
 )
 
 __all__ = [
@@ -30,19 +33,24 @@ __all__ = [
     "DEFAULT_MAX_MEMORY",
     "ENGINE_NAMES",
     "MIN_MAX_OUTPUT",
+    "CompiledComponent",
     "CompiledModule",
+    "ComponentEngine",
     "DirGrant",
     "Engine",
     "Instance",
     "LoadedModule",
     "Sandbox",
     "get_engine",
+    "is_component_file",
     "load_module",
     "load_wasm",
+    "refuse_unsupported",
 ]
 
 
-FEATURES = ("--fuel", "--dir", "WASI command mode", "--state memory")
+COMPONENTS = "running a WebAssembly component"
+FEATURES = ("--fuel", "--dir", "WASI command mode", "--state memory", COMPONENTS)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ ENGINES = {
                 "whole-instance capture is implemented for wasmtime only; a module exporting "
                 "snapshot and restore keeps its state under either engine",
             ),
+            (COMPONENTS, "wasmer 1.1 predates the component model"),
         )
     ),
 }
@@ -75,13 +84,16 @@ ENGINE_NAMES = tuple(ENGINES)
 DEFAULT_ENGINE = "wasmtime"
 
 
-def refuse_unsupported(name: str, sandbox: Sandbox, abi: GuestAbi | None = None) -> None:
+def refuse_unsupported(
+    name: str, sandbox: Sandbox, abi: GuestAbi | None = None, component: bool = False
+) -> None:
     """Raise UsageError if the run asks `name` for something it cannot do."""
     asked = {
         "--fuel": sandbox.fuel is not None,
         "--dir": bool(sandbox.dirs),
         "WASI command mode": abi is not None and abi.command,
         "--state memory": abi is not None and abi.state is StateKind.MEMORY,
+        COMPONENTS: component,
     }
     for feature in FEATURES:
         why = ENGINES[name].reason_against(feature)
@@ -92,20 +104,29 @@ def refuse_unsupported(name: str, sandbox: Sandbox, abi: GuestAbi | None = None)
             )
 
 
-def get_engine(name: str, sandbox: Sandbox | None = None, cache: bool = True) -> Engine:
-    """The engine `name`; `cache`: keep compiled modules in the user's cache directory.
-    Refuses (UsageError) a sandbox the engine cannot enforce."""
+def get_engine(
+    name: str, sandbox: Sandbox | None = None, cache: bool = True, components: bool = False
+) -> Engine:
+    """The engine `name`; `cache`: keep compiled modules in the user's cache directory;
+    `components`: one that runs components too. Refuses (UsageError) a sandbox the engine
+    cannot enforce, and components where it cannot run them."""
     if name in ENGINES:
-        refuse_unsupported(name, sandbox or Sandbox())
-    return _new_engine(name, sandbox, cache)
+        refuse_unsupported(name, sandbox or Sandbox(), component=components)
+    return _new_engine(name, sandbox, cache, components)
 
 
-def _new_engine(name: str, sandbox: Sandbox | None, cache: bool) -> Engine:
+def _new_engine(name: str, sandbox: Sandbox | None, cache: bool, components: bool) -> Engine:
     if name == "wasmtime":
         from ..cache import ModuleCache
+
+        store = ModuleCache() if cache else None
+        if components:  # wasmtime.component costs ~12 ms to import: only when it is used
+            from .wasmtime_component import WasmtimeComponents
+
+            return WasmtimeComponents(sandbox or Sandbox(), store)
         from .wasmtime_engine import WasmtimeEngine
 
-        return WasmtimeEngine(sandbox or Sandbox(), ModuleCache() if cache else None)
+        return WasmtimeEngine(sandbox or Sandbox(), store)
     if name == "wasmer":
         from .wasmer_engine import WasmerEngine
 
@@ -129,6 +150,16 @@ def read_module(path: str) -> bytes:
             return module_file.read()
     except OSError as error:
         raise ModuleError(f"cannot read module {path}: {error.strerror}") from None
+
+
+def is_component_file(path: str) -> bool:
+    """Whether the file at `path` is a component (False when it cannot be read: the run that
+    loads it says why)."""
+    try:
+        with open(path, "rb") as module_file:
+            return is_component(module_file.read(8))
+    except OSError:
+        return False
 
 
 def load_module(
@@ -156,6 +187,8 @@ def load_wasm(
     # module they run lives in it) and never hash anything; hashlib loads OpenSSL, 2 ms.
     import hashlib
 
+    if is_component(wasm):
+        return _load_component(wasm, path, abi_options, engine_name, sandbox, cache)
     capture, instrumented = None, wasm
     if abi_options.state == "memory" and not abi_options.wasi_command:
         from ..instrument import instrument
@@ -170,6 +203,33 @@ def load_wasm(
         if capture is not None:
             abi = dataclasses.replace(abi, state_globals=capture.globals)
         refuse_unsupported(engine_name, sandbox or Sandbox(), abi)
+    except BaseException:
+        engine.close()
+        raise
+    return LoadedModule(engine, compiled, abi, hashlib.sha256(wasm).hexdigest())
+
+
+def _load_component(
+    wasm: bytes,
+    path: str,
+    abi_options: AbiOptions,
+    engine_name: str,
+    sandbox: Sandbox | None,
+    cache: bool,
+) -> LoadedModule:
+    """`load_wasm` for a component: compiled, its types checked against the contract and its
+    imports linked once, all before any data is read."""
+    import hashlib
+
+    from ..component import resolve_component
+
+    engine = get_engine(engine_name, sandbox, cache, components=True)
+    try:
+        if not isinstance(engine, ComponentEngine):  # pragma: no cover - refused above
+            raise UsageError(f"the {engine_name} engine cannot run components")
+        compiled = engine.compile_component(wasm, path)
+        abi = resolve_component(compiled.component_info, abi_options, path)
+        compiled.check_linkable()
     except BaseException:
         engine.close()
         raise

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from ..abi import GuestAbi, ModuleInfo
 from ..errors import ModuleError
 
+if TYPE_CHECKING:  # the component contract loads only for a component
+    from ..component import ComponentInfo
+
 WASM_MAGIC = b"\0asm"
+# The preamble: magic, a 16-bit version, a 16-bit layer (0: core module, 1: component).
+COMPONENT_LAYER = b"\x01\x00"
+
+
+def is_component(wasm: bytes) -> bool:
+    """Whether `wasm` is a component rather than a core module, by its preamble's layer."""
+    return wasm.startswith(WASM_MAGIC) and wasm[6:8] == COMPONENT_LAYER
 
 
 def check_header(wasm: bytes, source: str) -> None:
@@ -45,6 +55,7 @@ class Sandbox:
     max_output: int | None = None  # bytes of output per frame; None: the default for the frame size
     env: tuple[tuple[str, str], ...] = ()
     dirs: tuple[DirGrant, ...] = ()
+    args: tuple[str, ...] = ()  # a WASI program's arguments after argv[0] (its module's name)
 
     def output_limit(self, frame_size: int) -> int:
         return (
@@ -147,6 +158,18 @@ class CompiledModule(Protocol):
         ...
 
 
+class CompiledComponent(CompiledModule, Protocol):
+    """A compiled component: `info` is empty (a component has no core exports of its own to
+    show); `component_info` is what it imports and exports, with WIT types."""
+
+    component_info: ComponentInfo
+
+    def check_linkable(self) -> None:
+        """Raise ModuleError if an import cannot be satisfied (a WASI interface the engine does
+        not provide): asked once, before any data is read."""
+        ...
+
+
 class Engine(Protocol):
     name: str
 
@@ -158,4 +181,13 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop helper threads (the epoch ticker)."""
+        ...
+
+
+@runtime_checkable
+class ComponentEngine(Engine, Protocol):
+    """An engine that also runs components (the registry refuses them for the others)."""
+
+    def compile_component(self, wasm: bytes, source: str) -> CompiledComponent:
+        """Compile the component `wasm`. Raises ModuleError."""
         ...

@@ -309,6 +309,7 @@ class WasmerWorker(CopyingInstance):
             "timeout": self._timeout,
             "timeout_text": format_duration(self._timeout or 0),
             "env": list(sandbox.env),
+            "args": list(sandbox.args),
             "dirs": [(grant.host, grant.guest) for grant in sandbox.dirs],
         }
         message = json.dumps(spec).encode()

@@ -93,6 +93,8 @@ class WasmerRuntime:
         if not self.spec["abi"]["wasi"]:
             return wasmer.ImportObject()
         builder = wasmer.wasi.StateBuilder(self.spec["name"])
+        for arg in self.spec.get("args", []):
+            builder = builder.argument(arg)
         for key, value in self.spec["env"]:
             builder = builder.environment(key, value)
         for host, guest in self.spec["dirs"]:

@@ -488,12 +488,7 @@ class WasmtimeCommand(CopyingInstance):
         store, guard = self._engine.new_store()
         output = _CappedOutput(self._max_output)
         config = _sandboxed_wasi(self._source, self._engine._sandbox, output.write)
-        stdin = os.memfd_create("wasmstream-frame", os.MFD_CLOEXEC)
-        try:
-            os.write(stdin, memoryview(self._buffer)[:length])
-            config.stdin_file = f"/proc/self/fd/{stdin}"
-        finally:
-            os.close(stdin)
+        _frame_as_stdin(config, memoryview(self._buffer)[:length])
         store.set_wasi(config)
         try:
             self._run(store, guard)
@@ -524,6 +519,16 @@ class WasmtimeCommand(CopyingInstance):
 
     def close(self) -> None:
         pass
+
+
+def _frame_as_stdin(config: wasmtime.WasiConfig, frame: memoryview) -> None:
+    """A command's stdin: the frame, in a memory file (wasmtime opens it by path)."""
+    stdin = os.memfd_create("wasmstream-frame", os.MFD_CLOEXEC)
+    try:
+        os.write(stdin, frame)
+        config.stdin_file = f"/proc/self/fd/{stdin}"
+    finally:
+        os.close(stdin)
 
 
 class _CappedOutput:
@@ -622,7 +627,7 @@ def _sandboxed_wasi(
 ) -> wasmtime.WasiConfig:
     """A WASI context granting only what the user granted (--env, --dir); nothing by default."""
     config = wasmtime.WasiConfig()
-    config.argv = [os.path.basename(source)]
+    config.argv = [os.path.basename(source), *sandbox.args]
     config.env = [list(pair) for pair in sandbox.env]
     for grant in sandbox.dirs:
         config.preopen_dir(grant.host, grant.guest, grant.writable)
