@@ -160,6 +160,51 @@ def test_dead_letters_are_once_after_a_kill_before_the_first_save(
     assert _letters(letters) == list(range(count))
 
 
+def test_the_drop_log_is_once_after_a_kill_before_the_first_save(tmp_path: Path) -> None:
+    """The drop log too: a resumed run does every frame after the checkpoint again (dropping
+    its own choice of them), so the killed run's lines must be cut back first."""
+    # varying.wasm spins ~10 ms on frames starting with 0xff; the file arrives far faster
+    count = 3000
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(
+        b"".join(bytes([255]) + n.to_bytes(4, "big") + bytes(1019) for n in range(count))
+    )
+    ckpt, drops = tmp_path / "c.json", tmp_path / "drops.jsonl"
+    args = [
+        "run",
+        fixture("varying.wasm"),
+        str(source),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ckpt),
+        "--checkpoint-interval",
+        "1h",
+        "--frame-size",
+        "1K",
+        "-j",
+        "1",
+        "--queue-depth",
+        "1",
+        "--on-overload",
+        "drop",
+        "--drop-log",
+        str(drops),
+    ]
+    process = spawn(args, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_letters(drops)) < 100:
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr
+        time.sleep(0.01)
+    process.kill()
+    process.communicate(timeout=30)
+    resumed = run_cli(*args, "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    dropped = _letters(drops)
+    assert len(dropped) == len(set(dropped))  # before: the killed run's lines came again
+    assert len(out.read_bytes()) // 1024 + len(dropped) == count
+
+
 # 5. The library runs a finish function and refuses ranges of one-instance modules ---------
 
 
