@@ -85,8 +85,10 @@ def cli() -> None:
     """Run a WebAssembly transform over a data stream, frame by frame, in order.
 
     \b
-      cat data.bin | wasmstream run transformer.wasm > out
-      wasmstream run upper.wasm access.log -o ACCESS.LOG
+      printf 'hello\\n' | wasmstream run fixtures/upper.wasm
+      wasmstream run fixtures/c/redact.wasm access.log -o redacted.log
+      wasmstream init upper --lang c    # a transform of your own
+      wasmstream guide                  # how to write one
     """
 
 
@@ -578,7 +580,8 @@ def run_command(
 
     The inputs are read as one stream, cut into frames of --frame-size bytes (the last may be
     shorter), transformed by --jobs instances of MODULE in parallel, and written to stdout or
-    --output strictly in input order. See the GUEST ABI section of `man wasmstream`.
+    --output strictly in input order. See the GUEST ABI section of `man wasmstream`, and
+    `wasmstream guide` on writing transforms.
 
     With -o OUT, progress is checkpointed in OUT.ckpt.json; after a crash or Ctrl-C, the same
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
@@ -876,7 +879,7 @@ def init_command(
       wasmstream init upper --lang c && make -C upper test
       wasmstream init --list
 
-    The guide: docs/writing-transforms.md in the project.
+    The guide: `wasmstream guide`.
     """
     from pathlib import Path
 
@@ -897,6 +900,25 @@ def init_command(
     if toolchain.found is None:
         click.echo(f"to build it, install {toolchain.install}")
     click.echo(f"next: cd {directory} && make test")
+
+
+@cli.command("guide")
+@click.option("--path", "show_path", is_flag=True, help="Print where the guide is instead.")
+def guide_command(show_path: bool) -> None:
+    """Print the guide to writing transforms (the SDKs, worked examples, testing, debugging).
+
+    Through a pager when stdout is a terminal. It is installed as
+    share/doc/wasmstream/writing-transforms.md, beside the man page.
+    """
+    from .guide import guide_path
+
+    path = guide_path()
+    if show_path:
+        click.echo(str(path))
+    elif sys.stdout.isatty():
+        click.echo_via_pager(path.read_text(encoding="utf-8"))
+    else:
+        click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
 @cli.group("checkpoint")
