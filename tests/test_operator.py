@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import pty
+import re
 import select
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import pytest
 
 from wasmstream.cache import HEADER, header_for
 from wasmstream.errors import ExitStatus
+from wasmstream.progress import Snapshot, terminal_line
 
 from conftest import FIXTURES, assert_clean_failure, fixture, spawn, wasmstream
 
@@ -75,7 +81,125 @@ def test_no_progress_when_stderr_is_not_a_terminal_unless_forced() -> None:
     assert quiet.stderr == b""
     forced = wasmstream("run", fixture("upper.wasm"), "--progress", input=b"abc")
     assert forced.stdout == b"ABC"
-    assert b"wasmstream" in forced.stderr and b"frames" in forced.stderr
+    assert b"wasmstream" in forced.stderr and b"1 frame," in forced.stderr
+
+
+def in_terminal(
+    args: list[str],
+    *,
+    stdin_terminal: bool = False,
+    stdout_terminal: bool = False,
+    data: bytes = b"",
+    typed: bytes = b"",
+    columns: int = 80,
+) -> tuple[str, bytes, int]:
+    """Run the CLI with stderr (and stdin, stdout if asked) on a real pseudo-terminal of
+    `columns` columns: what the screen got, what stdout got (when a pipe), the exit status."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    process = spawn(
+        args,
+        stdin=secondary if stdin_terminal else subprocess.PIPE,
+        stdout=secondary if stdout_terminal else subprocess.PIPE,
+        stderr=secondary,
+        env={**env, "TERM": "xterm"},
+    )
+    os.close(secondary)
+    screen = bytearray()
+    reader = threading.Thread(target=drain, args=(primary, screen))  # a full terminal blocks
+    reader.start()
+    if stdin_terminal:
+        os.write(primary, typed)
+        output = process.communicate(timeout=60)[0] or b""
+    else:
+        output = process.communicate(data, timeout=60)[0] or b""
+    reader.join(timeout=10)
+    os.close(primary)
+    return screen.decode(errors="replace"), output, process.returncode
+
+
+def drain(primary: int, screen: bytearray) -> None:
+    """Read the terminal until its other side is closed by every process holding it."""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the other side is closed
+            return
+        if not chunk:
+            return
+        screen += chunk
+
+
+def test_no_automatic_progress_over_data_shown_on_the_same_terminal() -> None:
+    screen, _, status = in_terminal(
+        ["run", fixture("upper.wasm")], stdout_terminal=True, data=b"abc\n" * 1000
+    )
+    assert status == 0
+    assert "ABC" in screen and "wasmstream" not in screen, screen
+    # to a file, the same terminal shows progress again
+    screen, _, _ = in_terminal(
+        ["run", fixture("upper.wasm"), "-o", os.devnull], stdout_terminal=True, data=b"abc"
+    )
+    assert "wasmstream" in screen and "frame" in screen, screen
+
+
+def test_progress_fits_an_80_column_terminal(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(
+        b"".join(b"%07d!" % n if n % 50 == 0 else b"%08d" % n for n in range(1 << 19))
+    )
+    screen, _, status = in_terminal(
+        ["run", fixture("trap.wasm"), str(source), "-o", os.devnull, "--frame-size", "64",
+         "--on-error", "skip", "-j", "2"],
+    )  # fmt: skip
+    assert status == ExitStatus.FRAMES_FAILED, screen
+    lines = [line.replace("\x1b[K", "") for line in re.split(r"[\r\n]", screen) if line]
+    drawn = [line for line in lines if not line.startswith("wasmstream: ")]  # not the error
+    assert any("[####" in line and "100%" in line for line in drawn), screen  # a bar, finished
+    assert max(map(len, drawn)) < 80, drawn
+
+
+@pytest.mark.parametrize("columns", [20, 40, 60, 80, 100, 200])
+def test_every_progress_line_is_narrower_than_its_terminal(columns: int) -> None:
+    widest = Snapshot(
+        done=123_456_789_012, total=987_654_321_098, speed=12_345_678.9, frames=123_456_789,
+        workers=64, queue=(128, 128), failed=12_345, dropped=67_890,
+    )  # fmt: skip
+    line = terminal_line(widest, columns)
+    assert len(line) < columns and line.startswith("wasmstream"), line
+    if columns >= 80:
+        assert "%" in line and "failed" in line and "dropped" in line, line
+
+
+def test_progress_to_a_file_is_plain_lines(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    source = tmp_path / "in"
+    source.write_bytes(os.urandom(1 << 20))
+    with log.open("wb") as stderr:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmstream", "run", fixture("upper.wasm"), str(source),
+             "-o", os.devnull, "--progress"],
+            stderr=stderr, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text and "#" not in text, repr(text)
+    lines = text.splitlines()
+    assert lines and all(line.startswith("wasmstream: ") for line in lines), lines
+    assert "100%, 1.0 MiB of 1.0 MiB" in lines[-1], lines
+
+
+def test_one_hint_when_reading_the_terminal() -> None:
+    screen, output, status = in_terminal(
+        ["run", fixture("upper.wasm")], stdin_terminal=True, typed=b"abc\n\x04"
+    )
+    assert (status, output) == (0, b"ABC\n"), screen
+    assert screen.count("reading the input from this terminal") == 1, screen
+    assert "Ctrl-D" in screen
+    # from a pipe, nothing is said
+    quiet = wasmstream("run", fixture("upper.wasm"), input=b"abc")
+    assert quiet.stderr == b""
 
 
 def test_quiet_silences_notices_but_not_errors(tmp_path: Path) -> None:

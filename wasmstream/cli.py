@@ -241,23 +241,45 @@ class Operator:
         if not self.quiet:
             _notice(message)
 
-    def progress_factory(self) -> ProgressFactory | None:
-        show = self.progress if self.progress is not None else os.isatty(2)
+    def progress_factory(self, output: str | None) -> ProgressFactory | None:
+        # As pv does: by default only on a terminal, and not on the one the data is shown on
+        # (the line would be drawn over it).
+        data_on_stderr = output in (None, "-") and _same_terminal(1, 2)
+        show = self.progress if self.progress is not None else os.isatty(2) and not data_on_stderr
         if not show or self.quiet:
             return None
-        from .progress import ProgressDisplay  # rich is imported only when progress is shown
+        from .progress import ProgressDisplay  # only when progress is shown
 
         return ProgressDisplay
+
+
+def _same_terminal(fd: int, other: int) -> bool:
+    try:
+        if not (os.isatty(fd) and os.isatty(other)):
+            return False
+        one, two = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
+
+def _hint_terminal_input(config: RunConfig, operator: Operator) -> None:
+    """A run waiting on a terminal's keyboard looks hung: say once what it is waiting for."""
+    reads_stdin = not config.inputs or "-" in config.inputs
+    if reads_stdin and os.isatty(0):
+        operator.notify("reading the input from this terminal: end it with Ctrl-D")
 
 
 def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     started = time.perf_counter()
     summary = None
+    _hint_terminal_input(config, operator)
     try:
         runner = run
         if config.clustered:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
             from .cluster import run as runner
-        summary = runner(config, notify=operator.notify, progress=operator.progress_factory())
+        progress = operator.progress_factory(config.output)
+        summary = runner(config, notify=operator.notify, progress=progress)
     except FramesFailed as failed:
         summary = failed.summary
         raise
