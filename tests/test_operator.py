@@ -309,6 +309,57 @@ def test_checkpoint_show(tmp_path: Path) -> None:
     assert_clean_failure(missing, ExitStatus.CHECKPOINT, "no checkpoint at")
 
 
+def test_checkpoint_show_says_a_killed_run_is_not_running_and_how_to_continue(
+    tmp_path: Path,
+) -> None:
+    source, out, ckpt = tmp_path / "in", tmp_path / "out", tmp_path / "out.ckpt.json"
+    data = b"3abc" * 5 + b"0abc" * 1000  # sleepy: the first frames take 300 ms each
+    source.write_bytes(data)
+    run = spawn(
+        ["run", fixture("sleepy.wasm"), str(source), "-o", str(out), "--frame-size", "4",
+         "-j", "1", "--checkpoint-every", "1"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while run.poll() is None and not (ckpt.exists() and b'"frames": 1' in ckpt.read_bytes()):
+        time.sleep(0.01)
+    shown = wasmstream("checkpoint", "show", str(ckpt)).stdout.decode()
+    assert f"status      running (PID {run.pid})" in shown, shown
+    assert "continue" not in shown
+    run.kill()
+    run.wait()
+    shown = wasmstream("checkpoint", "show", str(ckpt)).stdout.decode()
+    assert "status      not running: the run was killed" in shown, shown
+    assert "no process holds its lock" in shown
+    command = f"wasmstream resume --checkpoint {ckpt}"
+    assert f"continue    {command}" in shown, shown
+    report = json.loads(wasmstream("checkpoint", "show", str(ckpt), "--json").stdout)
+    assert (report["status"], report["pid"], report["continue_with"]) == ("stopped", None, command)
+    resumed = wasmstream(*command.split()[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"42", "it holds a number, not an object"),
+        (b"[1, 2]", "it holds an array, not an object"),
+        (b'{"version": "two"}', "a JSON object without a numeric format version"),
+        (b"hello, world\n", "it is not JSON"),
+        (b"\x89PNG\r\n\x1a\n\0\0", "it is not JSON"),
+    ],
+)
+def test_checkpoint_show_on_a_file_that_is_not_a_checkpoint(
+    tmp_path: Path, content: bytes, what: str
+) -> None:
+    path = tmp_path / "file.json"
+    path.write_bytes(content)
+    result = wasmstream("checkpoint", "show", str(path))
+    stderr = assert_clean_failure(result, ExitStatus.CHECKPOINT, "is not a wasmstream checkpoint")
+    assert what in stderr and str(path) in stderr
+    assert "Expected" not in stderr and "`" not in stderr  # not the decoder's own words
+
+
 def test_every_option_can_come_from_the_environment(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {

@@ -7,6 +7,7 @@ separate small function, so what the JSON says and what the text says cannot dri
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from .abi import (
 )
 from .engines import DEFAULT_ENGINE, CompiledModule, Sandbox, get_engine, read_module
 from .errors import CheckpointError, GuestError, ModuleError
+from .files import checkpoint_holder
 from .units import format_size
 
 PAGE = 65536
@@ -194,9 +196,19 @@ def checkpoint_report(path: str) -> dict[str, Any]:
     total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
     done = saved.position.input_bytes
     updated = datetime.fromisoformat(saved.updated).timestamp()
+    holder = checkpoint_holder(path) if saved.status == "running" else None
+    status = saved.status
+    if status == "running" and holder is None:
+        status = "stopped"  # it never recorded its end, and no process holds its lock: killed
     return {
         "checkpoint": path,
-        "status": saved.status,
+        "status": status,
+        "pid": holder or None,
+        "continue_with": (
+            f"wasmstream resume --checkpoint {shlex.quote(path)}"
+            if status in ("stopped", "interrupted")
+            else None
+        ),
         "module": _shown(saved.module.path),
         "inputs": [_shown(i.path) for i in saved.inputs],
         "output": _shown(saved.output) if saved.output else "<stdout>",
@@ -228,7 +240,7 @@ def format_checkpoint_report(report: dict[str, Any]) -> str:
         progress += f" of {report['input_bytes_total']} ({percent}%)"
     lines = [
         f"checkpoint  {report['checkpoint']}",
-        f"status      {report['status']}",
+        f"status      {_STATUS_TEXT[report['status']]}",
         f"module      {report['module']}",
         f"inputs      {', '.join(report['inputs'])}",
         f"done        {progress}, {report['frames_done']} frames",
@@ -243,7 +255,20 @@ def format_checkpoint_report(report: dict[str, Any]) -> str:
         )
     if report["last_error"]:
         lines.append(f"last error  {report['last_error']}")
+    if report["status"] == "running" and report["pid"]:
+        lines[1] += f" (PID {report['pid']})"
+    if report["continue_with"]:
+        lines.append(f"continue    {report['continue_with']}")
     return "\n".join(lines)
+
+
+_STATUS_TEXT = {
+    "running": "running",
+    "stopped": "not running: the run was killed or crashed (no process holds its lock)",
+    "interrupted": "interrupted",
+    "complete": "complete",
+    "failed": "failed",
+}
 
 
 def _age(seconds: float) -> str:
