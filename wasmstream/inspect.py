@@ -197,7 +197,7 @@ def checkpoint_report(path: str) -> dict[str, Any]:
     done = saved.position.input_bytes
     updated = datetime.fromisoformat(saved.updated).timestamp()
     holder = checkpoint_holder(path) if saved.status == "running" else None
-    status = saved.status
+    status: str = saved.status
     if status == "running" and holder is None:
         status = "stopped"  # it never recorded its end, and no process holds its lock: killed
     return {
