@@ -291,6 +291,31 @@ def test_inspect_wasi_command_and_reactor() -> None:
     assert "wasi_snapshot_preview1.fd_write (func)" in reactor["imports"]
 
 
+def test_inspect_hints_at_init_only_where_config_alone_would_not_reach_it(
+    tmp_path: Path,
+) -> None:
+    import wasmtime
+
+    plain = wasmstream("inspect", fixture("xor.wasm"))  # exports init, as every SDK module does
+    assert plain.returncode == 0
+    assert "init        init, when run with --config TEXT|@FILE" in plain.stdout.decode()
+    assert "hint" not in plain.stdout.decode() and "--init" not in plain.stdout.decode()
+    module = tmp_path / "configure.wasm"
+    module.write_bytes(
+        wasmtime.wat2wasm(
+            """(module (memory (export "memory") 2)
+              (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+              (func (export "configure") (param i32 i32) (result i32) (i32.const 0))
+              (func (export "process_chunk") (param i32 i32) (result i32) (local.get 1)))"""
+        )
+    )
+    hinted = json.loads(wasmstream("inspect", str(module), "--json").stdout)
+    assert "--init configure --config" in hinted["hint"]
+    assert hinted["abi"]["init"] == "none"
+    given = json.loads(wasmstream("inspect", str(module), "--init", "configure", "--json").stdout)
+    assert "hint" not in given and given["abi"]["init"] == "configure"
+
+
 def test_checkpoint_show(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.write_bytes(b"a" * 10_000 + b"!" + b"a" * 9_999)
@@ -460,6 +485,7 @@ def test_bench_command_measures_and_recommends(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"fastest: --frame-size ")
+    assert b"(1 run per setting)" in result.stderr
     assert result.stderr.count(b"MiB/s") >= 8  # every setting tried is shown with its number
 
 

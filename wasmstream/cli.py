@@ -20,10 +20,24 @@ import click
 
 from . import interrupts, stdio
 from ._version import __version__
-from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
+from .abi import (
+    ALLOCATOR_NAMES,
+    DEALLOCATOR_NAMES,
+    DEFAULT_INIT,
+    DEFAULT_TRANSFORM,
+    STATE_MODES,
+    AbiOptions,
+)
 from .core import ProgressFactory, run
 from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, ENGINE_NAMES, DirGrant, Sandbox
-from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
+from .errors import (
+    BrokenPipe,
+    ExitStatus,
+    FramesFailed,
+    FramingError,
+    Interrupted,
+    WasmstreamError,
+)
 from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
 from .options import (
@@ -37,7 +51,7 @@ from .options import (
     check_cluster_address,
     sidecar_for,
 )
-from .units import format_duration, format_size, parse_duration, parse_size
+from .units import format_duration, format_size, parse_duration, parse_size, plural
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
@@ -350,7 +364,10 @@ export_options = _stack(
         help=f"Deallocator export [default: first of {', '.join(DEALLOCATOR_NAMES)}].",
     ),
     click.option(
-        "--init", metavar="NAME", help="Export called once per instance with the --config bytes."
+        "--init",
+        metavar="NAME",
+        help=f"Export called once per instance with the --config bytes [default with --config: "
+        f"{DEFAULT_INIT}].",
     ),
 )
 config_option = click.option(
@@ -609,8 +626,7 @@ def run_command(
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
     uninterrupted run.
     """
-    if config_arg is not None and init is None:
-        raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    init = _init_for(config_arg, init)
     if delimiter is not None and framing != Framing.DELIMITER.value:
         raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
@@ -671,6 +687,11 @@ def run_command(
         part_size=_part_size(cluster, cluster_file, part_size, shard),
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+
+
+def _init_for(config_arg: str | None, init: str | None) -> str | None:
+    """--config without --init goes to the module's `init` export (refused if it has none)."""
+    return DEFAULT_INIT if config_arg is not None and init is None else init
 
 
 def _flip_every() -> int | None:
@@ -837,8 +858,7 @@ def bench_command(
             err=True,
         )
 
-    if config_arg is not None and init is None:
-        raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    init = _init_for(config_arg, init)
     base = RunConfig(
         module=module,
         abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
@@ -846,7 +866,7 @@ def bench_command(
         engine=engine,
         framing=FramingSpec(framing=Framing(framing), delimiter=delimiter or b"\n"),
     )
-    click.echo(f"wasmstream: measuring {module} ({runs} runs per setting)…", err=True)
+    click.echo(f"wasmstream: measuring {module} ({plural(runs, 'run')} per setting)…", err=True)
     trials = bench(base, input, sample_size, runs, show)
     if not trials:
         raise click.UsageError("the input is empty: nothing to measure")
@@ -872,7 +892,8 @@ def bench_command(
 @click.option(
     "--stateful",
     is_flag=True,
-    help="A transform that keeps state across frames (snapshot, restore, finish); C only.",
+    help="A transform that keeps state across frames (snapshot, restore, finish); C only, "
+    "the default --lang with it.",
 )
 @click.option(
     "--list",
@@ -911,17 +932,22 @@ def init_command(
         for toolchain in map(scaffold.find_toolchain, scaffold.LANGUAGES):
             click.echo(f"{toolchain.lang:<15} {toolchain.status()}")
         return
+    if lang is None and stateful and len(scaffold.STATEFUL) == 1:
+        lang = scaffold.STATEFUL[0]  # the one language with a stateful template
     if directory is None or lang is None:
         raise click.UsageError("init needs DIR and --lang (or --list)")
     path = Path(directory)
     project_name = name if name is not None else scaffold.default_name(path)
     scaffold.create_project(path, lang, project_name, force, stateful)
-    kind = "a stateful" if stateful else "a"
-    click.echo(f"created {directory}: {kind} {lang} transform that builds {project_name}.wasm")
+    title = scaffold.TITLES[lang]
+    kind = f"a stateful {title}" if stateful else f"{'an' if title[0] in 'AEIOU' else 'a'} {title}"
+    click.echo(f"created {directory}: {kind} transform that builds {project_name}.wasm")
     toolchain = scaffold.find_toolchain(lang)
     if toolchain.found is None:
-        click.echo(f"to build it, install {toolchain.install}")
-    click.echo(f"next: cd {directory} && make test")
+        click.echo(f"to build it: {toolchain.install}")
+    import shlex
+
+    click.echo(f"next: cd {shlex.quote(directory)} && make test")
 
 
 @cli.command("guide")
@@ -1026,7 +1052,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         _notice(str(error))  # not an error: how far the run got, and how to go on
         return error.status
     except WasmstreamError as error:
-        _error(str(error))
+        _error(f"{error}{_OPTION_HINTS.get(type(error), '')}")
         return error.status
     except KeyboardInterrupt:
         _notice("interrupted")
@@ -1039,6 +1065,12 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         _error(f"internal error: {type(error).__name__}: {error}")
         return ExitStatus.FAILURE
     return ExitStatus.OK
+
+
+# The options that answer an error, which the layers below do not know by name.
+_OPTION_HINTS: dict[type[WasmstreamError], str] = {
+    FramingError: " (--frame-size SIZE, or --oversize split|skip)"
+}
 
 
 def _quiet_stdout() -> None:

@@ -18,6 +18,8 @@ from . import checkpoint
 from .abi import (
     ALLOCATOR_NAMES,
     COMMAND_START,
+    DEFAULT_INIT,
+    INIT_SIGS,
     MEMORY_EXPORT,
     WASI_MODULE,
     AbiOptions,
@@ -31,7 +33,7 @@ from .abi import (
 from .engines import DEFAULT_ENGINE, CompiledModule, Sandbox, get_engine, read_module
 from .errors import CheckpointError, GuestError, ModuleError
 from .files import checkpoint_holder
-from .units import format_size
+from .units import format_size, plural
 
 PAGE = 65536
 INIT_NAMES = ("init", "configure", "setup")
@@ -94,14 +96,24 @@ def _report(
             "state": _state_text(abi, wasm, path),
             "finish": f"{abi.finish} (called once after the last frame)" if abi.finish else "none",
         }
-        if abi.init is None and any(e.name in INIT_NAMES for e in info.exports):
-            named = next(e.name for e in info.exports if e.name in INIT_NAMES)
-            report["hint"] = (
-                f"the module exports {named}: if it takes configuration, run with "
-                f"--init {named} --config TEXT|@FILE (without --init it is never called)"
+        if abi.init is None and _takes_config(info, DEFAULT_INIT):
+            report["abi"]["init"] = f"{DEFAULT_INIT}, when run with --config TEXT|@FILE"
+        else:
+            named = next(
+                (n for n in INIT_NAMES if abi.init is None and _takes_config(info, n)), None
             )
+            if named is not None:  # a name --config alone does not reach
+                report["hint"] = (
+                    f"the module exports {named}: if it takes configuration, run with "
+                    f"--init {named} --config TEXT|@FILE (without --init it is never called)"
+                )
     report["missing"] = []
     return report
+
+
+def _takes_config(info: ModuleInfo, name: str) -> bool:
+    export = info.export(name)
+    return export is not None and export.sig in INIT_SIGS
 
 
 def _state_text(abi: GuestAbi, wasm: bytes, path: str) -> str:
@@ -243,7 +255,7 @@ def format_checkpoint_report(report: dict[str, Any]) -> str:
         f"status      {_STATUS_TEXT[report['status']]}",
         f"module      {report['module']}",
         f"inputs      {', '.join(report['inputs'])}",
-        f"done        {progress}, {report['frames_done']} frames",
+        f"done        {progress}, {plural(report['frames_done'], 'frame')}",
         f"output      {report['output']}: {report['output_bytes']} bytes written",
         f"updated     {_age(report['age_seconds'])} ago",
     ]
