@@ -120,6 +120,21 @@ def test_init_writes_source_sdk_makefile_readme_and_sample(lang: str, tmp_path: 
     assert "NAME ?= my-filter" in makefile and "@NAME@" not in makefile
 
 
+def test_generated_make_test_takes_run_options(tmp_path: Path) -> None:
+    """RUNFLAGS reaches the run: a filter by --config, checked against its own expected.txt."""
+    if find_toolchain("c").found is None:
+        pytest.skip("no C toolchain here")
+    directory = init_project(tmp_path, "c", name="filter")
+    shutil.copyfile(EXAMPLES / "c" / "filter_lines.c", directory / "transform.c")
+    sample = b"INFO start\nERROR disk full\nINFO retry\nERROR disk still full\n"
+    (directory / "sample.txt").write_bytes(sample)
+    (directory / "expected.txt").write_bytes(b"ERROR disk full\nERROR disk still full\n")
+    make(directory, "test", "RUNFLAGS=--framing lines --frame-size 32 --config ERROR")
+    assert (
+        directory / "test-output.txt"
+    ).read_bytes() == b"ERROR disk full\nERROR disk still full\n"
+
+
 def test_name_defaults_to_the_directory_and_can_be_given(tmp_path: Path) -> None:
     result = wasmstream("init", str(tmp_path / "a"), "--lang", "c", "--name", "redact_ids")
     assert result.returncode == 0, result.stderr.decode()
