@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -52,6 +52,10 @@ from .options import (
     sidecar_for,
 )
 from .units import format_duration, format_size, parse_duration, parse_size, plural
+
+if TYPE_CHECKING:
+    from .metrics import MetricsFile
+    from .tally import Tally
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
@@ -238,6 +242,12 @@ operator_options = _stack(
     ),
     click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
     click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
+    click.option(
+        "--metrics-file",
+        metavar="FILE",
+        help="Keep the run's numbers in FILE for Prometheus (node_exporter's textfile "
+        "collector), updated as it goes and at exit.",
+    ),
     click.option("--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."),
 )
 
@@ -250,6 +260,7 @@ class Operator:
     progress: bool | None
     stats: bool
     stats_json: str | None
+    metrics_file: str | None = None
 
     def notify(self, message: str) -> None:
         if not self.quiet:
@@ -288,24 +299,63 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     started = time.perf_counter()
     summary = None
     _hint_terminal_input(config, operator)
+    metrics = _metrics_for(config, operator)
+    status: int = ExitStatus.FAILURE
     try:
         runner = run
         if config.clustered:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
             from .cluster import run as runner
-        progress = operator.progress_factory(config.output)
+        progress = _observers(
+            operator.progress_factory(config.output), metrics.observe if metrics else None
+        )
         summary = runner(config, notify=operator.notify, progress=progress)
+        status = ExitStatus.OK
     except FramesFailed as failed:
         summary = failed.summary
+        status = failed.status
         raise
     except KeyboardInterrupt:
         # Here rather than in main: click would print an empty line for it on the way out.
+        status = ExitStatus.INTERRUPTED
         raise Interrupted() from None
+    except WasmstreamError as error:
+        status = error.status
+        raise
     finally:
+        if metrics is not None:
+            metrics.finish(status)
         if summary is not None and (operator.stats or operator.stats_json):
             from .progress import Stats, write_stats
 
             stats = Stats.of(summary, time.perf_counter() - started)
             write_stats(stats, operator.stats and not operator.quiet, operator.stats_json)
+
+
+def _metrics_for(config: RunConfig, operator: Operator) -> MetricsFile | None:
+    """--metrics-file: written once now (refusing the run if it cannot be), then as it goes."""
+    if operator.metrics_file is None:
+        return None
+    from .metrics import DEFAULT_INTERVAL, MetricsFile
+
+    interval = config.checkpoint_interval if config.checkpoint else DEFAULT_INTERVAL
+    return MetricsFile(
+        operator.metrics_file, config.module, config.output, interval, operator.notify
+    )
+
+
+def _observers(*factories: ProgressFactory | None) -> ProgressFactory | None:
+    """Several observers of a run (progress, metrics) entered around it as one."""
+    present = [factory for factory in factories if factory is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def enter_all(tally: Tally, total: int | None, done: int) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        for factory in present:
+            stack.enter_context(factory(tally, total, done))
+        return stack
+
+    return enter_all
 
 
 def parse_jobs(text: str) -> int | None:
@@ -613,6 +663,7 @@ def run_command(
     progress: bool | None,
     stats: bool,
     stats_json: str | None,
+    metrics_file: str | None,
     no_cache: bool,
 ) -> None:
     """Transform INPUT files (or stdin; '-' is stdin) through MODULE, in order.
@@ -686,7 +737,7 @@ def run_command(
         cluster_file=cluster_file,
         part_size=_part_size(cluster, cluster_file, part_size, shard),
     )
-    _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+    _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
 
 
 def _init_for(config_arg: str | None, init: str | None) -> str | None:
@@ -762,6 +813,7 @@ def resume_command(
     progress: bool | None,
     stats: bool,
     stats_json: str | None,
+    metrics_file: str | None,
     no_cache: bool,
 ) -> None:
     """Continue the run recorded in a checkpoint, with the same module, inputs and output.
@@ -778,7 +830,7 @@ def resume_command(
     config = config_from_checkpoint(checkpoint, jobs_override, queue_depth, keep_jobs=jobs is None)
     timings = stats or stats_json is not None
     config = dataclasses.replace(config, force=force, cache=not no_cache, timings=timings)
-    _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+    _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
 
 
 @cli.command("inspect")
