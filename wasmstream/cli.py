@@ -833,6 +833,86 @@ def resume_command(
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
 
 
+# run's options that say how a frame runs, shared by replay (the same click objects: one
+# declaration, one help text, the same environment variables' rule).
+REPLAY_OPTIONS = (
+    "output", "frame_size", "function", "alloc", "free", "init", "config_arg", "engine",
+    "timeout", "fuel", "max_memory", "max_output", "on_error", "dead_letter", "env_pairs",
+    "dir_grants", "wasi_command", "quiet",
+)  # fmt: skip
+
+
+@cli.command("replay")
+@click.argument("dead_letters", metavar="DEAD_LETTERS", type=click.Path(dir_okay=False))
+@click.argument("module", type=click.Path(dir_okay=False))
+@click.option(
+    "--frame", "only", type=click.IntRange(min=0), metavar="N", help="Replay frame N alone."
+)
+def replay_command(
+    dead_letters: str,
+    module: str,
+    only: int | None,
+    output: str | None,
+    frame_size: int,
+    function: str,
+    alloc: str | None,
+    free: str | None,
+    init: str | None,
+    config_arg: str | None,
+    engine: str,
+    timeout: float | None,
+    fuel: int | None,
+    max_memory: int | None,
+    max_output: int | None,
+    on_error: str,
+    dead_letter: str | None,
+    env_pairs: tuple[tuple[str, str], ...],
+    dir_grants: tuple[DirGrant, ...],
+    wasi_command: bool,
+    quiet: bool,
+) -> None:
+    """Run the frames of a --dead-letter file through MODULE again, in frame order.
+
+    Each frame runs alone on a fresh instance, exactly as it was cut; its output goes to stdout
+    or -o, the guest's stderr to stderr. The run options that say how a frame runs apply, with
+    run's meaning (see `wasmstream run --help`); the exit status is a run's.
+
+    \b
+      wasmstream replay dead.jsonl fixed.wasm -o recovered
+      wasmstream replay dead.jsonl fixed.wasm --frame 17
+    """
+    from .replay import replay
+
+    config = RunConfig(
+        module=module,
+        output=output,
+        frame_size=frame_size,
+        abi=AbiOptions(
+            function=function,
+            alloc=alloc,
+            free=free,
+            init=_init_for(config_arg, init),
+            wasi_command=wasi_command,
+        ),
+        config_arg=config_arg,
+        engine=engine,
+        sandbox=Sandbox(
+            timeout=timeout,
+            fuel=fuel,
+            max_memory=max_memory,
+            max_output=max_output,
+            env=env_pairs,
+            dirs=dir_grants,
+        ),
+        on_error=on_error,
+        dead_letter=dead_letter,
+    )
+    replay(config, dead_letters, only, Operator(quiet, None, False, None).notify)
+
+
+replay_command.params += [p for p in run_command.params if p.name in REPLAY_OPTIONS]
+
+
 @cli.command("inspect")
 @click.argument("module", type=click.Path(dir_okay=False))
 @export_options
