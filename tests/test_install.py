@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, fixture
 
 pytestmark = pytest.mark.install
+UNSHIPPED = (".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
 
 
 class Installed:
@@ -40,8 +41,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """One wheel build and one install per session: the rest of the tests share them."""
     scratch = tmp_path_factory.mktemp("install")
     wheels = scratch / "wheels"
+    # From a clean copy: setuptools builds in the source tree, and a build/ left there by an
+    # earlier build would put files since removed into the wheel.
+    source = scratch / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*UNSHIPPED))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(source)],
         capture_output=True,
         text=True,
         timeout=100,
