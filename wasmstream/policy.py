@@ -12,7 +12,6 @@ from collections import Counter
 from .errors import GuestError, IOFailure
 from .framing import Frame
 from .options import POLICIES
-from .units import plural
 
 
 class JsonLines:
@@ -128,6 +127,6 @@ class FailureHandler:
         verb = "skipped" if self.policy == "skip" else "passed through unchanged"
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.by_kind.items()))
         return (
-            f"{self.failed} of {plural(frames, 'frame')} failed ({kinds}) and were {verb}; "
+            f"{self.failed} of {frames} frames failed ({kinds}) and were {verb}; "
             f"first: {self.first}"
         )
