@@ -82,8 +82,10 @@ def test_replay_shows_the_guests_stderr_and_takes_the_run_options(tmp_path: Path
     assert chatty.stderr and chatty.stdout == FAILED[1]  # chatty talks on its stdout and stderr
     xor = wasmstream("replay", str(letters), fixture("xor.wasm"), "--config", " ")
     assert xor.stdout == bytes(b ^ 0x20 for _, data in sorted(FAILED.items()) for b in data)
-    fuel = wasmstream("replay", str(letters), fixture("heavy.wasm"), "--fuel", "10")
-    assert_clean_failure(fuel, ExitStatus.OUT_OF_FUEL, "frame 1 at offset 4")
+    spin = wasmstream(
+        "replay", str(letters), fixture("hostile.wasm"), "--function", "spin", "--timeout", "200ms"
+    )
+    assert_clean_failure(spin, ExitStatus.TIMEOUT, "frame 1 at offset 4")
 
 
 def test_record_frames_of_any_length_replay_whole(tmp_path: Path) -> None:
