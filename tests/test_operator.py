@@ -146,16 +146,13 @@ def test_no_automatic_progress_over_data_shown_on_the_same_terminal() -> None:
 
 def test_progress_fits_an_80_column_terminal(tmp_path: Path) -> None:
     source = tmp_path / "in"
-    source.write_bytes(
-        b"".join(b"%07d!" % n if n % 50 == 0 else b"%08d" % n for n in range(1 << 19))
-    )
+    source.write_bytes(os.urandom(4 << 20))
     screen, _, status = in_terminal(
-        ["run", fixture("trap.wasm"), str(source), "-o", os.devnull, "--frame-size", "64",
-         "--on-error", "skip", "-j", "2"],
+        ["run", fixture("upper.wasm"), str(source), "-o", os.devnull, "--frame-size", "4K",
+         "-j", "2"],
     )  # fmt: skip
-    assert status == ExitStatus.FRAMES_FAILED, screen
-    lines = [line.replace("\x1b[K", "") for line in re.split(r"[\r\n]", screen) if line]
-    drawn = [line for line in lines if not line.startswith("wasmstream: ")]  # not the error
+    assert status == 0, screen
+    drawn = [line.replace("\x1b[K", "") for line in re.split(r"[\r\n]", screen) if line]
     assert any("[####" in line and "100%" in line for line in drawn), screen  # a bar, finished
     assert max(map(len, drawn)) < 80, drawn
 
@@ -334,6 +331,7 @@ def test_checkpoint_show(tmp_path: Path) -> None:
     assert_clean_failure(missing, ExitStatus.CHECKPOINT, "no checkpoint at")
 
 
+@pytest.mark.wasmtime_only  # sleepy.wasm is a WASI command, which wasmer cannot run
 def test_checkpoint_show_says_a_killed_run_is_not_running_and_how_to_continue(
     tmp_path: Path,
 ) -> None:
