@@ -61,7 +61,8 @@ def main() -> None:
         shell(f"{ws} run {module} {log} -o {redacted}")
         elapsed = time.perf_counter() - start
         shell(f"cmp <(tr 0-9 '#' < {log}) {redacted} && echo 'identical to: tr 0-9 \"#\"'")
-        print(f"\nDone in {elapsed:.2f} s. Try: {ws} run --help")
+        print(f"\nDone in {elapsed:.2f} s. See {ws} run --help for the options.")
+        print(f"Write your own transform: {ws} init mine --lang c && make -C mine test")
 
 
 if __name__ == "__main__":

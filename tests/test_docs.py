@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -79,7 +80,9 @@ def test_run_options_each_have_a_readme_row_and_a_man_entry() -> None:
     assert documented <= expected, f"documented but not options: {documented - expected}"
 
 
-@pytest.mark.parametrize("command", ["resume", "inspect", "checkpoint show", "bench"])
+@pytest.mark.parametrize(
+    "command", ["resume", "inspect", "checkpoint show", "bench", "replay", "guide"]
+)
 def test_other_commands_document_their_options_in_their_own_section(command: str) -> None:
     readme = section(README, f"## `wasmstream {command}", "## ")
     man = section(MAN, f".SS wasmstream {command}", ".S")
@@ -122,6 +125,7 @@ EXAMPLE_MODULES = {
     "redact.wasm": "c/redact.wasm",
     "parse.wasm": "identity.wasm",
     "csv.wasm": "identity.wasm",
+    "fixed.wasm": "upper.wasm",
 }
 
 
@@ -150,6 +154,8 @@ def example_files(directory: Path) -> None:
     for name, fixture_name in EXAMPLE_MODULES.items():
         (directory / name).write_bytes((ROOT / "fixtures" / fixture_name).read_bytes())
     (directory / "fixtures").symlink_to(ROOT / "fixtures")
+    letter = {"frame": 17, "offset": 17 << 16, "length": 5, "kind": "trap", "message": "x"}
+    (directory / "dead.jsonl").write_text(json.dumps({**letter, "data": "aGVsbG8="}) + "\n")
 
 
 def test_every_readme_example_runs(tmp_path: Path) -> None:

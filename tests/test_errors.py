@@ -235,7 +235,6 @@ def test_invalid_module_does_not_touch_output(tmp_path: Path) -> None:
         (["--frame-size", "12Q"], "not a size"),
         (["--frame-size", "0"], "at least 1 byte"),
         (["-j", "0"], "--jobs"),
-        (["--config", "x"], "--config needs --init"),
         (["--no-such-option"], "No such option"),
     ],
 )

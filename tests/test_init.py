@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 import pytest
 
+from wasmstream.errors import ExitStatus
 from wasmstream.scaffold import LANGUAGES, find_toolchain
 
 from conftest import ROOT, assert_clean_failure, wasmstream
@@ -117,6 +118,21 @@ def test_init_writes_source_sdk_makefile_readme_and_sample(lang: str, tmp_path: 
     ).read_bytes()
     makefile = (directory / "Makefile").read_text()
     assert "NAME ?= my-filter" in makefile and "@NAME@" not in makefile
+
+
+def test_generated_make_test_takes_run_options(tmp_path: Path) -> None:
+    """RUNFLAGS reaches the run: a filter by --config, checked against its own expected.txt."""
+    if find_toolchain("c").found is None:
+        pytest.skip("no C toolchain here")
+    directory = init_project(tmp_path, "c", name="filter")
+    shutil.copyfile(EXAMPLES / "c" / "filter_lines.c", directory / "transform.c")
+    sample = b"INFO start\nERROR disk full\nINFO retry\nERROR disk still full\n"
+    (directory / "sample.txt").write_bytes(sample)
+    (directory / "expected.txt").write_bytes(b"ERROR disk full\nERROR disk still full\n")
+    make(directory, "test", "RUNFLAGS=--framing lines --frame-size 32 --config ERROR")
+    assert (
+        directory / "test-output.txt"
+    ).read_bytes() == b"ERROR disk full\nERROR disk still full\n"
 
 
 def test_name_defaults_to_the_directory_and_can_be_given(tmp_path: Path) -> None:
@@ -280,7 +296,7 @@ def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Pa
     directory = tmp_path / "numbered"
     result = wasmstream("init", str(directory), "--lang", "c", "--stateful")
     assert result.returncode == 0, result.stderr.decode()
-    assert b"a stateful c transform" in result.stdout
+    assert b"a stateful C transform" in result.stdout
     make(directory, "test")
     data = b"".join(b"line %d\n" % n for n in range(1, 301))
     expected = b"".join(b"%d: line %d\n" % (n, n) for n in range(1, 301)) + b"300 lines\n"
@@ -306,6 +322,128 @@ def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Pa
     resumed = wasmstream(*args, "--resume", input=data)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert out.read_bytes() == expected
+
+
+# A transform in each language that fails, with a reason, every frame without a digit.
+FAILING = {
+    "c": """#include "wasmstream.h"
+int ws_transform(ws_bytes input, ws_output *out) {
+    for (size_t i = 0; i < input.len; i++) {
+        if (input.data[i] >= '0' && input.data[i] <= '9') {
+            ws_write(out, input.data, input.len);
+            return WS_OK;
+        }
+    }
+    return ws_fail("no digit in this frame");
+}
+""",
+    "zig": """const ws = @import("wasmstream.zig");
+comptime {
+    _ = ws.exports;
+}
+pub fn transform(input: []const u8, out: *ws.Output) !void {
+    for (input) |c| {
+        if (c >= '0' and c <= '9') {
+            try out.reserve(input.len);
+            @memcpy(out.buf[out.len .. out.len + input.len], input);
+            out.len += input.len;
+            return;
+        }
+    }
+    return ws.fail("no digit in this frame");
+}
+""",
+    "rust": """mod wasmstream;
+pub fn transform(input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    if input.iter().any(u8::is_ascii_digit) {
+        out.extend_from_slice(input);
+        Ok(())
+    } else {
+        Err("no digit in this frame".to_string())
+    }
+}
+""",
+    "assemblyscript": """import { Bytes, Output, fail } from "./wasmstream";
+export { alloc, init, process_chunk, error_message } from "./wasmstream";
+export function transform(input: Bytes, out: Output): i32 {
+  for (let i = 0; i < input.length; i++) {
+    const c = input[i];
+    if (c >= 0x30 && c <= 0x39) {
+      out.write(input, 0, input.length);
+      return 0;
+    }
+  }
+  return fail("no digit in this frame");
+}
+""",
+}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_reason_a_transform_gives_reaches_the_error_and_dead_letter(
+    lang: str, tmp_path: Path
+) -> None:
+    toolchain = find_toolchain(lang)
+    if toolchain.found is None:
+        pytest.skip(f"no {lang} toolchain here: needs {toolchain.install}")
+    directory = init_project(tmp_path, lang, name="digits")
+    (directory / SOURCES[lang]).write_text(FAILING[lang])
+    make(directory)
+    module, letters = str(directory / "digits.wasm"), tmp_path / "dead.jsonl"
+    lines = b"a1\n" + b"bb\n" + b"c3\n"
+    reason = "guest failed: no digit in this frame (error code -1)"
+    skipped = wasmstream(
+        "run", module, "--framing", "lines", "--frame-size", "3", "--on-error", "skip",
+        "--dead-letter", str(letters), input=lines,
+    )  # fmt: skip
+    assert skipped.returncode == ExitStatus.FRAMES_FAILED, skipped.stderr.decode()
+    assert skipped.stdout == b"a1\nc3\n"
+    (letter,) = [json.loads(line) for line in letters.read_text().splitlines()]
+    assert (letter["frame"], letter["message"]) == (1, reason)
+    assert "transform: no digit in this frame" in skipped.stderr.decode()  # its stderr, shown
+    failed = wasmstream("run", module, "--framing", "lines", "--frame-size", "3", input=lines)
+    assert failed.returncode == ExitStatus.GUEST_ERROR
+    assert failed.stderr.decode().splitlines() == [
+        "transform: no digit in this frame",  # the guest's own stderr, then wasmstream's line
+        f"wasmstream: error: frame 1 at offset 3: {reason}",
+    ]
+
+
+def test_stateful_without_lang_is_c(tmp_path: Path) -> None:
+    result = wasmstream("init", str(tmp_path / "counted"), "--stateful")
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"created " in result.stdout and b": a stateful C transform" in result.stdout
+    assert (tmp_path / "counted" / "transform.c").is_file()
+    assert "snapshot" in (tmp_path / "counted" / "transform.c").read_text()
+
+
+def test_what_init_prints_reads_right_and_its_next_line_runs(tmp_path: Path) -> None:
+    # no node or npm on PATH: init says what to install
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(ROOT)}
+    result = wasmstream("init", "a b", "--lang", "assemblyscript", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines == [
+        "created a b: an AssemblyScript transform that builds a-b.wasm",
+        "to build it: Node.js with npm (nodejs.org, or apt install nodejs npm)",
+        "next: cd 'a b' && make test",
+    ]
+    command = lines[-1].removeprefix("next: ").replace("make test", "pwd")
+    done = subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True, check=True)
+    assert done.stdout.decode().strip() == str(tmp_path / "a b")
+
+
+def test_a_dangling_symlink_as_dir_is_refused_naming_its_target(tmp_path: Path) -> None:
+    link, target = tmp_path / "link", tmp_path / "not-mounted" / "project"
+    link.symlink_to(target)
+    result = wasmstream("init", str(link), "--lang", "c")
+    assert_clean_failure(result, ExitStatus.USAGE, str(link), str(target), "does not exist")
+    assert not (tmp_path / "not-mounted").exists() and link.is_symlink()
+    # a link to a directory is followed
+    target.mkdir(parents=True)
+    followed = wasmstream("init", str(link), "--lang", "c")
+    assert followed.returncode == 0, followed.stderr.decode()
+    assert (target / "transform.c").is_file()
 
 
 @pytest.mark.parametrize("lang", ["zig", "rust", "assemblyscript"])

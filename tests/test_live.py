@@ -81,6 +81,7 @@ def test_oversized_record_is_an_error_naming_offset_and_length(jobs: str) -> Non
         result,
         ExitStatus.FRAMING,
         "record at offset 6000 is at least 1025 bytes, larger than the frame size (1024 bytes)",
+        "(--frame-size SIZE, or --oversize split|skip)",
     )
     assert result.stdout == b"OK\n" * 2000
 

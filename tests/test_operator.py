@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import pty
+import re
 import select
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import pytest
 
 from wasmstream.cache import HEADER, header_for
 from wasmstream.errors import ExitStatus
+from wasmstream.progress import Snapshot, terminal_line
 
 from conftest import FIXTURES, assert_clean_failure, fixture, spawn, wasmstream
 
@@ -75,7 +81,122 @@ def test_no_progress_when_stderr_is_not_a_terminal_unless_forced() -> None:
     assert quiet.stderr == b""
     forced = wasmstream("run", fixture("upper.wasm"), "--progress", input=b"abc")
     assert forced.stdout == b"ABC"
-    assert b"wasmstream" in forced.stderr and b"frames" in forced.stderr
+    assert b"wasmstream" in forced.stderr and b"1 frame," in forced.stderr
+
+
+def in_terminal(
+    args: list[str],
+    *,
+    stdin_terminal: bool = False,
+    stdout_terminal: bool = False,
+    data: bytes = b"",
+    typed: bytes = b"",
+    columns: int = 80,
+) -> tuple[str, bytes, int]:
+    """Run the CLI with stderr (and stdin, stdout if asked) on a real pseudo-terminal of
+    `columns` columns: what the screen got, what stdout got (when a pipe), the exit status."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    process = spawn(
+        args,
+        stdin=secondary if stdin_terminal else subprocess.PIPE,
+        stdout=secondary if stdout_terminal else subprocess.PIPE,
+        stderr=secondary,
+        env={**env, "TERM": "xterm"},
+    )
+    os.close(secondary)
+    screen = bytearray()
+    reader = threading.Thread(target=drain, args=(primary, screen))  # a full terminal blocks
+    reader.start()
+    if stdin_terminal:
+        os.write(primary, typed)
+        output = process.communicate(timeout=60)[0] or b""
+    else:
+        output = process.communicate(data, timeout=60)[0] or b""
+    reader.join(timeout=10)
+    os.close(primary)
+    return screen.decode(errors="replace"), output, process.returncode
+
+
+def drain(primary: int, screen: bytearray) -> None:
+    """Read the terminal until its other side is closed by every process holding it."""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the other side is closed
+            return
+        if not chunk:
+            return
+        screen += chunk
+
+
+def test_no_automatic_progress_over_data_shown_on_the_same_terminal() -> None:
+    screen, _, status = in_terminal(
+        ["run", fixture("upper.wasm")], stdout_terminal=True, data=b"abc\n" * 1000
+    )
+    assert status == 0
+    assert "ABC" in screen and "wasmstream" not in screen, screen
+    # to a file, the same terminal shows progress again
+    screen, _, _ = in_terminal(
+        ["run", fixture("upper.wasm"), "-o", os.devnull], stdout_terminal=True, data=b"abc"
+    )
+    assert "wasmstream" in screen and "frame" in screen, screen
+
+
+def test_progress_fits_an_80_column_terminal(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(os.urandom(4 << 20))
+    screen, _, status = in_terminal(
+        ["run", fixture("upper.wasm"), str(source), "-o", os.devnull, "--frame-size", "4K",
+         "-j", "2"],
+    )  # fmt: skip
+    assert status == 0, screen
+    drawn = [line.replace("\x1b[K", "") for line in re.split(r"[\r\n]", screen) if line]
+    assert any("[####" in line and "100%" in line for line in drawn), screen  # a bar, finished
+    assert max(map(len, drawn)) < 80, drawn
+
+
+@pytest.mark.parametrize("columns", [20, 40, 60, 80, 100, 200])
+def test_every_progress_line_is_narrower_than_its_terminal(columns: int) -> None:
+    widest = Snapshot(
+        done=123_456_789_012, total=987_654_321_098, speed=12_345_678.9, frames=123_456_789,
+        workers=64, queue=(128, 128), failed=12_345, dropped=67_890,
+    )  # fmt: skip
+    line = terminal_line(widest, columns)
+    assert len(line) < columns and line.startswith("wasmstream"), line
+    if columns >= 80:
+        assert "%" in line and "failed" in line and "dropped" in line, line
+
+
+def test_progress_to_a_file_is_plain_lines(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    source = tmp_path / "in"
+    source.write_bytes(os.urandom(1 << 20))
+    with log.open("wb") as stderr:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmstream", "run", fixture("upper.wasm"), str(source),
+             "-o", os.devnull, "--progress"],
+            stderr=stderr, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text and "#" not in text, repr(text)
+    lines = text.splitlines()
+    assert lines and all(line.startswith("wasmstream: ") for line in lines), lines
+    assert "100%, 1.0 MiB of 1.0 MiB" in lines[-1], lines
+
+
+def test_one_hint_when_reading_the_terminal() -> None:
+    screen, output, status = in_terminal(
+        ["run", fixture("upper.wasm")], stdin_terminal=True, typed=b"abc\n\x04"
+    )
+    assert (status, output) == (0, b"ABC\n"), screen
+    assert screen.count("reading the input from this terminal") == 1, screen
+    assert "Ctrl-D" in screen
+    # from a pipe, nothing is said
+    quiet = wasmstream("run", fixture("upper.wasm"), input=b"abc")
+    assert quiet.stderr == b""
 
 
 def test_quiet_silences_notices_but_not_errors(tmp_path: Path) -> None:
@@ -167,6 +288,31 @@ def test_inspect_wasi_command_and_reactor() -> None:
     assert "wasi_snapshot_preview1.fd_write (func)" in reactor["imports"]
 
 
+def test_inspect_hints_at_init_only_where_config_alone_would_not_reach_it(
+    tmp_path: Path,
+) -> None:
+    import wasmtime
+
+    plain = wasmstream("inspect", fixture("xor.wasm"))  # exports init, as every SDK module does
+    assert plain.returncode == 0
+    assert "init        init, when run with --config TEXT|@FILE" in plain.stdout.decode()
+    assert "hint" not in plain.stdout.decode() and "--init" not in plain.stdout.decode()
+    module = tmp_path / "configure.wasm"
+    module.write_bytes(
+        wasmtime.wat2wasm(
+            """(module (memory (export "memory") 2)
+              (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+              (func (export "configure") (param i32 i32) (result i32) (i32.const 0))
+              (func (export "process_chunk") (param i32 i32) (result i32) (local.get 1)))"""
+        )
+    )
+    hinted = json.loads(wasmstream("inspect", str(module), "--json").stdout)
+    assert "--init configure --config" in hinted["hint"]
+    assert hinted["abi"]["init"] == "none"
+    given = json.loads(wasmstream("inspect", str(module), "--init", "configure", "--json").stdout)
+    assert "hint" not in given and given["abi"]["init"] == "configure"
+
+
 def test_checkpoint_show(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.write_bytes(b"a" * 10_000 + b"!" + b"a" * 9_999)
@@ -183,6 +329,58 @@ def test_checkpoint_show(tmp_path: Path) -> None:
     assert report["percent_done"] == 50.0 and report["record"]["position"]["output_bytes"] == 10_000
     missing = wasmstream("checkpoint", "show", str(tmp_path / "nope.json"))
     assert_clean_failure(missing, ExitStatus.CHECKPOINT, "no checkpoint at")
+
+
+@pytest.mark.wasmtime_only  # sleepy.wasm is a WASI command, which wasmer cannot run
+def test_checkpoint_show_says_a_killed_run_is_not_running_and_how_to_continue(
+    tmp_path: Path,
+) -> None:
+    source, out, ckpt = tmp_path / "in", tmp_path / "out", tmp_path / "out.ckpt.json"
+    data = b"3abc" * 5 + b"0abc" * 1000  # sleepy: the first frames take 300 ms each
+    source.write_bytes(data)
+    run = spawn(
+        ["run", fixture("sleepy.wasm"), str(source), "-o", str(out), "--frame-size", "4",
+         "-j", "1", "--checkpoint-every", "1"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while run.poll() is None and not (ckpt.exists() and b'"frames": 1' in ckpt.read_bytes()):
+        time.sleep(0.01)
+    shown = wasmstream("checkpoint", "show", str(ckpt)).stdout.decode()
+    assert f"status      running (PID {run.pid})" in shown, shown
+    assert "continue" not in shown
+    run.kill()
+    run.wait()
+    shown = wasmstream("checkpoint", "show", str(ckpt)).stdout.decode()
+    assert "status      not running: the run was killed" in shown, shown
+    assert "no process holds its lock" in shown
+    command = f"wasmstream resume --checkpoint {ckpt}"
+    assert f"continue    {command}" in shown, shown
+    report = json.loads(wasmstream("checkpoint", "show", str(ckpt), "--json").stdout)
+    assert (report["status"], report["pid"], report["continue_with"]) == ("stopped", None, command)
+    resumed = wasmstream(*command.split()[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"42", "it holds a number, not an object"),
+        (b"[1, 2]", "it holds an array, not an object"),
+        (b'{"version": "two"}', "a JSON object without a numeric format version"),
+        (b"hello, world\n", "it is not JSON"),
+        (b"\x89PNG\r\n\x1a\n\0\0", "it is not JSON"),
+    ],
+)
+def test_checkpoint_show_on_a_file_that_is_not_a_checkpoint(
+    tmp_path: Path, content: bytes, what: str
+) -> None:
+    path = tmp_path / "file.json"
+    path.write_bytes(content)
+    result = wasmstream("checkpoint", "show", str(path))
+    stderr = assert_clean_failure(result, ExitStatus.CHECKPOINT, "is not a wasmstream checkpoint")
+    assert what in stderr and str(path) in stderr
+    assert "Expected" not in stderr and "`" not in stderr  # not the decoder's own words
 
 
 def test_every_option_can_come_from_the_environment(tmp_path: Path) -> None:
@@ -285,6 +483,7 @@ def test_bench_command_measures_and_recommends(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"fastest: --frame-size ")
+    assert b"(1 run per setting)" in result.stderr
     assert result.stderr.count(b"MiB/s") >= 8  # every setting tried is shown with its number
 
 

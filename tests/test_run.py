@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REFERENCES, chunks, fixture, per_frame, spawn, wasmstream
+from wasmstream.errors import ExitStatus
+
+from conftest import REFERENCES, assert_clean_failure, chunks, fixture, per_frame, spawn, wasmstream
 
 FRAME = 4096
 SIZES = [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME, 5 * FRAME + 123, 40_000]
@@ -171,6 +173,21 @@ def test_init_receives_config_text_and_file(tmp_path: Path) -> None:
         input=data,
     )
     assert as_file.stdout == expected
+
+
+def test_config_without_init_goes_to_the_init_export() -> None:
+    data = bytes(range(256)) * 10
+    result = wasmstream("run", fixture("xor.wasm"), "--config", " ", "-j", "2", input=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bytes(b ^ 0x20 for b in data)
+    bench = wasmstream(
+        "bench", fixture("xor.wasm"), "--config", " ", "--sample", "64K", "--runs", "1"
+    )
+    assert bench.returncode == 0, bench.stderr
+    # a module without one is refused, naming what it lacks, before any output
+    refused = wasmstream("run", fixture("upper.wasm"), "--config", " ", input=data)
+    assert_clean_failure(refused, ExitStatus.INVALID_MODULE, "missing export init (init function)")
+    assert refused.stdout == b""
 
 
 def test_wasi_guest_output_goes_to_stderr_not_the_data_stream() -> None:

@@ -620,3 +620,57 @@ def test_a_failed_frame_ends_the_run_while_a_later_guest_loops(jobs: str) -> Non
     assert_clean_failure(result, ExitStatus.GUEST_ERROR, "frame 0 at offset 0")
     assert result.stdout == b""
     assert elapsed < 5 + STARTUP
+
+
+def failing_module(tmp_path: Path, error_message: str) -> str:
+    """A transform that fails every frame (-1); `error_message` is its reason export's body."""
+    import wasmtime
+
+    module = tmp_path / "failing.wasm"
+    module.write_bytes(
+        wasmtime.wat2wasm(
+            f"""(module
+              (memory (export "memory") 2)
+              (data (i32.const 100) "bad  record\\nat column 7")
+              (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+              (func (export "process_chunk") (param i32 i32) (result i32) (i32.const -1))
+              {error_message})"""
+        )
+    )
+    return str(module)
+
+
+def test_the_guests_reason_is_the_message_on_one_line(tmp_path: Path) -> None:
+    packed = (100 << 32) | 23
+    module = failing_module(
+        tmp_path, f'(func (export "error_message") (result i64) (i64.const {packed}))'
+    )
+    letters = tmp_path / "dead.jsonl"
+    result = wasmstream(
+        "run", module, "--on-error", "skip", "--dead-letter", str(letters), input=b"x"
+    )
+    reason = "guest failed: bad record at column 7 (error code -1)"
+    assert_clean_failure(result, ExitStatus.FRAMES_FAILED, reason)
+    assert json.loads(letters.read_text())["message"] == reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "(i64.const 0)",  # no reason given
+        f"(i64.const {(200000 << 32) | 5})",  # a range outside memory
+        "(unreachable)",  # a reporter that traps
+    ],
+)
+def test_without_a_usable_reason_the_error_code_is_the_message(tmp_path: Path, body: str) -> None:
+    module = failing_module(tmp_path, f'(func (export "error_message") (result i64) {body})')
+    result = wasmstream("run", module, input=b"x")
+    assert_clean_failure(
+        result, ExitStatus.GUEST_ERROR, "frame 0 at offset 0: guest returned error code -1"
+    )
+
+
+def test_an_error_message_export_of_another_signature_is_refused(tmp_path: Path) -> None:
+    module = failing_module(tmp_path, '(func (export "error_message") (result i32) (i32.const 0))')
+    result = wasmstream("run", module, input=b"x")
+    assert_clean_failure(result, ExitStatus.INVALID_MODULE, "error_message (failure reason)")

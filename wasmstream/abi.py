@@ -25,6 +25,10 @@ DEFAULT_TRANSFORM = "process_chunk"
 ALLOCATOR_NAMES = ("alloc", "allocate", "malloc")
 DEALLOCATOR_NAMES = ("dealloc", "free")
 SNAPSHOT, RESTORE, DEFAULT_FINISH = "snapshot", "restore", "finish"
+DEFAULT_INIT = "init"  # called with --config when --init names no other export
+# () -> i64 packed: why the last frame failed, when the transform returned a negative result
+# (the SDKs' ws_fail("why")); read for the error and dead letter, never freed.
+ERROR_MESSAGE = "error_message"
 STATE_MODES = ("auto", "none", "memory")  # --state
 
 
@@ -124,6 +128,7 @@ class GuestAbi:
     range_dealloc: str | None = None  # frees snapshot() and finish() ranges, whatever `result`
     component: ComponentAbi | None = None  # a component: `transform`, `init`, `finish` name its
     # functions; the fields about memory, allocation and results are unused
+    error_message: str | None = None  # ERROR_MESSAGE, when exported
 
     @property
     def one_instance(self) -> bool:
@@ -203,7 +208,15 @@ def resolve_abi(info: ModuleInfo, options: AbiOptions, source: str) -> GuestAbi:
         state=state,
         finish=_finish(info, options.finish, source),
         range_dealloc=dealloc,
+        error_message=_error_message(info, source),
     )
+
+
+def _error_message(info: ModuleInfo, source: str) -> str | None:
+    if info.export(ERROR_MESSAGE) is None:
+        return None
+    _require_func(info, ERROR_MESSAGE, "failure reason", FINISH_SIGS, source)
+    return ERROR_MESSAGE
 
 
 def _state_kind(info: ModuleInfo, mode: str, source: str) -> StateKind:
@@ -291,6 +304,11 @@ def _missing(info: ModuleInfo, name: str, role: str, source: str) -> ModuleError
     return ModuleError(f"{source}: missing export {name} ({role}); the module exports: {exported}")
 
 
+def error_code_message(result: int, what: str = "output") -> str:
+    who = "guest" if what == "output" else what
+    return f"{who} returned error code {result}"
+
+
 def output_range(
     result: int,
     kind: ResultKind,
@@ -307,8 +325,7 @@ def output_range(
     range outside guest memory (never read it), an output over --max-output.
     """
     if result < 0:
-        who = "guest" if what == "output" else what
-        raise GuestError(f"{who} returned error code {result}")
+        raise GuestError(error_code_message(result, what))
     if kind is ResultKind.IN_PLACE:
         if result > buffer_size:
             raise GuestError(

@@ -304,8 +304,15 @@ def load(path: str) -> Checkpoint | None:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}") from None
     try:
         version = _version_decoder.decode(raw).version
-    except msgspec.DecodeError as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {error}") from None
+    except msgspec.ValidationError:  # JSON, but not shaped like any checkpoint
+        raise CheckpointError(
+            f"{path} is not a wasmstream checkpoint: it holds {_json_kind(raw)}"
+        ) from None
+    except msgspec.DecodeError:
+        raise CheckpointError(
+            f"{path} is not a wasmstream checkpoint: it is not JSON "
+            "(corrupt or truncated, or another kind of file)"
+        ) from None
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {version}; this wasmstream reads version "
@@ -321,6 +328,15 @@ def load(path: str) -> Checkpoint | None:
     if problem:
         raise CheckpointError(f"checkpoint {path} is inconsistent: {problem}")
     return saved
+
+
+def _json_kind(raw: bytes) -> str:
+    """What a JSON document is, for people (the decoder's own words name its types)."""
+    value = msgspec.json.decode(raw)
+    if isinstance(value, dict):
+        return "a JSON object without a numeric format version"
+    kinds = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+    return f"{kinds.get(type(value), 'a number')}, not an object"
 
 
 def inconsistency(saved: Checkpoint) -> str | None:

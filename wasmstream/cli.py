@@ -14,13 +14,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from . import interrupts, stdio
 from ._version import __version__
-from .abi import ALLOCATOR_NAMES, DEALLOCATOR_NAMES, DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
+from .abi import (
+    ALLOCATOR_NAMES,
+    DEALLOCATOR_NAMES,
+    DEFAULT_INIT,
+    DEFAULT_TRANSFORM,
+    STATE_MODES,
+    AbiOptions,
+)
 from .core import ProgressFactory, run
 from .engines import (
     DEFAULT_ENGINE,
@@ -28,9 +35,15 @@ from .engines import (
     ENGINE_NAMES,
     DirGrant,
     Sandbox,
-    is_component_file,
 )
-from .errors import BrokenPipe, ExitStatus, FramesFailed, Interrupted, WasmstreamError
+from .errors import (
+    BrokenPipe,
+    ExitStatus,
+    FramesFailed,
+    FramingError,
+    Interrupted,
+    WasmstreamError,
+)
 from .files import is_own_file
 from .framing import Framing, FramingSpec, Oversize
 from .options import (
@@ -47,7 +60,11 @@ from .options import (
     parse_env,
     sidecar_for,
 )
-from .units import format_duration, format_size, parse_duration, parse_size
+from .units import format_duration, format_size, parse_duration, parse_size, plural
+
+if TYPE_CHECKING:
+    from .metrics import MetricsFile
+    from .tally import Tally
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
@@ -95,8 +112,10 @@ def cli() -> None:
     """Run a WebAssembly transform over a data stream, frame by frame, in order.
 
     \b
-      cat data.bin | wasmstream run transformer.wasm > out
-      wasmstream run upper.wasm access.log -o ACCESS.LOG
+      printf 'hello\\n' | wasmstream run fixtures/upper.wasm
+      wasmstream run fixtures/c/redact.wasm access.log -o redacted.log
+      wasmstream init upper --lang c    # a transform of your own
+      wasmstream guide                  # how to write one
     """
 
 
@@ -221,6 +240,12 @@ operator_options = _stack(
     ),
     click.option("--stats", is_flag=True, help="Print a summary on stderr at the end."),
     click.option("--stats-json", metavar="FILE", help="Write the summary to FILE as JSON."),
+    click.option(
+        "--metrics-file",
+        metavar="FILE",
+        help="Keep the run's numbers in FILE for Prometheus (node_exporter's textfile "
+        "collector), updated as it goes and at exit.",
+    ),
     click.option("--no-cache", is_flag=True, help="Do not use or fill the compiled-module cache."),
 )
 
@@ -233,40 +258,102 @@ class Operator:
     progress: bool | None
     stats: bool
     stats_json: str | None
+    metrics_file: str | None = None
 
     def notify(self, message: str) -> None:
         if not self.quiet:
             _notice(message)
 
-    def progress_factory(self) -> ProgressFactory | None:
-        show = self.progress if self.progress is not None else os.isatty(2)
+    def progress_factory(self, output: str | None) -> ProgressFactory | None:
+        # As pv does: by default only on a terminal, and not on the one the data is shown on
+        # (the line would be drawn over it).
+        data_on_stderr = output in (None, "-") and _same_terminal(1, 2)
+        show = self.progress if self.progress is not None else os.isatty(2) and not data_on_stderr
         if not show or self.quiet:
             return None
-        from .progress import ProgressDisplay  # rich is imported only when progress is shown
+        from .progress import ProgressDisplay  # only when progress is shown
 
         return ProgressDisplay
+
+
+def _same_terminal(fd: int, other: int) -> bool:
+    try:
+        if not (os.isatty(fd) and os.isatty(other)):
+            return False
+        one, two = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
+
+def _hint_terminal_input(config: RunConfig, operator: Operator) -> None:
+    """A run waiting on a terminal's keyboard looks hung: say once what it is waiting for."""
+    reads_stdin = not config.inputs or "-" in config.inputs
+    if reads_stdin and os.isatty(0):
+        operator.notify("reading the input from this terminal: end it with Ctrl-D")
 
 
 def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     started = time.perf_counter()
     summary = None
+    _hint_terminal_input(config, operator)
+    metrics = _metrics_for(config, operator)
+    status: int = ExitStatus.FAILURE
     try:
         runner = run
         if config.clustered:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
             from .cluster import run as runner
-        summary = runner(config, notify=operator.notify, progress=operator.progress_factory())
+        progress = _observers(
+            operator.progress_factory(config.output), metrics.observe if metrics else None
+        )
+        summary = runner(config, notify=operator.notify, progress=progress)
+        status = ExitStatus.OK
     except FramesFailed as failed:
         summary = failed.summary
+        status = failed.status
         raise
     except KeyboardInterrupt:
         # Here rather than in main: click would print an empty line for it on the way out.
+        status = ExitStatus.INTERRUPTED
         raise Interrupted() from None
+    except WasmstreamError as error:
+        status = error.status
+        raise
     finally:
+        if metrics is not None:
+            metrics.finish(status)
         if summary is not None and (operator.stats or operator.stats_json):
             from .progress import Stats, write_stats
 
             stats = Stats.of(summary, time.perf_counter() - started)
             write_stats(stats, operator.stats and not operator.quiet, operator.stats_json)
+
+
+def _metrics_for(config: RunConfig, operator: Operator) -> MetricsFile | None:
+    """--metrics-file: written once now (refusing the run if it cannot be), then as it goes."""
+    if operator.metrics_file is None:
+        return None
+    from .metrics import DEFAULT_INTERVAL, MetricsFile
+
+    interval = config.checkpoint_interval if config.checkpoint else DEFAULT_INTERVAL
+    return MetricsFile(
+        operator.metrics_file, config.module, config.output, interval, operator.notify
+    )
+
+
+def _observers(*factories: ProgressFactory | None) -> ProgressFactory | None:
+    """Several observers of a run (progress, metrics) entered around it as one."""
+    present = [factory for factory in factories if factory is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def enter_all(tally: Tally, total: int | None, done: int) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        for factory in present:
+            stack.enter_context(factory(tally, total, done))
+        return stack
+
+    return enter_all
 
 
 def parse_jobs(text: str) -> int | None:
@@ -327,7 +414,8 @@ export_options = _stack(
     click.option(
         "--init",
         metavar="NAME",
-        help="Export called once per instance with the --config bytes [a component: init].",
+        help=f"Export called once per instance with the --config bytes [default with --config: "
+        f"{DEFAULT_INIT}].",
     ),
 )
 config_option = click.option(
@@ -581,6 +669,7 @@ def run_command(
     progress: bool | None,
     stats: bool,
     stats_json: str | None,
+    metrics_file: str | None,
     no_cache: bool,
 ) -> None:
     """Transform INPUT files (or stdin; '-' is stdin) through MODULE, in order.
@@ -588,14 +677,14 @@ def run_command(
     The inputs are read as one stream, cut into frames of --frame-size bytes (the last may be
     shorter), transformed by --jobs instances of MODULE in parallel, and written to stdout or
     --output strictly in input order. MODULE is a core module or a WebAssembly component. See the
-    GUEST ABI and COMPONENTS sections of `man wasmstream`.
+    GUEST ABI and COMPONENTS sections of `man wasmstream`, and `wasmstream guide` on writing
+    transforms.
 
     With -o OUT, progress is checkpointed in OUT.ckpt.json; after a crash or Ctrl-C, the same
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
     uninterrupted run.
     """
-    if config_arg is not None and init is None and not is_component_file(module):
-        raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    init = _init_for(config_arg, init)
     if delimiter is not None and framing != Framing.DELIMITER.value:
         raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
@@ -656,7 +745,12 @@ def run_command(
         cluster_file=cluster_file,
         part_size=_part_size(cluster, cluster_file, part_size, shard),
     )
-    _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+    _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
+
+
+def _init_for(config_arg: str | None, init: str | None) -> str | None:
+    """--config without --init goes to the module's `init` export (refused if it has none)."""
+    return DEFAULT_INIT if config_arg is not None and init is None else init
 
 
 def _flip_every() -> int | None:
@@ -727,6 +821,7 @@ def resume_command(
     progress: bool | None,
     stats: bool,
     stats_json: str | None,
+    metrics_file: str | None,
     no_cache: bool,
 ) -> None:
     """Continue the run recorded in a checkpoint, with the same module, inputs and output.
@@ -743,7 +838,87 @@ def resume_command(
     config = config_from_checkpoint(checkpoint, jobs_override, queue_depth, keep_jobs=jobs is None)
     timings = stats or stats_json is not None
     config = dataclasses.replace(config, force=force, cache=not no_cache, timings=timings)
-    _run_as_operator(config, Operator(quiet, progress, stats, stats_json))
+    _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
+
+
+# run's options that say how a frame runs, shared by replay (the same click objects: one
+# declaration, one help text, the same environment variables' rule).
+REPLAY_OPTIONS = (
+    "output", "frame_size", "function", "alloc", "free", "init", "config_arg", "engine",
+    "timeout", "fuel", "max_memory", "max_output", "on_error", "dead_letter", "env_pairs",
+    "dir_grants", "wasi_command", "quiet",
+)  # fmt: skip
+
+
+@cli.command("replay")
+@click.argument("dead_letters", metavar="DEAD_LETTERS", type=click.Path(dir_okay=False))
+@click.argument("module", type=click.Path(dir_okay=False))
+@click.option(
+    "--frame", "only", type=click.IntRange(min=0), metavar="N", help="Replay frame N alone."
+)
+def replay_command(
+    dead_letters: str,
+    module: str,
+    only: int | None,
+    output: str | None,
+    frame_size: int,
+    function: str,
+    alloc: str | None,
+    free: str | None,
+    init: str | None,
+    config_arg: str | None,
+    engine: str,
+    timeout: float | None,
+    fuel: int | None,
+    max_memory: int | None,
+    max_output: int | None,
+    on_error: str,
+    dead_letter: str | None,
+    env_pairs: tuple[tuple[str, str], ...],
+    dir_grants: tuple[DirGrant, ...],
+    wasi_command: bool,
+    quiet: bool,
+) -> None:
+    """Run the frames of a --dead-letter file through MODULE again, in frame order.
+
+    Each frame runs alone on a fresh instance, exactly as it was cut; its output goes to stdout
+    or -o, the guest's stderr to stderr. The run options that say how a frame runs apply, with
+    run's meaning (see `wasmstream run --help`); the exit status is a run's.
+
+    \b
+      wasmstream replay dead.jsonl fixed.wasm -o recovered
+      wasmstream replay dead.jsonl fixed.wasm --frame 17
+    """
+    from .replay import replay
+
+    config = RunConfig(
+        module=module,
+        output=output,
+        frame_size=frame_size,
+        abi=AbiOptions(
+            function=function,
+            alloc=alloc,
+            free=free,
+            init=_init_for(config_arg, init),
+            wasi_command=wasi_command,
+        ),
+        config_arg=config_arg,
+        engine=engine,
+        sandbox=Sandbox(
+            timeout=timeout,
+            fuel=fuel,
+            max_memory=max_memory,
+            max_output=max_output,
+            env=env_pairs,
+            dirs=dir_grants,
+        ),
+        on_error=OnError(on_error),
+        dead_letter=dead_letter,
+    )
+    replay(config, dead_letters, only, Operator(quiet, None, False, None).notify)
+
+
+replay_command.params += [p for p in run_command.params if p.name in REPLAY_OPTIONS]
 
 
 @cli.command("inspect")
@@ -823,8 +998,7 @@ def bench_command(
             err=True,
         )
 
-    if config_arg is not None and init is None and not is_component_file(module):
-        raise click.UsageError("--config needs --init NAME (the export that receives it)")
+    init = _init_for(config_arg, init)
     base = RunConfig(
         module=module,
         abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),
@@ -832,7 +1006,7 @@ def bench_command(
         engine=engine,
         framing=FramingSpec(framing=Framing(framing), delimiter=delimiter or b"\n"),
     )
-    click.echo(f"wasmstream: measuring {module} ({runs} runs per setting)…", err=True)
+    click.echo(f"wasmstream: measuring {module} ({plural(runs, 'run')} per setting)…", err=True)
     trials = bench(base, input, sample_size, runs, show)
     if not trials:
         raise click.UsageError("the input is empty: nothing to measure")
@@ -858,7 +1032,8 @@ def bench_command(
 @click.option(
     "--stateful",
     is_flag=True,
-    help="A transform that keeps state across frames (snapshot, restore, finish); C only.",
+    help="A transform that keeps state across frames (snapshot, restore, finish); C only, "
+    "the default --lang with it.",
 )
 @click.option(
     "--list",
@@ -887,7 +1062,7 @@ def init_command(
       wasmstream init upper --lang c && make -C upper test
       wasmstream init --list
 
-    The guide: docs/writing-transforms.md in the project.
+    The guide: `wasmstream guide`.
     """
     from pathlib import Path
 
@@ -897,17 +1072,41 @@ def init_command(
         for toolchain in map(scaffold.find_toolchain, scaffold.LANGUAGES):
             click.echo(f"{toolchain.lang:<15} {toolchain.status()}")
         return
+    if lang is None and stateful and len(scaffold.STATEFUL) == 1:
+        lang = scaffold.STATEFUL[0]  # the one language with a stateful template
     if directory is None or lang is None:
         raise click.UsageError("init needs DIR and --lang (or --list)")
     path = Path(directory)
     project_name = name if name is not None else scaffold.default_name(path)
     scaffold.create_project(path, lang, project_name, force, stateful)
-    kind = "a stateful" if stateful else "a"
-    click.echo(f"created {directory}: {kind} {lang} transform that builds {project_name}.wasm")
+    title = scaffold.TITLES[lang]
+    kind = f"a stateful {title}" if stateful else f"{'an' if title[0] in 'AEIOU' else 'a'} {title}"
+    click.echo(f"created {directory}: {kind} transform that builds {project_name}.wasm")
     toolchain = scaffold.find_toolchain(lang)
     if toolchain.found is None:
-        click.echo(f"to build it, install {toolchain.install}")
-    click.echo(f"next: cd {directory} && make test")
+        click.echo(f"to build it: {toolchain.install}")
+    import shlex
+
+    click.echo(f"next: cd {shlex.quote(directory)} && make test")
+
+
+@cli.command("guide")
+@click.option("--path", "show_path", is_flag=True, help="Print where the guide is instead.")
+def guide_command(show_path: bool) -> None:
+    """Print the guide to writing transforms (the SDKs, worked examples, testing, debugging).
+
+    Through a pager when stdout is a terminal. It is installed as
+    share/doc/wasmstream/writing-transforms.md, beside the man page.
+    """
+    from .guide import guide_path
+
+    path = guide_path()
+    if show_path:
+        click.echo(str(path))
+    elif sys.stdout.isatty():
+        click.echo_via_pager(path.read_text(encoding="utf-8"))
+    else:
+        click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
 @cli.group("checkpoint")
@@ -994,7 +1193,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         _notice(str(error))  # not an error: how far the run got, and how to go on
         return error.status
     except WasmstreamError as error:
-        _error(str(error))
+        _error(f"{error}{_OPTION_HINTS.get(type(error), '')}")
         return error.status
     except KeyboardInterrupt:
         _notice("interrupted")
@@ -1007,6 +1206,12 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         _error(f"internal error: {type(error).__name__}: {error}")
         return ExitStatus.FAILURE
     return ExitStatus.OK
+
+
+# The options that answer an error, which the layers below do not know by name.
+_OPTION_HINTS: dict[type[WasmstreamError], str] = {
+    FramingError: " (--frame-size SIZE, or --oversize split|skip)"
+}
 
 
 def _quiet_stdout() -> None:

@@ -173,6 +173,28 @@ class RunLock:
         self.fd = -1
 
 
+def checkpoint_holder(path: str) -> int | None:
+    """The PID of the run holding the checkpoint's lock (0: held, PID unknown), or None when
+    no process holds it: a checkpoint that says "running" then belongs to a killed run."""
+    lock_path = f"{os.path.realpath(path)}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file: a run removes it on release, and takes it before it saves
+        return None
+    try:
+        holder = _lock_holder(fd)
+        if holder is not None or os.path.exists("/proc/locks"):
+            return holder
+        try:  # no /proc/locks: probe, as briefly as can be (a run starting now may be refused)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _same_inode(fd: int, path: str) -> bool:
     try:
         here, there = os.fstat(fd), os.stat(path)

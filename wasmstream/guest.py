@@ -29,11 +29,13 @@ from .abi import (
     GuestAbi,
     ResultKind,
     StateKind,
+    error_code_message,
     output_range,
 )
 from .errors import GuestError, StartupError, StateRefused
 
 T = TypeVar("T")
+MAX_REASON = 1000  # bytes of a guest's failure reason kept: one line of an error, not a log
 Call = Callable[..., "int | None"]
 
 
@@ -142,6 +144,8 @@ class Guest:
         """
         result = self._transform(self.input_ptr, length)
         assert result is not None
+        if result < 0 and self._abi.error_message:
+            raise GuestError(self._failure(result, self._abi.error_message))
         memory = self._runtime.memory()  # the call may have grown (and moved) memory
         start, size = output_range(
             result,
@@ -160,6 +164,20 @@ class Guest:
         consumed = consume(memory[start : start + size])
         self._free(start, size)
         return consumed
+
+    def _failure(self, result: int, name: str) -> str:
+        """Why the transform failed, in the guest's words (its `name` export), on one line;
+        the error code alone when it gives none or cannot say."""
+        try:
+            packed = self._runtime.export(name)()
+            assert packed is not None
+            memory = self._runtime.memory()
+            start, size = output_range(packed, ResultKind.PACKED, 0, 0, len(memory), 1 << 20, name)
+            reason = bytes(memory[start : start + min(size, MAX_REASON)])
+        except GuestError:  # a broken reporter must not hide the failure it reports
+            reason = b""
+        text = " ".join(reason.decode("utf-8", "replace").split())
+        return f"guest failed: {text} (error code {result})" if text else error_code_message(result)
 
     def _free(self, start: int, size: int, dealloc: Call | None = None) -> None:
         dealloc = dealloc or self._dealloc

@@ -7,6 +7,7 @@ separate small function, so what the JSON says and what the text says cannot dri
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,8 @@ from . import checkpoint
 from .abi import (
     ALLOCATOR_NAMES,
     COMMAND_START,
+    DEFAULT_INIT,
+    INIT_SIGS,
     MEMORY_EXPORT,
     WASI_MODULE,
     WASM_PAGE,
@@ -40,7 +43,8 @@ from .engines import (
 )
 from .engines.base import is_component
 from .errors import CheckpointError, GuestError, ModuleError, UsageError
-from .units import format_size
+from .files import checkpoint_holder
+from .units import format_size, plural
 
 INIT_NAMES = ("init", "configure", "setup")
 START_TIMEOUT = 2.0  # seconds an instance may take to start when inspect tries one
@@ -163,14 +167,24 @@ def _report(
             "state": _state_text(abi, wasm, path),
             "finish": f"{abi.finish} (called once after the last frame)" if abi.finish else "none",
         }
-        if abi.init is None and any(e.name in INIT_NAMES for e in info.exports):
-            named = next(e.name for e in info.exports if e.name in INIT_NAMES)
-            report["hint"] = (
-                f"the module exports {named}: if it takes configuration, run with "
-                f"--init {named} --config TEXT|@FILE (without --init it is never called)"
+        if abi.init is None and _takes_config(info, DEFAULT_INIT):
+            report["abi"]["init"] = f"{DEFAULT_INIT}, when run with --config TEXT|@FILE"
+        else:
+            named = next(
+                (n for n in INIT_NAMES if abi.init is None and _takes_config(info, n)), None
             )
+            if named is not None:  # a name --config alone does not reach
+                report["hint"] = (
+                    f"the module exports {named}: if it takes configuration, run with "
+                    f"--init {named} --config TEXT|@FILE (without --init it is never called)"
+                )
     report["missing"] = []
     return report
+
+
+def _takes_config(info: ModuleInfo, name: str) -> bool:
+    export = info.export(name)
+    return export is not None and export.sig in INIT_SIGS
 
 
 def _state_text(abi: GuestAbi, wasm: bytes, path: str) -> str:
@@ -266,9 +280,19 @@ def checkpoint_report(path: str) -> dict[str, Any]:
     total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
     done = saved.position.input_bytes
     updated = datetime.fromisoformat(saved.updated).timestamp()
+    holder = checkpoint_holder(path) if saved.status == "running" else None
+    status: str = saved.status
+    if status == "running" and holder is None:
+        status = "stopped"  # it never recorded its end, and no process holds its lock: killed
     return {
         "checkpoint": path,
-        "status": saved.status,
+        "status": status,
+        "pid": holder or None,
+        "continue_with": (
+            f"wasmstream resume --checkpoint {shlex.quote(path)}"
+            if status in ("stopped", "interrupted")
+            else None
+        ),
         "module": _shown(saved.module.path),
         "inputs": [_shown(i.path) for i in saved.inputs],
         "output": _shown(saved.output) if saved.output else "<stdout>",
@@ -300,10 +324,10 @@ def format_checkpoint_report(report: dict[str, Any]) -> str:
         progress += f" of {report['input_bytes_total']} ({percent}%)"
     lines = [
         f"checkpoint  {report['checkpoint']}",
-        f"status      {report['status']}",
+        f"status      {_STATUS_TEXT[report['status']]}",
         f"module      {report['module']}",
         f"inputs      {', '.join(report['inputs'])}",
-        f"done        {progress}, {report['frames_done']} frames",
+        f"done        {progress}, {plural(report['frames_done'], 'frame')}",
         f"output      {report['output']}: {report['output_bytes']} bytes written",
         f"updated     {_age(report['age_seconds'])} ago",
     ]
@@ -315,7 +339,20 @@ def format_checkpoint_report(report: dict[str, Any]) -> str:
         )
     if report["last_error"]:
         lines.append(f"last error  {report['last_error']}")
+    if report["status"] == "running" and report["pid"]:
+        lines[1] += f" (PID {report['pid']})"
+    if report["continue_with"]:
+        lines.append(f"continue    {report['continue_with']}")
     return "\n".join(lines)
+
+
+_STATUS_TEXT = {
+    "running": "running",
+    "stopped": "not running: the run was killed or crashed (no process holds its lock)",
+    "interrupted": "interrupted",
+    "complete": "complete",
+    "failed": "failed",
+}
 
 
 def _age(seconds: float) -> str:

@@ -1,90 +1,186 @@
 """Progress on stderr while a run goes on, and the summary (`--stats`) at its end.
 
-Progress appears only when stderr is a terminal (or `--progress` insists), never on stdout, and
-rich is imported only then: a cron job pays nothing for it. It is drawn by a thread that reads
-the run's counters a few times a second; the data path never waits for it.
+Progress appears only when stderr is a terminal that the data does not go to (or `--progress`
+insists), never on stdout. On a terminal it is one line redrawn in place, cut to the terminal's
+width field by field (the least useful go first); elsewhere (`--progress 2>log`) it is a plain
+line every few seconds and one at the end, as a log wants. It is drawn by a thread that reads
+the run's counters; the data path never waits for it.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from .core import RunSummary
     from .tally import Tally
 
 MiB = 1 << 20
+TERMINAL_REFRESH = 0.2  # seconds between redraws of the line on a terminal
+PLAIN_INTERVAL = 5.0  # seconds between lines in a log: often enough to see a run move
+_RATE_WINDOW = 5.0  # seconds of samples the rate is measured over
+_BAR_MIN, _BAR_MAX = 10, 30
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one progress line shows."""
+
+    done: int  # input bytes, a resumed run's earlier ones included
+    total: int | None
+    speed: float  # bytes per second, lately
+    frames: int
+    workers: int
+    queue: tuple[int, int]  # frames in flight, capacity
+    failed: int
+    dropped: int
+
+
+def _size(size: float) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{int(size)} B"
+
+
+def _eta(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+_BAR = "\0"  # where the bar goes, sized once the fields that fit are known
+
+
+def _fields(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
+    """(priority, text) in display order; the lowest priority is the first left out."""
+    size = _size(snap.done)
+    fields = []
+    if snap.total:
+        if bar:
+            fields.append((55, _BAR * (_BAR_MIN + 2)))
+        fields.append((90, f"{min(100, 100 * snap.done // snap.total):3d}%"))
+        size += f" of {_size(snap.total)}"
+    fields += [(100, size), (80, f"{_size(snap.speed)}/s")]
+    if snap.total and snap.speed > 0 and snap.done < snap.total:
+        fields.append((50, f"ETA {_eta((snap.total - snap.done) / snap.speed)}"))
+    fields.append((40, f"{snap.frames} frame{'s' if snap.frames != 1 else ''}"))
+    if snap.failed:
+        fields.append((70, f"{snap.failed} failed"))
+    if snap.dropped:
+        fields.append((60, f"{snap.dropped} dropped"))
+    plural = "s" if snap.workers != 1 else ""
+    fields += [
+        (20, f"{snap.workers} worker{plural}"),
+        (10, f"queue {snap.queue[0]}/{snap.queue[1]}"),
+    ]
+    return fields
+
+
+def _join(fields: list[tuple[int, str]]) -> str:
+    return " ".join(["wasmstream", *(text for _, text in fields)])
+
+
+def terminal_line(snap: Snapshot, width: int) -> str:
+    """The line for a terminal `width` columns wide, shorter than it (the cursor stays on it):
+    the fields that fit, the least useful left out first, and a bar when the total is known."""
+    fields = _fields(snap, bar=True)
+    room = width - 1
+    while fields and len(_join(fields)) > room:
+        fields.remove(min(fields, key=lambda field: field[0]))
+    line = _join(fields)
+    if _BAR not in line:
+        return line
+    inside = min(_BAR_MAX, _BAR_MIN + room - len(line))
+    filled = min(inside, inside * snap.done // (snap.total or 1))
+    return line.replace(_BAR * (_BAR_MIN + 2), f"[{'#' * filled}{'-' * (inside - filled)}]")
+
+
+def plain_line(snap: Snapshot) -> str:
+    """A log's line: every field, no bar, nothing drawn over."""
+    return "wasmstream: " + ", ".join(text.strip() for _, text in _fields(snap, bar=False)) + "\n"
+
+
+def _terminal_width(stream: TextIO) -> int:
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError):
+        return 80
 
 
 class ProgressDisplay:
-    """A rich progress line on stderr, refreshed from the tally by its own thread."""
+    """Progress on stderr, refreshed from the tally by its own thread."""
 
     def __init__(self, tally: Tally, total_bytes: int | None, done_before: int = 0) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
         self._tally = tally
+        self._total = total_bytes
         self._done_before = done_before
-        self._progress = Progress(
-            TextColumn("[bold]wasmstream"),
-            BarColumn(),
-            TaskProgressColumn(),
-            DownloadColumn(binary_units=True),
-            # the speed is in the detail, in MiB/s as --stats says (rich's column says MB/s)
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=Console(file=sys.stderr),
-            transient=False,
-        )
-        self._task = self._progress.add_task(
-            "run", total=total_bytes, detail="", completed=done_before
-        )
+        self._out = sys.stderr
+        self._live = self._out.isatty()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._refresh, name="wasmstream-progress", daemon=True
         )
 
     def __enter__(self) -> ProgressDisplay:
-        self._progress.start()
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._update()
-        self._progress.stop()
+        self._draw()
+        if self._live:
+            self._write("\n")
 
     def _refresh(self) -> None:
-        while not self._stop.wait(0.2):
-            self._update()
+        while not self._stop.wait(TERMINAL_REFRESH if self._live else PLAIN_INTERVAL):
+            self._draw()
 
-    def _update(self) -> None:
+    def _sample(self) -> float:
+        """Record the bytes done now; the rate over the last few seconds' samples."""
+        now, done = time.monotonic(), self._tally.input_bytes
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] > _RATE_WINDOW:
+            self._samples.popleft()
+        then, before = self._samples[0]
+        return (done - before) / (now - then) if now > then else 0.0
+
+    def _draw(self) -> None:
         tally = self._tally
-        used, capacity = tally.queue_fill()
-        speed = self._progress.tasks[0].speed or 0.0
-        workers = f"{tally.workers} worker{'s' if tally.workers > 1 else ''}"
-        detail = (
-            f"{speed / MiB:.1f} MiB/s, {tally.frames} frames, {workers}, queue {used}/{capacity}"
+        snap = Snapshot(
+            done=self._done_before + tally.input_bytes,
+            total=self._total,
+            speed=self._sample(),
+            frames=tally.frames,
+            workers=tally.workers,
+            queue=tally.queue_fill(),
+            failed=tally.failed,
+            dropped=tally.dropped,
         )
-        if tally.failed:
-            detail += f", {tally.failed} failed"
-        if tally.dropped:
-            detail += f", {tally.dropped} dropped"
-        self._progress.update(
-            self._task, completed=self._done_before + tally.input_bytes, detail=detail
-        )
+        if self._live:
+            self._write("\r" + terminal_line(snap, _terminal_width(self._out)) + "\x1b[K")
+        else:
+            self._write(plain_line(snap))
+
+    def _write(self, text: str) -> None:
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except (OSError, ValueError):  # stderr gone: nothing to show progress on
+            pass
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ the way the generated Makefile will, so `init --list` and `make` agree.
 from __future__ import annotations
 
 import glob
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +33,8 @@ INSTALL = {
     "rust": "rustup target add wasm32-wasip1 (or apt install rustc libstd-rust-dev-wasm32)",
     "assemblyscript": "Node.js with npm (nodejs.org, or apt install nodejs npm)",
 }
+# How messages name each language.
+TITLES = {"c": "C", "zig": "Zig", "rust": "Rust", "assemblyscript": "AssemblyScript"}
 # Template files whose names packaging tools would drop or misread, renamed when written.
 RENAMED = {"gitignore": ".gitignore"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
@@ -121,6 +124,14 @@ def create_project(
 
 
 def _check_directory(directory: Path, force: bool) -> None:
+    if directory.is_symlink() and not directory.exists():
+        # Refused rather than followed: a link to nowhere often means something is not there
+        # yet (a disk not mounted, a checkout not made), and creating its target would write
+        # the project where nobody looks for it. A link to a directory is followed.
+        raise UsageError(
+            f"{directory} is a symbolic link to {os.readlink(directory)}, which does not exist "
+            "(create it first, or give another DIR)"
+        )
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} exists and is not a directory")
     if force or not directory.is_dir():

@@ -16,7 +16,7 @@ several threads: each call starts its own instance of the shared compiled module
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
@@ -181,7 +181,7 @@ class Transform:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    def stream(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
         """The outputs of the frames cut from `chunks` (any sizes), in order, one per frame,
         then the module's finish output (if it has a finish function).
 
@@ -267,7 +267,7 @@ class Transform:
         recorder: _Recorder,
         settings: RunConfig | None = None,
         result: PartResult | None = None,
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """The run's outputs, one per frame as it is done (then the finish output, if any)."""
         run = plan_run(
             settings or self.settings, self.loaded, self._config, _ignore, None, origin, end

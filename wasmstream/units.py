@@ -48,3 +48,8 @@ def format_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     return f"{seconds:g}s"
+
+
+def plural(count: int, noun: str) -> str:
+    """`count` and `noun`, in the plural unless it is one: '1 frame', '2 frames'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

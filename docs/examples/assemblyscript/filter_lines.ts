@@ -3,7 +3,7 @@
 // --framing lines gives every frame whole lines; the last line may lack its newline.
 import { Bytes, Output, config, fail } from "./wasmstream";
 
-export { alloc, init, process_chunk } from "./wasmstream";
+export { alloc, init, process_chunk, error_message } from "./wasmstream";
 
 export function transform(input: Bytes, out: Output): i32 {
   const pattern = config();

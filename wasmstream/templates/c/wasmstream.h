@@ -70,9 +70,17 @@ static inline void ws_write(ws_output *out, const void *data, size_t len) {
     out->len += len;
 }
 
-/* Say why a frame failed, on wasmstream's stderr, and return WS_ERROR: `return ws_fail("...");` */
+/* Why the frame failed, kept for wasmstream's error message and dead letter (error_message). */
+static char ws_abi_reason[1000];
+static size_t ws_abi_reason_len;
+
+/* Say why a frame failed, on wasmstream's stderr and in its error message and dead letter, and
+ * return WS_ERROR: `return ws_fail("...");` */
 static int ws_fail(const char *message) {
     fprintf(stderr, "transform: %s\n", message);
+    size_t len = strlen(message);
+    ws_abi_reason_len = len < sizeof ws_abi_reason ? len : sizeof ws_abi_reason;
+    memcpy(ws_abi_reason, message, ws_abi_reason_len);
     return WS_ERROR;
 }
 
@@ -104,11 +112,17 @@ __attribute__((export_name("process_chunk"))) int64_t ws_abi_process_chunk(const
                                                                           int32_t len) {
     ws_abi_output.len = 0;
     ws_abi_output.failed = 0;
+    ws_abi_reason_len = 0;
     ws_bytes input = {data, (size_t)len};
     int status = ws_transform(input, &ws_abi_output);
     if (status < 0) return status;
     if (ws_abi_output.failed) return ws_fail("out of memory while growing the output");
     return ((int64_t)(uintptr_t)ws_abi_output.data << 32) | (uint32_t)ws_abi_output.len;
+}
+
+/* The reason ws_fail gave for the frame that just failed (packed like process_chunk's result). */
+__attribute__((export_name("error_message"))) int64_t ws_abi_error_message(void) {
+    return ((int64_t)(uintptr_t)ws_abi_reason << 32) | (uint32_t)ws_abi_reason_len;
 }
 
 #endif /* WASMSTREAM_H */

@@ -70,10 +70,17 @@ pub fn config() []const u8 {
     return config_bytes;
 }
 
-/// Say why a frame failed, on wasmstream's stderr: `return ws.fail("bad record");`
+/// Say why a frame failed, on wasmstream's stderr and in its error message and dead letter:
+/// `return ws.fail("bad record");`
 pub fn fail(message: []const u8) error{TransformFailed} {
     log("transform: ", message);
+    keepReason(message);
     return error.TransformFailed;
+}
+
+fn keepReason(message: []const u8) void {
+    reason_len = @min(message.len, reason.len);
+    @memcpy(reason[0..reason_len], message[0..reason_len]);
 }
 
 /// Write `prefix` and `message` as one line to stderr (WASI only; elsewhere nothing is shown).
@@ -96,6 +103,9 @@ fn log(prefix: []const u8, message: []const u8) void {
 // ---- The ABI exports; nothing below is for you to call. ----
 
 var config_bytes: []const u8 = &.{};
+// Why the last frame failed, for wasmstream's error message and dead letter (error_message).
+var reason: [1000]u8 = undefined;
+var reason_len: usize = 0;
 // One output buffer per instance, grown to the largest frame's output and reused.
 var output: Output = .{};
 
@@ -116,8 +126,12 @@ export fn init(data: [*]const u8, len: i32) i32 {
 /// -1 when the transform returned an error (its name goes to stderr).
 export fn process_chunk(data: [*]const u8, len: i32) i64 {
     output.len = 0;
+    reason_len = 0;
     root.transform(data[0..@intCast(len)], &output) catch |err| {
-        if (err != error.TransformFailed) log("transform failed: ", @errorName(err));
+        if (err != error.TransformFailed) {
+            log("transform failed: ", @errorName(err));
+            keepReason(@errorName(err));
+        }
         return -1;
     };
     const address: i64 = @intCast(@intFromPtr(output.buf.ptr));
@@ -126,4 +140,10 @@ export fn process_chunk(data: [*]const u8, len: i32) i64 {
 
 /// Referenced from your root file (`comptime { _ = ws.exports; }`): Zig analyses, and so
 /// exports, only the functions something refers to.
-pub const exports = .{ alloc, init, process_chunk };
+/// The reason `fail` gave for the frame that just failed (packed like process_chunk's result).
+export fn error_message() i64 {
+    const address: i64 = @intCast(@intFromPtr(&reason));
+    return (address << 32) | @as(i64, @intCast(reason_len));
+}
+
+pub const exports = .{ alloc, init, process_chunk, error_message };

@@ -3,7 +3,7 @@
 import { Bytes, Output } from "./wasmstream";
 
 // What wasmstream calls; they call `transform`.
-export { alloc, init, process_chunk } from "./wasmstream";
+export { alloc, init, process_chunk, error_message } from "./wasmstream";
 
 export function transform(input: Bytes, out: Output): i32 {
   out.reserve(input.length); // one size check, not one per byte

@@ -7,9 +7,10 @@
 //
 // which reads a frame of input and appends its output to `out` (which grows as needed), and
 // returns 0, or a negative number to fail the frame (`return fail("why")`). It also re-exports
-// this file's ABI exports: `export { alloc, init, process_chunk } from "./wasmstream"`. Those
-// are what wasmstream calls: the transform, the allocator, and `init`, which keeps the bytes of
-// `--init init --config ...` for `config()`. The ABI behind it is documented in the wasmstream
+// this file's ABI exports: `export { alloc, init, process_chunk, error_message } from
+// "./wasmstream"`. Those are what wasmstream calls: the transform, the allocator, `init`, which
+// keeps the bytes of `--config ...` for `config()`, and `error_message`, which tells it why a
+// frame failed. The ABI behind it is documented in the wasmstream
 // README, section "Guest ABI".
 //
 // The frame and the output live in raw memory (heap.alloc), outside the garbage collector, so
@@ -98,13 +99,18 @@ export function config(): Bytes {
 @external("wasi_snapshot_preview1", "fd_write")
 declare function fd_write(fd: u32, iovs: usize, iovsLength: usize, written: usize): u16;
 
-/** Say why a frame failed, on wasmstream's stderr, and return -1: `return fail("bad record")`. */
+// Why the last frame failed, for wasmstream's error message and dead letter (error_message).
+let reason: ArrayBuffer | null = null;
+
+/** Say why a frame failed, on wasmstream's stderr and in its error message and dead letter,
+ * and return -1: `return fail("bad record")`. */
 export function fail(message: string): i32 {
   const line = String.UTF8.encode("transform: " + message + "\n");
   const iov = memory.data(8); // one ciovec: base, length
   store<u32>(iov, <u32>changetype<usize>(line));
   store<u32>(iov, <u32>line.byteLength, 4);
   fd_write(2, iov, 1, memory.data(4));
+  reason = String.UTF8.encode(message);
   return -1;
 }
 
@@ -133,7 +139,15 @@ export function process_chunk(ptr: usize, length: i32): i64 {
   input.ptr = ptr;
   input.length = length;
   output.length = 0;
+  reason = null;
   const status = transform(input, output);
   if (status < 0) return <i64>status;
   return (<i64>output.ptr << 32) | <i64>output.length;
+}
+
+// The reason `fail` gave for the frame that just failed (packed like process_chunk's result).
+export function error_message(): i64 {
+  const text = reason;
+  if (text === null) return 0;
+  return (<i64>changetype<usize>(text) << 32) | <i64>text.byteLength;
 }

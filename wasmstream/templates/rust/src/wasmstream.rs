@@ -5,7 +5,7 @@
 //!     pub fn transform(input: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 //!
 //! which reads a frame of input and appends its output to `out`; an `Err` fails the frame and
-//! its message goes to wasmstream's stderr. This module provides what wasmstream calls: the
+//! its message goes to wasmstream's stderr, error message and dead letter. This module provides what wasmstream calls: the
 //! `process_chunk` transform export, the `alloc` allocator export, and an `init` export that
 //! keeps the bytes of `--init init --config ...` for `config()`. The ABI behind it is documented
 //! in the wasmstream README, section "Guest ABI".
@@ -18,6 +18,8 @@ thread_local! {
     // One output buffer per instance, grown to the largest frame's output and reused.
     static OUTPUT: RefCell<Vec<u8>> = RefCell::new(Vec::new());
     static CONFIG: Cell<&'static [u8]> = Cell::new(&[]);
+    // Why the last frame failed, for wasmstream's error message and dead letter.
+    static REASON: RefCell<Vec<u8>> = RefCell::new(Vec::new());
 }
 
 /// The bytes given with `--init init --config TEXT|@FILE` (empty without them).
@@ -51,6 +53,7 @@ pub extern "C" fn init(data: *const u8, len: i32) -> i32 {
 #[no_mangle]
 pub extern "C" fn process_chunk(data: *const u8, len: i32) -> i64 {
     let input = unsafe { std::slice::from_raw_parts(data, len as usize) };
+    REASON.with(|reason| reason.borrow_mut().clear());
     OUTPUT.with(|cell| {
         let mut out = cell.borrow_mut();
         out.clear();
@@ -58,8 +61,18 @@ pub extern "C" fn process_chunk(data: *const u8, len: i32) -> i64 {
             Ok(()) => ((out.as_ptr() as usize as i64) << 32) | out.len() as i64,
             Err(message) => {
                 eprintln!("transform: {}", message);
+                REASON.with(|reason| reason.borrow_mut().extend_from_slice(message.as_bytes()));
                 -1
             }
         }
+    })
+}
+
+/// The `Err` message of the frame that just failed (packed like process_chunk's result).
+#[no_mangle]
+pub extern "C" fn error_message() -> i64 {
+    REASON.with(|reason| {
+        let reason = reason.borrow();
+        ((reason.as_ptr() as usize as i64) << 32) | reason.len() as i64
     })
 }
