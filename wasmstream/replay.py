@@ -83,7 +83,8 @@ def replay(
     letters = read_letters(letters_path, only)
     # Each frame in one buffer, as large as the run's or the largest frame, whichever is larger.
     size = max([config.frame_size, *(len(letter.data) for letter in letters)])
-    settings = dataclasses.replace(config, frame_size=size, on_error=OnError.FAIL)
+    # The transform only runs frames; what a failed one becomes is decided here, frame by frame.
+    settings = dataclasses.replace(config, frame_size=size, on_error=OnError.FAIL, dead_letter=None)
     transform = Transform.from_config(
         settings, read_module(config.module), read_config_arg(config.config_arg)
     )
