@@ -266,3 +266,96 @@ def letters_of(log: bytes) -> list[int]:
 def first_difference(a: bytes, b: bytes) -> int:
     pairs = zip(a, b, strict=False)
     return next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
+
+
+# Found by a hostile tester of the one run skeleton ------------------------------------------
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The processes a run spawned for its local cluster's workers (from /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                command = Path(f"/proc/{kid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in command:
+                found.append(int(kid))
+    return found
+
+
+def catches_sigint(pid: int) -> bool:
+    """Whether the process has a handler for SIGINT (Python's: it is running Python code)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+def spawning_workers(process: subprocess.Popen[bytes]) -> bool:
+    """The workers' processes have started Python, and are importing Dask."""
+    workers = worker_pids(process.pid)
+    return len(workers) >= 2 and all(catches_sigint(pid) for pid in workers)
+
+
+def cluster_saved_progress(ckpt: Path) -> Callable[[subprocess.Popen[bytes]], bool]:
+    return lambda process: position(ckpt)["input_bytes"] > 0
+
+
+@needs_dask
+@pytest.mark.parametrize(
+    "when",
+    [
+        pytest.param(
+            "workers-starting",
+            marks=pytest.mark.xfail(
+                reason="known defect, not fixed: a worker that takes Ctrl-C while it still "
+                "imports Dask (before its preload runs) prints a KeyboardInterrupt traceback",
+                strict=False,
+            ),
+        ),
+        "parts-running",
+    ],
+)
+def test_ctrl_c_on_a_local_cluster_says_one_line_and_resumes(
+    tmp_path: Path, crash_input: tuple[Path, bytes, bytes], when: str
+) -> None:
+    """A terminal's Ctrl-C goes to the whole foreground process group, the workers of
+    `--cluster local:N` included: each printed a KeyboardInterrupt traceback (while importing
+    Dask, or from its event loop) under the client's "interrupted" line."""
+    source, expected, expected_dead = crash_input
+    out, dead = tmp_path / "out", tmp_path / "dead"
+    args = [
+        "run", TRAP, str(source), "-o", str(out), "--frame-size", str(FRAME),
+        "--on-error", "skip", "--dead-letter", str(dead), "--checkpoint-interval", "50ms",
+        "--cluster", "local:2", "--part-size", "64K",
+    ]  # fmt: skip
+    errors = tmp_path / "err"
+    with errors.open("wb") as stderr:
+        process = spawn(args, stderr=stderr, env=ENV, start_new_session=True)
+    ready = (
+        spawning_workers
+        if when == "workers-starting"
+        else cluster_saved_progress(tmp_path / "out.ckpt.json")
+    )
+    wait_until(lambda: process.poll() is not None or ready(process))
+    os.killpg(process.pid, signal.SIGINT)  # as the terminal does
+    process.wait(timeout=60)
+    stderr_text = errors.read_text()
+    assert process.returncode == ExitStatus.INTERRUPTED, stderr_text
+    assert "Traceback" not in stderr_text
+    lines = [
+        line for line in stderr_text.splitlines() if not line.startswith("wasmstream: cluster:")
+    ]
+    assert len(lines) == 1 and "continue with: wasmstream resume" in lines[0], stderr_text
+    resumed = wasmstream(*args, "--resume", timeout=180, env=ENV)
+    assert resumed.returncode == ExitStatus.FRAMES_FAILED, resumed.stderr
+    assert out.read_bytes() == expected
+    assert dead.read_bytes() == expected_dead
