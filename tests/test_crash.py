@@ -391,3 +391,17 @@ def test_a_shard_first_run_after_the_input_grew_joins_up_with_the_others(
     joined = b"".join(out.read_bytes() for out in outs)
     assert len(joined) == len(data)  # got: 1,299,968
     assert joined == data
+
+
+def test_a_stateful_run_to_a_pipe_counts_its_finish_output_once_complete(tmp_path: Path) -> None:
+    """A complete run has put everything in the pipe: its checkpoint claimed the frames' output
+    but not the totals `finish` wrote after them (14 bytes "written" of 21), where the same
+    run to a file counts all 21."""
+    source, ckpt = tmp_path / "in", tmp_path / "c.json"
+    source.write_bytes(b"one two\nthree\n" * 100)
+    result = wasmstream("run", fixture("c/wc.wasm"), str(source), "--checkpoint", str(ckpt))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(b"200 300 1400\n")
+    saved = json.loads(ckpt.read_text())
+    assert (saved["status"], saved["position"]["finished"]) == ("complete", True)
+    assert saved["position"]["output_bytes"] == len(result.stdout)

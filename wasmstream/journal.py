@@ -233,7 +233,7 @@ class Journal:
             # until the reader has taken all (a reader that dies ends the wait with the run).
             while unread_in_pipe(self._pipe_fd):
                 time.sleep(0.001)
-        position = self._position(finished)
+        position = self._position(finished, complete=status == "complete")  # finish's output too
         data = self._snapshot() if self._snapshot is not None else None
         self._clock.reset()
         if status == "running":
