@@ -405,3 +405,27 @@ def test_a_stateful_run_to_a_pipe_counts_its_finish_output_once_complete(tmp_pat
     saved = json.loads(ckpt.read_text())
     assert (saved["status"], saved["position"]["finished"]) == ("complete", True)
     assert saved["position"]["output_bytes"] == len(result.stdout)
+
+
+def test_a_run_killed_as_it_starts_over_is_resumed(tmp_path: Path) -> None:
+    """Starting over (a finished run's checkpoint, or --restart) cuts the output before this
+    run's first save replaces the old checkpoint: killed in between, the old checkpoint claimed
+    6,000 bytes of an empty output, and `--resume` refused it (exit 9, "output was lost").
+    A dead-letter FIFO with no reader holds the run there: its open waits."""
+    source, out, letters_fifo = tmp_path / "in", tmp_path / "out", tmp_path / "dead"
+    source.write_bytes(b"hello\n" * 1000)
+    upper = fixture("upper.wasm")
+    first = wasmstream("run", upper, str(source), "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    os.mkfifo(letters_fifo)
+    again = spawn(
+        ["run", upper, str(source), "-o", str(out), "--dead-letter", str(letters_fifo)],
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: out.stat().st_size == 0)  # cut, and waiting for the FIFO's reader
+    again.kill()
+    again.wait(timeout=10)
+    letters_fifo.unlink()
+    resumed = wasmstream("run", upper, str(source), "-o", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == b"HELLO\n" * 1000

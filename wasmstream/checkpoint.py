@@ -369,6 +369,17 @@ def save(path: str, checkpoint: Checkpoint) -> None:
         raise IOFailure(f"cannot save checkpoint {path}: {error.strerror}") from None
 
 
+def remove(path: str) -> None:
+    """Remove the checkpoint at `path` (if any), durably. Raises IOFailure."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise IOFailure(f"cannot replace checkpoint {path}: {error.strerror}") from None
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
 def check_writable(path: str) -> None:
     """Fail now (IOFailure) if a checkpoint could not be saved at `path` later: a missing or
     read-only folder, a full disk. Goes through every step of a save but the last rename."""

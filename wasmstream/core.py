@@ -353,7 +353,9 @@ def run_steps(
     try:
         stream = executor.open(run)
         # Only now is the output cut: the input and module are usable and the checkpoint
-        # agrees with this run.
+        # agrees with this run (or, starting over, no longer claims the output cut here).
+        if plan is not None:
+            plan.forget_replaced()
         output = open_output(run.start.output_bytes if run.resumed else None, plan is not None)
         logs = Logs(config, summary, dead_letters)
         if run.resumed:
