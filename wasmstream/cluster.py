@@ -174,8 +174,12 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     workers = local_workers(config.cluster)
-    if not os.environ.get("WASMSTREAM_DEBUG"):  # a lost worker or scheduler is reported by us,
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # in one line, not by Dask
+    # A lost worker or scheduler is reported by us, in one line, not by Dask: nor by a local
+    # cluster's workers, which share our stderr (one whose heartbeat meets the scheduler
+    # closing logs a traceback at ERROR: seen at the end of loaded crash-suite runs).
+    debug = os.environ.get("WASMSTREAM_DEBUG")
+    if not debug:
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
     try:
         if workers is not None:
             local = LocalCluster(
@@ -184,7 +188,7 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
                 processes=True,  # spawned: a process that has used wasmtime must not fork
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",  # loopback only; bokeh shows it when installed
-                silence_logs=logging.ERROR,
+                silence_logs=logging.ERROR if debug else logging.CRITICAL,
                 preload=["wasmstream.interrupts"],  # its dask_setup: deaf to Ctrl-C
             )
             client = Client(local, set_as_default=False)
