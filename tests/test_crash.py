@@ -429,3 +429,32 @@ def test_a_run_killed_as_it_starts_over_is_resumed(tmp_path: Path) -> None:
     resumed = wasmstream("run", upper, str(source), "-o", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == b"HELLO\n" * 1000
+
+
+def test_a_stateful_run_whose_pipe_reader_goes_away_mid_save_ends(tmp_path: Path) -> None:
+    """A stateful run's save to a pipe waits until the reader has taken everything (the state
+    is the instance's now); a reader that went away with bytes still unread ended that wait
+    never: the run hung (until killed) instead of ending as on a closed pipe (exit 141)."""
+    source, ckpt = tmp_path / "in", tmp_path / "c.json"
+    data = b"".join(b"line %d\n" % n for n in range(200_000))
+    source.write_bytes(data)
+    numbered = fixture("linenum_snapshot.wasm")
+    args = ["run", numbered, str(source), "--frame-size", "4K", "--checkpoint", str(ckpt)]
+    process = spawn([*args, "--checkpoint-every", "1"], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    got = bytearray()
+    while len(got) < 100_000:  # a little at a time: each save waits for this reader
+        got += os.read(process.stdout.fileno(), 1000)
+    process.stdout.close()  # gone, with part of a frame's output unread
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail("the run never noticed that its reader had gone")
+    assert process.returncode == ExitStatus.BROKEN_PIPE
+    delivered = json.loads(ckpt.read_text())["position"]["output_bytes"]
+    assert delivered <= len(got)
+    rest = wasmstream(*args, "--resume", timeout=120)
+    assert rest.returncode == 0, rest.stderr
+    assert bytes(got[:delivered]) + rest.stdout == wasmstream("run", numbered, str(source)).stdout
