@@ -27,13 +27,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import pytest
 
+from wasmstream import Transform
 from wasmstream.errors import ExitStatus
 
 from conftest import ROOT, fixture, spawn, wasmstream
@@ -458,3 +459,19 @@ def test_a_stateful_run_whose_pipe_reader_goes_away_mid_save_ends(tmp_path: Path
     rest = wasmstream(*args, "--resume", timeout=120)
     assert rest.returncode == 0, rest.stderr
     assert bytes(got[:delivered]) + rest.stdout == wasmstream("run", numbered, str(source)).stdout
+
+
+def test_ctrl_c_in_a_library_callers_loop_stays_a_keyboard_interrupt() -> None:
+    """The library's run goes through the CLI's skeleton, which turned KeyboardInterrupt into
+    wasmstream's Interrupted, an Exception: a caller's `except KeyboardInterrupt` missed it, and
+    its `except Exception` swallowed Ctrl-C."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"abc" * 1000
+        raise KeyboardInterrupt  # Ctrl-C while the caller reads its own input
+
+    with Transform(fixture("upper.wasm"), frame_size=100) as transform:
+        outputs = transform.stream(chunks())
+        assert next(outputs) == b"ABC" * 33 + b"A"
+        with pytest.raises(KeyboardInterrupt):
+            list(outputs)

@@ -378,9 +378,9 @@ def run_steps(
         except BaseException as error:
             if run.journal is not None:
                 run.journal.finish(error)
-            if isinstance(error, (KeyboardInterrupt, Interrupted)):
+            if run.journal is not None and isinstance(error, (KeyboardInterrupt, Interrupted)):
                 raise stopped(error, run.journal, config.checkpoint) from None
-            raise
+            raise  # a library caller's Ctrl-C stays a KeyboardInterrupt
         else:
             if run.journal is not None:
                 run.journal.finish(None)
@@ -569,11 +569,11 @@ def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
 
 
 def stopped(
-    error: KeyboardInterrupt | Interrupted, journal: Journal | None, checkpoint: str | None
+    error: KeyboardInterrupt | Interrupted, journal: Journal, checkpoint: str | None
 ) -> Interrupted:
-    """A signal stopped the run: say how far it got and how to go on."""
+    """A signal stopped a checkpointed run: say how far it got and how to go on."""
     status = error.status if isinstance(error, Interrupted) else ExitStatus.INTERRUPTED
-    if journal is None or checkpoint is None:
+    if checkpoint is None:
         return Interrupted(status)
     import shlex  # only for this message
 
