@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from .durable import replace_durably
+from .durable import fsync_folder, replace_durably
 from .errors import CheckpointError, IOFailure
 from .framing import Framing, Oversize
 from .inputs import STDIN, WINDOW
@@ -389,6 +389,17 @@ def save(path: str, checkpoint: Checkpoint) -> None:
         replace_durably(path, data, ".ckpt.tmp")
     except OSError as error:
         raise IOFailure(f"cannot save checkpoint {path}: {error.strerror}") from None
+
+
+def remove(path: str) -> None:
+    """Remove the checkpoint at `path` (if any), durably. Raises IOFailure."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise IOFailure(f"cannot replace checkpoint {path}: {error.strerror}") from None
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def check_writable(path: str) -> None:

@@ -305,6 +305,7 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",  # loopback only; bokeh shows it when installed
                 silence_logs=quiet,  # the workers' own logs, on this stderr
+                preload=["wasmstream.interrupts"],  # its dask_setup: deaf to Ctrl-C
             )
             client = Client(local, set_as_default=False)
         else:

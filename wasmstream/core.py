@@ -320,7 +320,9 @@ def run_steps(
         cleanup.callback(executor.close)
         stream = executor.open(run)
         # Only now is the output cut: the input and module are usable and the checkpoint
-        # agrees with this run.
+        # agrees with this run (or, starting over, no longer claims the output cut here).
+        if plan is not None:
+            plan.forget_replaced()
         output = open_output(run.start.output_bytes if run.resumed else None, plan is not None)
         cleanup.callback(output.close)
         logs = Logs(config, summary, dead_letters)
@@ -346,9 +348,9 @@ def run_steps(
         except BaseException as error:
             if run.journal is not None:
                 run.journal.finish(error)
-            if isinstance(error, (KeyboardInterrupt, Interrupted)):
+            if run.journal is not None and isinstance(error, (KeyboardInterrupt, Interrupted)):
                 raise stopped(error, run.journal, config.checkpoint) from None
-            raise
+            raise  # a library caller's Ctrl-C stays a KeyboardInterrupt
         if run.journal is not None:
             run.journal.finish(None)
     report_losses(summary, run.notify)
@@ -530,11 +532,11 @@ def _timed(config: RunConfig, summary: RunSummary) -> Tally | None:
 
 
 def stopped(
-    error: KeyboardInterrupt | Interrupted, journal: Journal | None, checkpoint: str | None
+    error: KeyboardInterrupt | Interrupted, journal: Journal, checkpoint: str | None
 ) -> Interrupted:
-    """A signal stopped the run: say how far it got and how to go on."""
+    """A signal stopped a checkpointed run: say how far it got and how to go on."""
     status = error.status if isinstance(error, Interrupted) else ExitStatus.INTERRUPTED
-    if journal is None or checkpoint is None:
+    if checkpoint is None:
         return Interrupted(status)
     import shlex  # only for this message
 

@@ -9,6 +9,7 @@ Python handler raises KeyboardInterrupt (or Interrupted) as usual: the run saves
 and exits 130 (143).
 
 Installed by the CLI only, which owns the process; a library caller keeps its own signals.
+The workers of a local cluster, which share the CLI's terminal, ignore Ctrl-C (`dask_setup`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def _watch(read_end: int) -> None:
                 hooks = list(_hooks)
             for hook in hooks:
                 hook()
+
+
+def dask_setup(worker: object) -> None:
+    """Run by each worker of a local cluster (`--cluster local:N`) as it starts (a Dask
+    preload). A terminal's Ctrl-C goes to the whole foreground process group, so these workers
+    get it too, and each printed a KeyboardInterrupt traceback under the client's one line:
+    they ignore it instead; the client, which takes it, closes them."""
+    if threading.current_thread() is threading.main_thread():  # where Dask runs it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def interruptible(work: Callable[[], T]) -> T:

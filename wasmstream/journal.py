@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import select
 import struct
 import termios
 import threading
@@ -35,7 +36,7 @@ import msgspec
 
 from . import checkpoint, state
 from .checkpoint import Checkpoint, Digest, Failure, Position, StateRecord, Status
-from .errors import GuestError, WasmstreamError
+from .errors import BrokenPipe, GuestError, WasmstreamError
 from .framing import Frame
 from .inputs import WINDOW
 from .options import Reached
@@ -96,6 +97,13 @@ def unread_in_pipe(fd: int) -> int:
         return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
     except OSError:
         return 0
+
+
+def reader_gone(fd: int) -> bool:
+    """Whether the pipe at `fd` has no reader left (poll reports an error on its write end)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 class _Saver:
@@ -223,8 +231,10 @@ class Journal:
             # The state is the instance's now: to a pipe, the position must be now too, so wait
             # until the reader has taken all (a reader that dies ends the wait with the run).
             while unread_in_pipe(self._pipe_fd):
+                if reader_gone(self._pipe_fd):  # what it left unread stays there for ever
+                    raise BrokenPipe("output pipe closed")
                 time.sleep(0.001)
-        position = self._position(finished)
+        position = self._position(finished, complete=status == "complete")  # finish's output too
         data = self._snapshot() if self._snapshot is not None else None
         self._clock.reset()
         if status == "running":

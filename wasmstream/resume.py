@@ -111,6 +111,14 @@ class CheckpointPlan:
     def nothing_new(self) -> bool:
         return self.saved is not None and nothing_new(self.saved, self.record)
 
+    def forget_replaced(self) -> None:
+        """Before the output is cut: a run that starts over removes the checkpoint it replaces,
+        which describes that output. Killed before its own first save, it then leaves none, and
+        is started over again, rather than one that claims output no longer there."""
+        if self.replaces:
+            assert self.config.checkpoint is not None
+            checkpoint.remove(self.config.checkpoint)
+
     def check_stream(self, stream: ConcatenatedInput) -> None:
         """After `stream.skip_to_start`: refuse a stream whose bytes before the start are not
         the ones recorded (another file on stdin, a pipe fed other data). --force skips the
