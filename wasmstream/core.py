@@ -330,19 +330,23 @@ def run_steps(
         if run.resumed:
             logs.keep(run.start.log_bytes)  # what was logged after the checkpoint is again
         run.write = output.write
-        if plan is not None:
-            stateful = run.loaded.abi.state is not StateKind.NONE
-            run.journal = journal = plan.open_journal(
-                [output.sync, *logs.syncs],
-                stream,
-                summary.tally,
-                pipe_fd=output.fd if output.is_pipe else None,
-                snapshot=executor.snapshot if stateful else None,
-                state_kind=run.loaded.abi.state.value,
-                log_sizes=logs.sizes,
-            )
-            cleanup.callback(lambda: setattr(summary, "checkpoints_written", journal.saves))
         try:
+            if plan is not None:
+                stateful = run.loaded.abi.state is not StateKind.NONE
+                run.journal = plan.open_journal(
+                    [output.sync, *logs.syncs],
+                    stream,
+                    summary.tally,
+                    pipe_fd=output.fd if output.is_pipe else None,
+                    snapshot=executor.snapshot if stateful else None,
+                    state_kind=run.loaded.abi.state.value,
+                    log_sizes=logs.sizes,
+                )
+                journal = run.journal
+                cleanup.callback(lambda: setattr(summary, "checkpoints_written", journal.saves))
+                # Known to the handler below before its first save: a signal that arrives
+                # just after that save is recorded as an interruption, not left "running".
+                plan.begin(journal)
             with progress_of(progress, summary.tally, config, run.start):
                 yield from executor.execute(run)
         except BaseException as error:

@@ -173,11 +173,7 @@ class CheckpointPlan:
         state_kind: str = "exports",
         log_sizes: Callable[[], tuple[int | None, int | None]] | None = None,
     ) -> Journal:
-        """The journal. A run that starts afresh saves at once, before its first frame: an old
-        checkpoint (--restart, or a finished run's) describes output this run has just
-        truncated, and without any, a run killed before its first interval would leave its
-        logs' lines to be written again. A resumed run's checkpoint already says where it
-        starts."""
+        """The journal (which saves nothing yet: see `begin`)."""
         config = self.config
         assert config.checkpoint is not None
         journal = Journal(
@@ -198,9 +194,15 @@ class CheckpointPlan:
             state_kind=state_kind,
             log_sizes=log_sizes,
         )
+        return journal
+
+    def begin(self, journal: Journal) -> None:
+        """A run that starts afresh saves at once, before its first frame: an old checkpoint
+        (--restart, or a finished run's) would describe output this run has just truncated,
+        and without any, a run killed before its first interval would leave its logs' lines to
+        be written again. A resumed run's checkpoint already says where it starts."""
         if self.replaces or self.saved is None:
             journal.save_start()
-        return journal
 
 
 def new_record(
