@@ -144,6 +144,23 @@ def test_max_output_bounds_a_components_output() -> None:
     assert_clean_failure(failed, ExitStatus.GUEST_ERROR, "202 bytes exceeds the --max-output")
 
 
+def test_sigint_stops_a_component_stuck_in_a_loop_and_keeps_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").write_bytes(b"aaa\nb~b\nccc\n")  # the second frame spins forever
+    args = ["run", TEXT, "in", "--framing", "lines", "--frame-size", "4", "-o", "out"]
+    process = spawn([*args, "--checkpoint-every", "1"], cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for_progress(tmp_path / "out.ckpt.json", 4, process)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitStatus.INTERRUPTED, stderr
+    assert b"Traceback" not in stderr
+    assert (tmp_path / "out").read_bytes() == b"AAA\n"
+    saved = json.loads((tmp_path / "out.ckpt.json").read_bytes())
+    assert saved["status"] == "interrupted" and saved["position"]["input_bytes"] == 4
+
+
 def test_max_memory_bounds_a_components_memory(tmp_path: Path) -> None:
     (tmp_path / "in").write_bytes(b"a" * 1_000_000)
     args = ["run", BYTES, "in", "--frame-size", "1M"]

@@ -37,12 +37,14 @@ SOURCES = {
     "zig": "transform.zig",
     "rust": "src/lib.rs",
     "assemblyscript": "assembly/index.ts",
+    "python": "app.py",
 }
 SDKS = {
     "c": "wasmstream.h",
     "zig": "wasmstream.zig",
     "rust": "src/wasmstream.rs",
     "assemblyscript": "assembly/wasmstream.ts",
+    "python": "wit/transform.wit",  # the contract, in place of an SDK
 }
 
 

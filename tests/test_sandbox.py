@@ -330,7 +330,6 @@ def test_wasi_command_program_as_a_filter(jobs: str) -> None:
     assert result.stdout == b"".join(line[::-1] + b"\n" for line in lines)
 
 
-@pytest.mark.wasmtime_only  # WASI command mode
 @pytest.mark.wasmtime_only  # wasmer refuses WASI command mode
 def test_arg_gives_a_wasi_command_its_arguments_after_argv0() -> None:
     args = ["--arg", "one", "--arg", "two words", "--arg=-x", "--arg", ""]
@@ -341,6 +340,7 @@ def test_arg_gives_a_wasi_command_its_arguments_after_argv0() -> None:
     assert bare.stdout == b"echoargs.wasm\nframe\n"  # no arguments unless given
 
 
+@pytest.mark.wasmtime_only  # WASI command mode
 def test_wasi_command_failure_follows_the_policy() -> None:
     data = b"abc\n" * 4 + b"a\0c\n" * 4 + b"xyz\n" * 4
     failed = wasmstream(

@@ -1024,7 +1024,7 @@ def bench_command(
 @click.option(
     "--lang",
     # scaffold.LANGUAGES, spelled out so that the module loads only when init runs (a test checks).
-    type=click.Choice(["c", "zig", "rust", "assemblyscript"]),
+    type=click.Choice(["c", "zig", "rust", "assemblyscript", "python"]),
     help="The language of the transform.",
 )
 @click.option("--name", metavar="NAME", help="The module's name, NAME.wasm [default: DIR's name].")

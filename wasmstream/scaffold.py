@@ -23,7 +23,10 @@ from pathlib import Path
 
 from .errors import IOFailure, UsageError
 
-LANGUAGES = ("c", "zig", "rust", "assemblyscript")
+LANGUAGES = ("c", "zig", "rust", "assemblyscript", "python")
+# Languages whose transform is a component: their project gets the contract's WIT, as shipped.
+COMPONENT_LANGUAGES = ("python",)
+WIT = "wit/transform.wit"
 # Languages with a stateful template (`init --stateful`), laid over the plain one.
 STATEFUL = ("c",)  # templates/<lang>-stateful
 # What to install when a language's toolchain is missing (the generated Makefiles say the same).
@@ -32,6 +35,7 @@ INSTALL = {
     "zig": "pip install ziglang (or zig from ziglang.org)",
     "rust": "rustup target add wasm32-wasip1 (or apt install rustc libstd-rust-dev-wasm32)",
     "assemblyscript": "Node.js with npm (nodejs.org, or apt install nodejs npm)",
+    "python": "pip install componentize-py==0.25.1",
 }
 # How messages name each language.
 TITLES = {"c": "C", "zig": "Zig", "rust": "Rust", "assemblyscript": "AssemblyScript"}
@@ -83,6 +87,8 @@ def plan_project(lang: str, name: str, stateful: bool = False) -> dict[str, byte
     for template in ("common", lang, *([f"{lang}-stateful"] if stateful else [])):
         for relative, text in _template_files(root / template, ""):
             files[relative] = _render(text, name)
+    if lang in COMPONENT_LANGUAGES:  # one WIT for the package and every project, never copied
+        files[WIT] = (resources.files("wasmstream") / WIT).read_bytes()
     return files
 
 
@@ -183,6 +189,17 @@ def _find_rust() -> str | None:
     return None
 
 
+def _find_componentize() -> str | None:
+    if shutil.which("componentize-py"):
+        return "componentize-py"
+    if _succeeds(["python3", "-c", "import componentize_py"]):
+        return "componentize-py package (python3)"
+    # installed beside wasmstream but not for python3: the Makefile needs telling.
+    if _succeeds([sys.executable, "-c", "import componentize_py"]):
+        return f"componentize-py package, with make PYTHON={sys.executable}"
+    return None
+
+
 def _find_npm() -> str | None:
     if not (shutil.which("node") and shutil.which("npm")):
         return None
@@ -195,6 +212,7 @@ _FINDERS: dict[str, Callable[[], str | None]] = {
     "zig": _find_zig,
     "rust": _find_rust,
     "assemblyscript": _find_npm,
+    "python": _find_componentize,
 }
 
 
