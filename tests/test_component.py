@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from wasmstream import Transform
-from wasmstream.errors import ExitStatus
+from wasmstream.errors import ExitStatus, ModuleError
 
 from conftest import ROOT, assert_clean_failure, fixture, per_frame, spawn, wasmstream
 from test_state import lines, numbered, wait_for_progress
@@ -393,7 +393,6 @@ def test_wasi_command_on_a_component_without_run_is_refused() -> None:
         (STATEFUL, ["--on-error", "skip"], "--on-error skip is refused"),
         (TEXT, ["--state", "memory"], "cannot be captured whole"),
         (TEXT, ["--alloc", "malloc"], "--alloc: "),
-        (TEXT, ["--config", "x"], "exports no init function"),
         (COMMAND, ["--finish", "done"], "runs as a WASI command"),
         (TEXT, ["in", "--shard", "1/2"], "text component"),
     ],
@@ -405,6 +404,15 @@ def test_options_that_cannot_apply_to_a_component_are_refused(
     failed = wasmstream("run", module, *options, "-o", "out", input=b"abc\n", cwd=tmp_path)
     assert_clean_failure(failed, ExitStatus.USAGE, needle)
     assert not (tmp_path / "out").exists()
+
+
+def test_config_for_a_component_without_init_is_refused_as_for_a_core_module() -> None:
+    """--config goes to the `init` export, a component's as a core module's: one that has none
+    is refused as any module missing an export is."""
+    failed = wasmstream("run", TEXT, "--config", "x", input=b"abc")
+    assert_clean_failure(failed, ExitStatus.INVALID_MODULE, "missing export init")
+    with pytest.raises(ModuleError, match="missing export init"):
+        Transform(TEXT, config=b"x")
 
 
 @pytest.mark.parametrize("command", ["run", "inspect"])

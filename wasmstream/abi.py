@@ -26,6 +26,14 @@ ALLOCATOR_NAMES = ("alloc", "allocate", "malloc")
 DEALLOCATOR_NAMES = ("dealloc", "free")
 SNAPSHOT, RESTORE, DEFAULT_FINISH = "snapshot", "restore", "finish"
 DEFAULT_INIT = "init"  # called with --config when --init names no other export
+
+
+def init_for(config_given: bool, init: str | None) -> str | None:
+    """The export that receives `--config`: `--init NAME`, else the module's `init` (a module
+    without one is then refused when it loads, as any missing export is)."""
+    return DEFAULT_INIT if config_given and init is None else init
+
+
 # () -> i64 packed: why the last frame failed, when the transform returned a negative result
 # (the SDKs' ws_fail("why")); read for the error and dead letter, never freed.
 ERROR_MESSAGE = "error_message"

@@ -27,6 +27,7 @@ from .abi import (
     DEFAULT_TRANSFORM,
     STATE_MODES,
     AbiOptions,
+    init_for,
 )
 from .core import ProgressFactory, run
 from .engines import (
@@ -684,7 +685,7 @@ def run_command(
     command with --resume continues where it stopped, and OUT ends up byte-identical to an
     uninterrupted run.
     """
-    init = _init_for(config_arg, init)
+    init = init_for(config_arg is not None, init)
     if delimiter is not None and framing != Framing.DELIMITER.value:
         raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
@@ -746,11 +747,6 @@ def run_command(
         part_size=_part_size(cluster, cluster_file, part_size, shard),
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
-
-
-def _init_for(config_arg: str | None, init: str | None) -> str | None:
-    """--config without --init goes to the module's `init` export (refused if it has none)."""
-    return DEFAULT_INIT if config_arg is not None and init is None else init
 
 
 def _flip_every() -> int | None:
@@ -899,7 +895,7 @@ def replay_command(
             function=function,
             alloc=alloc,
             free=free,
-            init=_init_for(config_arg, init),
+            init=init_for(config_arg is not None, init),
             wasi_command=wasi_command,
         ),
         config_arg=config_arg,
@@ -998,7 +994,7 @@ def bench_command(
             err=True,
         )
 
-    init = _init_for(config_arg, init)
+    init = init_for(config_arg is not None, init)
     base = RunConfig(
         module=module,
         abi=AbiOptions(function=function, alloc=alloc, free=free, init=init),

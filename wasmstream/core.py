@@ -115,7 +115,7 @@ def execute(
     config_bytes = read_config_arg(config.config_arg)
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
-        config = settle_for_component(config, loaded.abi, config.config_arg is not None)
+        config = settle_for_component(config, loaded.abi)
         if (config.shard or config.clustered) and loaded.abi.one_instance:
             raise UsageError(_sequential(config, loaded.abi))
         config = settle_for_state(config, loaded.abi)

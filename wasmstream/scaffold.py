@@ -38,7 +38,13 @@ INSTALL = {
     "python": "pip install componentize-py==0.25.1",
 }
 # How messages name each language.
-TITLES = {"c": "C", "zig": "Zig", "rust": "Rust", "assemblyscript": "AssemblyScript"}
+TITLES = {
+    "c": "C",
+    "zig": "Zig",
+    "rust": "Rust",
+    "assemblyscript": "AssemblyScript",
+    "python": "Python",
+}
 # Template files whose names packaging tools would drop or misread, renamed when written.
 RENAMED = {"gitignore": ".gitignore"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")

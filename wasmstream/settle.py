@@ -7,9 +7,7 @@ A module that keeps state, or has a finish function, runs as one instance, frame
 A text component (`process` over `string`) takes whole UTF-8 characters, so under fixed framing
 its frames end on a character boundary (`FramingSpec.whole_chars`); such frames no longer fall
 on multiples of the frame size, so shards and cluster parts, which are cut there, are refused
-for it. A component receives `--config` through its `init` export, found by name, so there
-`--config` does not need `--init`.
-"""
+for it."""
 
 from __future__ import annotations
 
@@ -20,16 +18,11 @@ from .errors import UsageError
 from .options import OnError, RunConfig
 
 
-def settle_for_component(config: RunConfig, abi: GuestAbi, config_given: bool) -> RunConfig:
+def settle_for_component(config: RunConfig, abi: GuestAbi) -> RunConfig:
     """`config` as it runs `abi`'s module; raises UsageError for what cannot apply to it."""
     component = abi.component
     if component is None:
         return config
-    if config_given and abi.init is None:
-        raise UsageError(
-            f"--config: {config.module} exports no init function to receive it "
-            "(init: func(config: list<u8>) -> result<_, string>)"
-        )
     if not component.text or config.framing.record_based:
         return config
     if config.shard is not None or config.clustered:

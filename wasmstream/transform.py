@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
-from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions
+from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions, init_for
 from .core import (
     SEQUENTIAL,
     LocalFrames,
@@ -124,7 +124,7 @@ class Transform:
                     function=function,
                     alloc=alloc,
                     free=free,
-                    init=init,
+                    init=init_for(bool(config), init),
                     wasi_command=wasi_command,
                     state=_choice("state", state, STATE_MODES),
                     finish=finish,
@@ -164,7 +164,7 @@ class Transform:
             wasm, settings.module, settings.abi, settings.engine, settings.sandbox, settings.cache
         )
         try:
-            settled = settle_for_component(settings, self.loaded.abi, bool(config))
+            settled = settle_for_component(settings, self.loaded.abi)
             self.settings = settle_for_state(settled, self.loaded.abi)
         except BaseException:
             self.loaded.engine.close()
