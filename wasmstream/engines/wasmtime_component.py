@@ -83,7 +83,9 @@ class WasmtimeComponents(WasmtimeEngine):
     def compile_component(self, wasm: bytes, source: str) -> WasmtimeComponent:
         check_header(wasm, source)
         digest = hashlib.sha256(wasm).hexdigest()
-        component = self._component_from_cache(digest)
+        component = self._from_cache(
+            self._component_cache_name(digest), digest, cm.Component.deserialize
+        )
         if component is None:
             try:
                 # a large component takes seconds to compile: Ctrl-C must still stop it
@@ -114,19 +116,6 @@ class WasmtimeComponents(WasmtimeEngine):
 
     def _component_cache_name(self, digest: str) -> str:
         return self._cache_name(digest) + "-component"
-
-    def _component_from_cache(self, digest: str) -> cm.Component | None:
-        if self._cache is None:
-            return None
-        name = self._component_cache_name(digest)
-        artifact = self._cache.load(name, digest)
-        if artifact is None:
-            return None
-        try:  # wasmtime checks the artifact's header: engine version, settings, integrity
-            return cm.Component.deserialize(self._engine, artifact)
-        except wasmtime.WasmtimeError:
-            self._cache.discard(name)
-            return None
 
 
 class WasmtimeComponent:

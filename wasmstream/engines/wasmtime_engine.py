@@ -55,6 +55,7 @@ from ..units import format_duration, format_size
 from .base import CopyingInstance, Sandbox, check_header
 
 T = TypeVar("T")
+C = TypeVar("C")  # a compiled module or component
 
 try:  # the raw call path; see the module docstring
     from wasmtime import _bindings as _ffi
@@ -152,7 +153,7 @@ class WasmtimeEngine:
     def compile(self, wasm: bytes, source: str) -> WasmtimeModule:
         check_header(wasm, source)
         digest = hashlib.sha256(wasm).hexdigest()  # once: it names the entry and binds it
-        module = self._from_cache(digest)
+        module = self._from_cache(self._cache_name(digest), digest, wasmtime.Module.deserialize)
         if module is None:
             try:
                 module = interrupts.interruptible(lambda: wasmtime.Module(self._engine, wasm))
@@ -166,15 +167,17 @@ class WasmtimeEngine:
     def _cache_name(self, digest: str) -> str:
         return entry_name(digest, self.name, _build_id(), self._code_settings)
 
-    def _from_cache(self, digest: str) -> wasmtime.Module | None:
+    def _from_cache(
+        self, name: str, digest: str, deserialize: Callable[[wasmtime.Engine, bytes], C]
+    ) -> C | None:
+        """The compiled module (or component) cached as `name`, if any and still valid."""
         if self._cache is None:
             return None
-        name = self._cache_name(digest)
         artifact = self._cache.load(name, digest)
         if artifact is None:
             return None
         try:  # wasmtime checks the artifact's header: engine version, settings, integrity
-            return wasmtime.Module.deserialize(self._engine, artifact)
+            return deserialize(self._engine, artifact)
         except wasmtime.WasmtimeError:
             self._cache.discard(name)  # corrupt or stale: compile afresh and replace it
             return None
