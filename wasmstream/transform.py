@@ -20,8 +20,21 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
-from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions, init_for
-from .core import (
+from wasmstream.engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
+from wasmstream.engines import read_module as _read_module
+from wasmstream.engines.base import DirGrant
+from wasmstream.errors import GuestError, Interrupted, UsageError, WasmstreamError
+from wasmstream.guest.abi import DEFAULT_TRANSFORM
+from wasmstream.run import configure
+from wasmstream.run.options import (
+    DEFAULT_FRAME_SIZE,
+    OnError,
+    Reached,
+    RunConfig,
+)
+from wasmstream.run.pool import Frames, PoolSettings, serial_steps
+from wasmstream.run.settle import settle_for_component, settle_for_state
+from wasmstream.run.skeleton import (
     SEQUENTIAL,
     LocalFrames,
     Run,
@@ -30,17 +43,9 @@ from .core import (
     read_config_arg,
     run_steps,
 )
-from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
-from .engines import read_module as _read_module
-from .engines.base import DirGrant, Sandbox
-from .errors import GuestError, Interrupted, UsageError, WasmstreamError
-from .framing import Frame, Framing, FramingSpec, Oversize
-from .options import DEFAULT_FRAME_SIZE, POLICIES, OnError, Reached, RunConfig, parse_dir, parse_env
-from .parts import Part, align
-from .pool import Frames, PoolSettings, serial_steps
-from .settle import settle_for_component, settle_for_state
-from .sources import Inputs
-from .units import parse_duration, parse_size
+from wasmstream.stream.framing import Frame, Framing, Oversize
+from wasmstream.stream.parts import Part, align
+from wasmstream.stream.sources import Inputs
 
 
 @dataclass
@@ -93,7 +98,7 @@ class Transform:
         *,
         framing: str | Framing = Framing.FIXED,
         frame_size: Size = DEFAULT_FRAME_SIZE,
-        delimiter: bytes = b"\n",
+        delimiter: bytes | None = None,
         oversize: str | Oversize = Oversize.ERROR,
         function: str = DEFAULT_TRANSFORM,
         alloc: str | None = None,
@@ -116,36 +121,35 @@ class Transform:
         cache: bool = True,
     ) -> None:
         path = "<bytes>" if isinstance(module, bytes) else os.fspath(module)
-        try:
-            settings = RunConfig(
-                module=path,
-                frame_size=_size("frame_size", frame_size, unlimited=False) or 0,
-                abi=AbiOptions(
-                    function=function,
-                    alloc=alloc,
-                    free=free,
-                    init=init_for(bool(config), init),
-                    wasi_command=wasi_command,
-                    state=_choice("state", state, STATE_MODES),
-                    finish=finish,
-                ),
-                engine=engine,
-                sandbox=Sandbox(
-                    timeout=_duration("timeout", timeout),
-                    fuel=_count("fuel", fuel),
-                    max_memory=_size("max_memory", max_memory),
-                    max_output=_size("max_output", max_output),
-                    env=_env(env),
-                    dirs=tuple(d if isinstance(d, DirGrant) else parse_dir(d) for d in dirs),
-                    args=_texts("args", args),
-                ),
-                on_error=_on_error(on_error),
-                dead_letter=None if dead_letter is None else os.fspath(dead_letter),
-                framing=FramingSpec(Framing(framing), _delimiter(delimiter), Oversize(oversize)),
-                cache=cache,
-            )
-        except (ValueError, TypeError) as error:
-            raise UsageError(str(error)) from None
+        # The command line's builders: a value means here what it means to `wasmstream run`.
+        settings = RunConfig(
+            module=path,
+            frame_size=configure.checked(lambda: configure.as_size("frame_size", frame_size)) or 0,
+            abi=configure.abi_options(
+                function=function,
+                alloc=alloc,
+                free=free,
+                init=init,
+                config_given=bool(config),
+                wasi_command=wasi_command,
+                state=state,
+                finish=finish,
+            ),
+            engine=engine,
+            sandbox=configure.sandbox(
+                timeout=timeout,
+                fuel=fuel,
+                max_memory=max_memory,
+                max_output=max_output,
+                env=env,
+                dir=dirs,
+                arg=args,
+            ),
+            on_error=configure.checked(lambda: configure.as_on_error(on_error)),
+            dead_letter=None if dead_letter is None else os.fspath(dead_letter),
+            framing=configure.framing_spec(framing=framing, delimiter=delimiter, oversize=oversize),
+            cache=cache,
+        )
         check_frame_size(settings.frame_size, settings.sandbox.max_memory)
         config_bytes = config if isinstance(config, bytes) else read_config_arg(config)
         wasm = module if isinstance(module, bytes) else _read_module(path)
@@ -290,65 +294,6 @@ class Transform:
 
 def _ignore(message: str) -> None:
     """The library's runs have no one to tell: what they would say is in their results."""
-
-
-def _size(name: str, value: Size | None, unlimited: bool = True) -> int | None:
-    """A size as the CLI takes it (None, or `unlimited`, lifts a limit)."""
-    if value is None or (isinstance(value, str) and value.lower() in ("unlimited", "none")):
-        if not unlimited:
-            raise ValueError(f"{name} must be a size, not {value!r}")
-        return None
-    size = parse_size(value) if isinstance(value, str) else value
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"{name} must be a size of at least 1 byte, not {value!r}")
-    return size
-
-
-def _duration(name: str, value: Duration | None) -> float | None:
-    if value is None:
-        return None
-    seconds = parse_duration(value) if isinstance(value, str) else value
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
-        raise ValueError(f"{name} must be a duration longer than 0, not {value!r}")
-    return float(seconds)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _on_error(value: str | OnError) -> OnError:
-    if isinstance(value, OnError):
-        return value
-    return OnError(_choice("on_error", value, POLICIES))
-
-
-def _count(name: str, value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
-    return value
-
-
-def _delimiter(value: bytes) -> bytes:
-    if not isinstance(value, bytes) or len(value) != 1:
-        raise ValueError(f"delimiter must be one byte, not {value!r}")
-    return value
-
-
-def _texts(name: str, values: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(values, str) or not all(isinstance(value, str) for value in values):
-        raise ValueError(f"{name} must be a list of texts, not {values!r}")
-    return tuple(values)
-
-
-def _env(env: Mapping[str, str] | Sequence[str]) -> tuple[tuple[str, str], ...]:
-    if isinstance(env, Mapping):
-        return tuple((str(key), str(value)) for key, value in env.items())
-    if isinstance(env, str):
-        raise ValueError(f"env must be a mapping or a list of KEY=VALUE texts, not {env!r}")
-    return tuple(parse_env(pair) for pair in env)
 
 
 class _Recorder:
