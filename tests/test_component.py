@@ -1,5 +1,6 @@
 """WebAssembly components (issue 20): run through the same machinery as core modules, under the
-wasmstream:transform contract (component.py), every path and every refusal through the real CLI.
+wasmstream:transform contract (guest/component_abi.py), every path and every refusal through the
+real CLI.
 
 The fixtures are in fixtures/components/ (WAT implementing the canonical ABI, made components by
 wasm-tools): textupper (string -> result<string, string>), bytesrev (list<u8> -> result<list<u8>,

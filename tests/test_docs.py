@@ -182,3 +182,32 @@ def test_every_readme_example_runs(tmp_path: Path) -> None:
         if "rev.wasm" in command:
             lines = (tmp_path / "lines.txt").read_bytes().splitlines(keepends=True)
             assert result.stdout == b"".join(line[-2::-1] + b"\n" for line in lines)
+
+
+def test_the_layout_table_names_every_module_and_only_modules_that_exist() -> None:
+    """README's Layout section is the newcomer's map: it must agree with the tree."""
+    section = README.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    layout = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    package = ROOT / "wasmstream"
+    modules = {
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if "templates" not in path.parts
+        and path.name not in ("__main__.py", "_version.py")
+        and not (path.name == "__init__.py" and path.parent != package)
+    }
+    engines_row = next(line for line in layout.splitlines() if "**`engines/`**" in line)
+    named = set(re.findall(r"`([\w/]+\.py)`", layout))
+    missing = {
+        module
+        for module in modules
+        if module not in named
+        and not (module.startswith("engines/") and f"`{module.split('/', 1)[1]}`" in engines_row)
+    }
+    assert not missing, f"modules the Layout table does not name: {sorted(missing)}"
+    stale = {name for name in named if "/" in name and not (package / name).exists()}
+    stale |= {
+        name for name in named if "/" not in name and not (package / name).exists()
+        and not (package / "engines" / name).exists()
+    }  # fmt: skip
+    assert not stale, f"the Layout table names modules that do not exist: {sorted(stale)}"

@@ -1,7 +1,7 @@
 """One run, every path: the promises of a local run hold for shards, clusters and the library.
 
-Each test here was a defect of a copy of the run (cluster.py and transform.py had their own
-skeletons): they now share `core.run_steps`, and each test failed before that.
+Each test here was a defect of a copy of the run (the cluster path and transform.py had their own
+skeletons): they now share `run_steps` (run/skeleton.py), and each test failed before that.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
     """`run`, `Transform` and `RunConfig` load on first use. Every import of a submodule runs
     this file first, and not every one needs them: the command line needs neither `run` nor
     `Transform` at start-up (the cluster path imports asyncio, 20 ms of every start otherwise),
-    and the wasmer engine's worker process needs no `RunConfig` (options.py and the engine
+    and the wasmer engine's worker process needs no `RunConfig` (run/options.py and the engine
     registry it loads, 8 ms of each worker's start)."""
     if name == "run":
         from wasmstream.run.cluster import run

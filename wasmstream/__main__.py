@@ -1,3 +1,3 @@
-from wasmstream.cli.commands import main
+from wasmstream.cli.main import main
 
 main()

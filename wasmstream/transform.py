@@ -4,13 +4,13 @@
     >>> b"".join(t.stream([b"a\\nb", b"c\\n"]))
     b'A\\nBC\\n'
 
-This is `wasmstream run`'s own run (core.run_steps), with an executor that hands each frame's
-output to the caller as it is done: frames are cut as the CLI cuts them, run one after another
-on one instance with the CLI's failure policy, and a module's finish output ends the stream.
-`run_range` runs one part of the input by Hadoop's rule (parts.py): what a `--shard` or a
-cluster task runs, and what a Ray Data or Spark task can call on its own split; like `--shard`,
-it refuses a module that must see the whole stream in order. A Transform may be used from
-several threads: each call starts its own instance of the shared compiled module.
+This is `wasmstream run`'s own run (`run_steps`, run/skeleton.py), with an executor that hands each
+frame's output to the caller as it is done: frames are cut as the CLI cuts them, run one after
+another on one instance with the CLI's failure policy, and a module's finish output ends the stream.
+`run_range` runs one part of the input by Hadoop's rule (stream/parts.py): what a `--shard` or a
+cluster task runs, and what a Ray Data or Spark task can call on its own split; like `--shard`, it
+refuses a module that must see the whole stream in order. A Transform may be used from several
+threads: each call starts its own instance of the shared compiled module.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Transform:
         *,
         framing: str | Framing = Framing.FIXED,
         frame_size: Size = DEFAULT_FRAME_SIZE,
-        delimiter: bytes | None = None,
+        delimiter: bytes = b"\n",
         oversize: str | Oversize = Oversize.ERROR,
         function: str = DEFAULT_TRANSFORM,
         alloc: str | None = None,
@@ -147,7 +147,13 @@ class Transform:
             ),
             on_error=configure.checked(lambda: configure.as_on_error(on_error)),
             dead_letter=None if dead_letter is None else os.fspath(dead_letter),
-            framing=configure.framing_spec(framing=framing, delimiter=delimiter, oversize=oversize),
+            # `delimiter` has a default, so it counts only where it is used (the CLI refuses a
+            # --delimiter given with another framing: there it can only be a mistake)
+            framing=configure.framing_spec(
+                framing=framing,
+                delimiter=delimiter if _is_delimited(framing) else None,
+                oversize=oversize,
+            ),
             cache=cache,
         )
         check_frame_size(settings.frame_size, settings.sandbox.max_memory)
@@ -202,7 +208,7 @@ class Transform:
         starts (frame-size multiples under fixed framing), unless `aligned` says it is.
 
         Running consecutive ranges covering the input, and joining their outputs, gives the
-        output of one run (parts.py says when byte for byte). Files may be fsspec URLs.
+        output of one run (stream/parts.py says when byte for byte). Files may be fsspec URLs.
         Refuses (UsageError) a module that keeps state or has a finish function: it must see
         the whole stream, in order.
         """
@@ -294,6 +300,10 @@ class Transform:
 
 def _ignore(message: str) -> None:
     """The library's runs have no one to tell: what they would say is in their results."""
+
+
+def _is_delimited(framing: str | Framing) -> bool:
+    return framing in (Framing.DELIMITER, Framing.DELIMITER.value)
 
 
 class _Recorder:

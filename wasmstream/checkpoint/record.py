@@ -28,7 +28,7 @@ from wasmstream.errors import CheckpointError, IOFailure
 from wasmstream.run.options import OnError
 from wasmstream.stream.framing import Framing, Oversize
 from wasmstream.stream.input import STDIN, WINDOW
-from wasmstream.stream.sources import Inputs, is_url, size_of
+from wasmstream.stream.sources import is_url, read_head, size_of
 
 FORMAT_VERSION = 2  # a checkpoint of another version is refused, never guessed at
 HEAD_BYTES = 64 * 1024  # inputs are identified by the hash of their first 64 KiB
@@ -185,7 +185,7 @@ class Position(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class StateRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The guest's state at `position`, in a file beside the checkpoint (see state.py)."""
+    """The guest's state at `position`, in a file beside the checkpoint (see state_files.py)."""
 
     kind: StateName  # the module's own snapshot, or an image of the whole instance
     file: StateFile
@@ -250,9 +250,8 @@ def describe_input(path: str) -> InputRecord:
     """
     if path == STDIN:
         return _describe_fd(STDIN, 0)
-    if is_url(path):
-        with Inputs([path]) as inputs:
-            head = inputs.read_at(0, HEAD_BYTES)
+    if is_url(path):  # an object: no inode to record, its size and first bytes tell
+        head = read_head(path, HEAD_BYTES)
         return InputRecord(
             path=path,
             regular=True,
@@ -545,16 +544,10 @@ def _check_input(
 
 
 def head_sha256(path: str, length: int) -> str:
-    if is_url(path):
-        with Inputs([path]) as inputs:
-            return hashlib.sha256(inputs.read_at(0, length)).hexdigest()
-    fd = 0 if path == STDIN else os.open(path, os.O_RDONLY)
-    try:
-        origin = os.lseek(fd, 0, os.SEEK_CUR)  # stdin: from where it starts (see _describe_fd)
-        return hashlib.sha256(os.pread(fd, length, origin)).hexdigest()
-    finally:
-        if path != STDIN:
-            os.close(fd)
+    if path != STDIN:
+        return hashlib.sha256(read_head(path, length)).hexdigest()
+    origin = os.lseek(0, 0, os.SEEK_CUR)  # from where stdin starts (see _describe_fd)
+    return hashlib.sha256(os.pread(0, length, origin)).hexdigest()
 
 
 class Clock:

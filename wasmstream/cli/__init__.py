@@ -1,5 +1,5 @@
 """The command line: a thin click layer over the run."""
 
-from wasmstream.cli.commands import main
+from wasmstream.cli.main import main
 
 __all__ = ["main"]

@@ -1,7 +1,8 @@
-"""The command line: a thin click layer over `wasmstream.run.skeleton`.
+"""The commands: a thin click layer over `wasmstream.run`.
 
-Each command parses its options into a frozen config and calls one core function. `main` is the
-only place where exceptions become messages and exit codes.
+Each command takes its options (declared once, in `cli.options`), builds a frozen config from
+them and calls one function of the core. `cli.main` is the only place where what they raise
+becomes a message and an exit status.
 """
 
 from __future__ import annotations
@@ -9,12 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import time
-from collections.abc import Sequence
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -48,18 +46,15 @@ from wasmstream.cli.options import (
 )
 from wasmstream.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from wasmstream.errors import (
-    BrokenPipe,
     ExitStatus,
     FramesFailed,
-    FramingError,
     Interrupted,
     WasmstreamError,
 )
 from wasmstream.guest.abi import AbiOptions
-from wasmstream.run import configure, interrupts
+from wasmstream.run import configure
 from wasmstream.run.options import OnError, RunConfig
 from wasmstream.run.skeleton import ProgressFactory, run
-from wasmstream.stream import stdio
 from wasmstream.units import format_size, plural
 
 if TYPE_CHECKING:
@@ -126,7 +121,7 @@ class Operator:
 
     def notify(self, message: str) -> None:
         if not self.quiet:
-            _notice(message)
+            notice(message)
 
     def progress_factory(self, output: str | None) -> ProgressFactory | None:
         # As pv does: by default only on a terminal, and not on the one the data is shown on
@@ -602,94 +597,6 @@ def checkpoint_show_command(file: str, json: bool) -> None:
     click.echo(dumps(report, indent=2) if json else format_checkpoint_report(report))
 
 
-def _notice(message: str) -> None:
+def notice(message: str) -> None:
     with contextlib.suppress(OSError):
         print(f"wasmstream: {message}", file=sys.stderr, flush=True)
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
-    raise Interrupted(ExitStatus.TERMINATED)
-
-
-def _error(message: str) -> None:
-    with contextlib.suppress(OSError):  # stderr gone too: nothing left to tell
-        print(f"wasmstream: error: {message}", file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Entry point: run the CLI and turn every outcome into an exit status."""
-    stdio.guard()  # before anything opens a file: see stdio.py
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    # With -j N, threads hand turns (and, under an overload policy, frames) to each other;
-    # Python's default 5 ms switch interval makes every hand-off wait that long for the GIL.
-    # Set by the CLI, which owns the process; not the core.
-    sys.setswitchinterval(0.001)
-    interrupts.install()
-    status = _run_cli(argv)
-    # End the process here, without interpreter finalisation: at exit, wasmtime's WASI runtime
-    # threads sometimes panic while Python tears down (a Rust backtrace on stderr in about one
-    # run in four with a WASI module, measured here; never with os._exit). Everything of ours
-    # is already written: outputs go out with os.write, checkpoints are closed and synced.
-    # (A library user's process does finalise: wasmtime_engine._CustomOutputs covers it.)
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(status)
-
-
-_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", None)  # click >= 8.2
-
-
-def _run_cli(argv: Sequence[str] | None) -> int:
-    try:
-        # Every option can also come from the environment: WASMSTREAM_RUN_JOBS=4 and so on.
-        cli.main(
-            args=argv,
-            prog_name="wasmstream",
-            standalone_mode=False,
-            auto_envvar_prefix="WASMSTREAM",
-        )
-    except click.exceptions.UsageError as error:
-        if _NoArgsIsHelp is not None and isinstance(error, _NoArgsIsHelp) and error.ctx:
-            click.echo(error.ctx.get_help())  # `wasmstream` alone: help, as click tools do
-            return ExitStatus.OK
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-        _error(f"{error.format_message()}{hint}")
-        return ExitStatus.USAGE
-    except click.exceptions.Abort:
-        return ExitStatus.INTERRUPTED
-    except click.exceptions.ClickException as error:
-        _error(error.format_message())
-        return error.exit_code
-    except BrokenPipe:
-        _quiet_stdout()
-        return ExitStatus.BROKEN_PIPE
-    except Interrupted as error:
-        _notice(str(error))  # not an error: how far the run got, and how to go on
-        return error.status
-    except WasmstreamError as error:
-        _error(f"{error}{_OPTION_HINTS.get(type(error), '')}")
-        return error.status
-    except KeyboardInterrupt:
-        _notice("interrupted")
-        return ExitStatus.INTERRUPTED
-    except Exception as error:  # a bug: say so in one line, with the trace only on request
-        if os.environ.get("WASMSTREAM_DEBUG"):
-            import traceback  # only here: 1 ms of every start otherwise
-
-            traceback.print_exc()
-        _error(f"internal error: {type(error).__name__}: {error}")
-        return ExitStatus.FAILURE
-    return ExitStatus.OK
-
-
-# The options that answer an error, which the layers below do not know by name.
-_OPTION_HINTS: dict[type[WasmstreamError], str] = {
-    FramingError: " (--frame-size SIZE, or --oversize split|skip)"
-}
-
-
-def _quiet_stdout() -> None:
-    """After EPIPE, keep Python's exit-time flush of stdout from complaining."""
-    with contextlib.suppress(OSError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)

@@ -67,7 +67,8 @@ def trap_message(error: BaseException) -> str:
 
 
 class WasmerRuntime:
-    """The instance, as the guest protocol's `Runtime` (guest.py drives it, as every engine's).
+    """The instance, as the guest protocol's `Runtime` (guest/protocol.py drives it, as it
+    drives every engine's).
 
     Calls raise GuestError subclasses, which `main` turns into reply statuses for the parent.
     """

@@ -7,7 +7,7 @@ signatures were already checked once, by `resolve_abi`. If a future wasmtime-py 
 private binding, calls fall back to `Func.__call__` (also forced with WASMSTREAM_SLOW_CALLS=1).
 
 Limits: `--timeout` uses epoch interruption with one ticker thread per engine (and Ctrl-C
-advances the epoch too: see interrupts.py); `--fuel` uses
+advances the epoch too: see run/interrupts.py); `--fuel` uses
 wasmtime's fuel; `--max-memory` uses store limits. All are armed afresh before every frame.
 """
 

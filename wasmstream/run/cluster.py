@@ -1,7 +1,7 @@
 """A run spread over a Dask cluster: parts of the input run as tasks, outputs written in order.
 
-The input is cut into parts (parts.py: whole records, whole frames under fixed framing); each
-part is a task that runs `Transform.run_part` on a worker, with the run's own options. The
+The input is cut into parts (stream/parts.py: whole records, whole frames under fixed framing);
+each part is a task that runs `Transform.run_part` on a worker, with the run's own options. The
 module's bytes are scattered to every worker once, and each worker compiles them once and keeps
 the result (`KeptTransforms`: the few most recently used). The client submits parts in input
 order, at most `window` in flight, and writes each part's output as soon as it and every part
@@ -45,7 +45,7 @@ from wasmstream.run.skeleton import run as run_locally
 from wasmstream.stream.framing import Frame
 from wasmstream.stream.locks import RunFiles
 from wasmstream.stream.parts import Part, split
-from wasmstream.stream.sources import INSTALL_DASK, Inputs, is_url
+from wasmstream.stream.sources import INSTALL_DASK, Inputs, absolute
 from wasmstream.transform import PartResult, Transform
 from wasmstream.units import format_size
 
@@ -264,7 +264,7 @@ def _run_on_cluster(
 
 class ClusterParts:
     """The executor of a cluster run: the input from where the run starts cut into parts
-    (parts.py), each a task on the cluster, their outputs written in order by `_Client`."""
+    (stream/parts.py), each a task on the cluster, their outputs written in order by `_Client`."""
 
     def __init__(self) -> None:
         self._inputs: Inputs | None = None
@@ -498,7 +498,7 @@ class _Client:
 def _as_workers_see_them(paths: tuple[str, ...]) -> tuple[str, ...]:
     """Input paths as a worker opens them: a worker's working folder is its own, so a path
     relative to the client's names another file there (or none)."""
-    return tuple(path if is_url(path) else os.path.abspath(path) for path in paths)
+    return tuple(absolute(path) for path in paths)
 
 
 def _how_cut(parts: list[Part], config: RunConfig, window: int) -> str:

@@ -208,7 +208,7 @@ def framing_spec(
     oversize: str | Oversize = Oversize.ERROR,
     linger: float | str | None = None,
 ) -> FramingSpec:
-    """How frames are cut: --delimiter only with --framing delimiter."""
+    """How frames are cut: a delimiter only with the delimiter framing."""
     kind = checked(lambda: Framing(framing))
     byte = checked(lambda: as_delimiter(delimiter))
     if byte is not None and kind is not Framing.DELIMITER:

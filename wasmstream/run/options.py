@@ -133,7 +133,7 @@ class RunConfig:
     inputs: tuple[str, ...] = ()
     output: str | None = None
     frame_size: int = DEFAULT_FRAME_SIZE
-    jobs: int | None = None  # None: auto, up to one instance per CPU (see adaptive.py)
+    jobs: int | None = None  # None: auto, up to one instance per CPU (see run/jobs_auto.py)
     queue_depth: int | None = None  # None: twice the jobs
     abi: AbiOptions = field(default_factory=AbiOptions)
     config_arg: str | None = None  # --config as given: TEXT or @FILE

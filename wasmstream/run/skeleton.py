@@ -13,8 +13,6 @@ messages and exit codes in one place, and reports notices through the `notify` c
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -44,7 +42,7 @@ from wasmstream.stream.input import STDIN, ConcatenatedInput, check_inputs, is_l
 from wasmstream.stream.locks import Role, RunFiles, check_checkpoint_path, check_distinct
 from wasmstream.stream.parts import shard_part
 from wasmstream.stream.sink import STDOUT, Sink
-from wasmstream.stream.sources import Inputs, is_url
+from wasmstream.stream.sources import Inputs, seekable
 from wasmstream.units import format_size
 
 if TYPE_CHECKING:
@@ -143,7 +141,7 @@ def _check_splittable(config: RunConfig) -> None:
     if not config.inputs or STDIN in config.inputs:
         raise UsageError(f"standard input cannot be split with {what}: give INPUT files")
     for path in config.inputs:
-        if not is_url(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        if not seekable(path):
             raise UsageError(f"input {path} is not a regular file: it cannot be split ({what})")
     if config.clustered and config.overload.policy != "block":
         raise UsageError(
@@ -405,7 +403,7 @@ def sink_opener(config: RunConfig, files: RunFiles, summary: RunSummary) -> Open
 
 class LocalFrames:
     """The executor of a run on this machine: the input read as one stream, cut into frames
-    (framing.py), run through instances of the module (pool.py, or adaptive.py for auto)."""
+    (stream/framing.py), run through instances of the module (pool.py, or jobs_auto.py for auto)."""
 
     def __init__(self) -> None:
         self.stream: ConcatenatedInput | None = None
@@ -613,7 +611,7 @@ def _run_frames(
     end: Callable[[Instance], None] | None = None,
     input_waits: InputWaits | None = None,
 ) -> None:
-    """A fixed --jobs runs as asked; auto adapts while it runs (adaptive.py), except under an
+    """A fixed --jobs runs as asked; auto adapts while it runs (jobs_auto.py), except under an
     overload policy, which only the pool has, or on one CPU. A stateful run (`end`) is serial."""
     adapt = config.jobs is None and settings.jobs > 1 and settings.overload.policy == "block"
     if not adapt or end is not None:

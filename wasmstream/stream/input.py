@@ -17,7 +17,7 @@ from time import perf_counter
 from wasmstream.errors import CheckpointError, IOFailure, UsageError
 from wasmstream.run.tally import Tally
 from wasmstream.stream.pipes import enlarge_pipe
-from wasmstream.stream.sources import InputFile, is_url, open_input, size_of
+from wasmstream.stream.sources import InputFile, check_readable, known_size, open_input
 from wasmstream.stream.stdio import STDIO, was_closed
 
 STDIN = STDIO
@@ -32,17 +32,7 @@ def check_inputs(paths: Sequence[str]) -> None:
             if was_closed(STDIN_FD):
                 raise UsageError("standard input is closed: give an INPUT file, or data on stdin")
             continue
-        if is_url(path):
-            size_of(path)  # raises when it is missing, or fsspec (or its protocol) is not there
-            continue
-        try:
-            mode = os.stat(path).st_mode
-        except OSError as error:
-            raise IOFailure(f"cannot read input {path}: {error.strerror}") from None
-        if stat.S_ISDIR(mode):
-            raise IOFailure(f"cannot read input {path}: Is a directory")
-        if not os.access(path, os.R_OK):
-            raise IOFailure(f"cannot read input {path}: Permission denied")
+        check_readable(path)
 
 
 def is_live(paths: Sequence[str]) -> bool:
@@ -55,13 +45,16 @@ def total_size(paths: Sequence[str]) -> int | None:
     """The input's size when every part is a regular file (for percent and ETA), else None."""
     total = 0
     for path in paths or (STDIN,):
-        if is_url(path):
-            total += size_of(path)
+        if path == STDIN:
+            info = os.fstat(STDIN_FD)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            total += info.st_size - os.lseek(STDIN_FD, 0, os.SEEK_CUR)
             continue
-        info = os.fstat(STDIN_FD) if path == STDIN else os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
+        size = known_size(path)
+        if size is None:
             return None
-        total += info.st_size - (os.lseek(STDIN_FD, 0, os.SEEK_CUR) if path == STDIN else 0)
+        total += size
     return total
 
 

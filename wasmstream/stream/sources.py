@@ -1,6 +1,7 @@
 """Where input bytes come from: local files, or fsspec URLs (`s3://`, `gs://`, `memory://`, …).
 
-A leaf: opening, sizing and reading at an offset, the same for both. fsspec is imported only
+A leaf, and the one place that tells a URL from a local path: checking, opening, sizing and
+reading at an offset, the same for both. fsspec is imported only
 when a URL is given; without it (or without the protocol's package) the error names what to
 install. Every call into fsspec is made here, under `_fsspec_failures`: the one place its
 failures become a usage error or an input that cannot be read.
@@ -12,6 +13,7 @@ import contextlib
 import io
 import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
@@ -183,3 +185,51 @@ class Inputs:
         for stream in self._open.values():
             stream.close()
         self._open.clear()
+
+
+def check_readable(path: str) -> None:
+    """Fail if the input is missing, a directory or unreadable (for a URL: missing, or fsspec or
+    its protocol is not installed)."""
+    if is_url(path):
+        size_of(path)
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise IOFailure(f"cannot read input {path}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise IOFailure(f"cannot read input {path}: Is a directory")
+    if not os.access(path, os.R_OK):
+        raise IOFailure(f"cannot read input {path}: Permission denied")
+
+
+def seekable(path: str) -> bool:
+    """Whether the input can be read at any offset (a regular file or an object), so cut into
+    parts; a FIFO or a character device cannot."""
+    return is_url(path) or stat.S_ISREG(os.stat(path).st_mode)
+
+
+def known_size(path: str) -> int | None:
+    """The input's size if it has one (a regular file or an object), else None."""
+    if is_url(path):
+        return size_of(path)
+    info = os.stat(path)
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def absolute(path: str) -> str:
+    """The input's name as another process elsewhere can use it: a URL as it is, a local path
+    made absolute."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def read_head(path: str, length: int) -> bytes:
+    """The first `length` bytes of a seekable input (fewer if it is shorter)."""
+    if is_url(path):
+        with Inputs([path]) as inputs:
+            return inputs.read_at(0, length)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
