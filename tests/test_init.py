@@ -22,9 +22,10 @@ import click
 import pytest
 
 from wasmstream.errors import ExitStatus
-from wasmstream.scaffold import COMPONENT_LANGUAGES, LANGUAGES, find_toolchain
+from wasmstream.scaffold import COMPONENT_LANGUAGES, LANGUAGES, STATEFUL, find_toolchain
 
 from conftest import ROOT, assert_clean_failure, wasmstream
+from guests import JS_TOOLS, componentize_js
 
 # The generated Makefiles run this Python's ziglang and this checkout's wasmstream.
 MAKE_ENV = {
@@ -38,6 +39,7 @@ SOURCES = {
     "rust": "src/lib.rs",
     "assemblyscript": "assembly/index.ts",
     "python": "app.py",
+    "javascript": "app.js",
 }
 SDKS = {
     "c": "wasmstream.h",
@@ -45,6 +47,7 @@ SDKS = {
     "rust": "src/wasmstream.rs",
     "assemblyscript": "assembly/wasmstream.ts",
     "python": "wit/transform.wit",  # the contract, in place of an SDK
+    "javascript": "wit/transform.wit",
 }
 
 
@@ -53,11 +56,20 @@ def make(directory: Path, *targets: str, env: dict[str, str] | None = None) -> N
     done = subprocess.run(
         ["make", "-C", str(directory), *targets],
         capture_output=True,
-        env={**os.environ, **MAKE_ENV, **(env or {})},
+        env={**os.environ, **MAKE_ENV, **toolchain_env(directory), **(env or {})},
         timeout=600,
         check=False,
     )
     assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")
+
+
+def toolchain_env(directory: Path) -> dict[str, str]:
+    """A JavaScript project builds with tools/js's componentize-js, installed once per machine
+    (the versions its package.json pins: test_the_javascript_project_pins_the_tested_toolchain),
+    rather than ~390 MB of node_modules in every project a test makes."""
+    if not (directory / "app.js").exists():
+        return {}
+    return {"COMPONENTIZE_JS": str(componentize_js())}
 
 
 def init_project(parent: Path, lang: str, name: str = "upper") -> Path:
@@ -98,7 +110,9 @@ def test_generated_project_upper_cases(lang: str, built: Callable[[str], Path]) 
 def test_generated_project_in_parallel_over_16mib(
     lang: str, built: Callable[[str], Path], random_bytes: Callable[[int, int], bytes]
 ) -> None:
-    data = random_bytes(16 << 20, 15)
+    # 2 MiB for a component's bytes: list<u8> crosses wasmtime's C API a value per byte
+    # (README, Performance), at a few MB/s
+    data = random_bytes(2 << 20 if lang in COMPONENT_LANGUAGES else 16 << 20, 15)
     result = wasmstream("run", str(built(lang) / "upper.wasm"), "-j", "2", input=data)
     assert result.returncode == 0, result.stderr.decode()
     # bytes.upper changes only ASCII a-z, as `tr a-z A-Z` does.
@@ -291,14 +305,19 @@ def test_guide_shows_every_example_as_it_is() -> None:
         assert (GUIDE.parent / relative).read_text() == text, relative
 
 
-def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lang", STATEFUL)
+def test_stateful_project_numbers_lines_across_frames_and_resumes(
+    lang: str, tmp_path: Path
+) -> None:
     """`init --stateful`: make test passes; its state carries across frames and a resume."""
-    if find_toolchain("c").found is None:
-        pytest.skip("no C toolchain here")
+    toolchain = find_toolchain(lang)
+    if toolchain.found is None:
+        pytest.skip(f"no {lang} toolchain here: needs {toolchain.install}")
     directory = tmp_path / "numbered"
-    result = wasmstream("init", str(directory), "--lang", "c", "--stateful")
+    result = wasmstream("init", str(directory), "--lang", lang, "--stateful")
     assert result.returncode == 0, result.stderr.decode()
-    assert b"a stateful C transform" in result.stdout
+    title = {"c": "C", "python": "Python", "javascript": "JavaScript"}[lang]
+    assert f"a stateful {title} transform".encode() in result.stdout
     make(directory, "test")
     data = b"".join(b"line %d\n" % n for n in range(1, 301))
     expected = b"".join(b"%d: line %d\n" % (n, n) for n in range(1, 301)) + b"300 lines\n"
@@ -314,13 +333,15 @@ def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Pa
     process.stdin.write(data[:1500])
     process.stdin.flush()
     checkpoint = tmp_path / "out.txt.ckpt.json"
-    for _ in range(500):
+    deadline = time.monotonic() + 30  # a component's start-up, under load: seconds
+    while time.monotonic() < deadline:
         if checkpoint.exists() and json.loads(checkpoint.read_bytes())["position"]["frames"] > 3:
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
-    assert json.loads(checkpoint.read_bytes())["state"]["kind"] == "exports"
+    saved = json.loads(checkpoint.read_bytes())
+    assert saved["state"]["kind"] == "exports" and saved["position"]["frames"] > 3
     resumed = wasmstream(*args, "--resume", input=data)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert out.read_bytes() == expected
@@ -454,5 +475,24 @@ def test_a_dangling_symlink_as_dir_is_refused_naming_its_target(tmp_path: Path) 
 def test_stateful_template_is_refused_for_other_languages(lang: str, tmp_path: Path) -> None:
     result = wasmstream("init", str(tmp_path / "x"), "--lang", lang, "--stateful")
     assert result.returncode == 2  # usage error
-    assert b"--stateful has a template for c only" in result.stderr
+    assert b"--stateful has a template for c, python, javascript only" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_the_javascript_project_pins_the_tested_toolchain(tmp_path: Path) -> None:
+    """The tests build every JavaScript project with tools/js's toolchain: a project's
+    package.json must pin the very same packages, or its `make` would build with untested ones."""
+    directory = init_project(tmp_path, "javascript")
+    pinned = json.loads((directory / "package.json").read_text())["devDependencies"]
+    tested = json.loads((JS_TOOLS / "package.json").read_text())["devDependencies"]
+    assert pinned == tested
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", version) for version in pinned.values()), pinned
+
+
+@pytest.mark.parametrize("lang", COMPONENT_LANGUAGES)
+def test_a_component_project_builds_the_world_init_chose(lang: str, tmp_path: Path) -> None:
+    plain = init_project(tmp_path, lang, name="plain")
+    assert "WORLD ?= bytes\n" in (plain / "Makefile").read_text()
+    result = wasmstream("init", str(tmp_path / "kept"), "--lang", lang, "--stateful")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "WORLD ?= stateful-bytes\n" in (tmp_path / "kept" / "Makefile").read_text()
