@@ -282,7 +282,8 @@ def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
         pytest.skip(f"no {lang} toolchain here: needs {toolchain.install}")
     directory = init_project(tmp_path, lang, name=source.stem)
     shutil.copyfile(source, directory / SOURCES[lang])
-    make(directory)
+    component = lang in COMPONENT_LANGUAGES
+    make(directory, *(["WORLD=configured-text"] if component else []))  # text, with init
     options, reference = EXAMPLE_RUNS[source.stem]
     data = events(3000)
     result = wasmstream(
@@ -291,10 +292,15 @@ def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == reference(data)
-    # Without --config each example fails its frames through the SDK, saying why on stderr.
+    # Without --config each example fails through the SDK, saying why on stderr; a component's
+    # init refuses the empty config with its err, before any frame.
     result = wasmstream("run", str(directory / f"{source.stem}.wasm"), "--init", "init", input=data)
-    assert result.returncode == 4
-    assert result.stderr.decode().startswith("transform: no "), result.stderr.decode()
+    assert result.returncode == ExitStatus.GUEST_ERROR
+    if component:
+        assert_clean_failure(result, ExitStatus.GUEST_ERROR, "init", ": no ")
+        assert result.stdout == b""
+    else:
+        assert result.stderr.decode().startswith("transform: no "), result.stderr.decode()
 
 
 def test_guide_shows_every_example_as_it_is() -> None:
