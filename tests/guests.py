@@ -2,13 +2,14 @@
 
 A build takes 10-25 s, so each built component is kept under build/guests/ (git-ignored), named
 by a hash of everything that decides its bytes: the source, the world, the WIT, the toolchain's
-pinned versions and the build command. A later test, or a later session, with the same inputs
+pinned versions and the build flags. A later test, or a later session, with the same inputs
 reuses it; a changed input builds anew.
 
 The JavaScript toolchain is pinned in tools/js/package-lock.json and installed by `npm ci` into
-tools/js/node_modules (git-ignored) the first time a test needs it. Where it cannot be had (no
-npm, the registry unreachable), the test is skipped saying why, except under CI (CI=true),
-which must run these tests and so fails instead.
+tools/js/node_modules (git-ignored) the first time a guest needs it. Where a toolchain cannot
+be had (no npm, the registry unreachable), `build_*` raise ToolchainMissing; the tests' `*_guest`
+then skip saying why, except under CI (CI=true), which must run these tests and so fails.
+bench/bench.py builds its guests here too (without pytest).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 WIT = ROOT / "wasmstream" / "wit" / "transform.wit"
@@ -37,11 +37,45 @@ JS_DISABLED = ("http", "fetch-event")
 INSTALL_TIMEOUT = 600  # seconds: ~390 MB of node_modules, ~20 s with a warm npm cache
 
 
-def unavailable(reason: str) -> None:
+class ToolchainMissing(Exception):
+    """A guest's toolchain is not here and cannot be installed; the message says why."""
+
+
+def unavailable(reason: str) -> NoReturn:
     """Skip the test, or fail it under CI, which must run every guest's tests."""
+    import pytest
+
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must build this guest, and cannot: {reason}")
     pytest.skip(reason)
+
+
+def js_guest(source: str, world: str) -> Path:
+    """build_js, for a test: skipped (failed under CI) without the toolchain."""
+    try:
+        return build_js(source, world)
+    except ToolchainMissing as missing:
+        unavailable(str(missing))
+
+
+def python_guest(source: str, world: str) -> Path:
+    """build_python, for a test: skipped (failed under CI) without the toolchain."""
+    try:
+        return build_python(source, world)
+    except ToolchainMissing as missing:
+        unavailable(str(missing))
+
+
+def js_toolchain() -> Path:
+    """componentize_js, for a test: skipped (failed under CI) without the toolchain."""
+    try:
+        return componentize_js()
+    except ToolchainMissing as missing:
+        unavailable(str(missing))
+
+
+class BuildFailed(Exception):
+    """The toolchain ran and refused the source: its output says why (a test's failure)."""
 
 
 def componentize_py() -> str | None:
@@ -57,7 +91,7 @@ def componentize_js() -> Path:
         return binary
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        unavailable("the JavaScript guest toolchain needs Node.js with npm, and there is none")
+        raise ToolchainMissing("the JavaScript guest toolchain needs Node.js with npm: none here")
     with _locked(JS_TOOLS / ".install.lock"):
         if not stamp.exists():
             _npm_ci(str(npm))
@@ -72,17 +106,20 @@ def _npm_ci(npm: str) -> None:
             command, cwd=JS_TOOLS, capture_output=True, timeout=INSTALL_TIMEOUT, check=False
         )
     except subprocess.TimeoutExpired:
-        unavailable(f"npm ci in {JS_TOOLS} did not finish in {INSTALL_TIMEOUT} s")
+        raise ToolchainMissing(f"npm ci in {JS_TOOLS} took over {INSTALL_TIMEOUT} s") from None
     if done.returncode != 0:
-        last = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
-        unavailable(f"npm ci in {JS_TOOLS} failed (registry unreachable?): {' | '.join(last)}")
+        last = " | ".join(done.stderr.decode(errors="replace").strip().splitlines()[-3:])
+        raise ToolchainMissing(f"npm ci in {JS_TOOLS} failed (registry unreachable?): {last}")
 
 
-def build_js(source: str, world: str) -> Path:
-    """The component componentize-js makes of `source` (an ES module) for `world`."""
+def build_js(source: str, world: str, aot: bool = False) -> Path:
+    """The component componentize-js makes of `source` (an ES module) for `world`; `aot`:
+    with --aot (weval, which componentize-js fetches from GitHub's releases when first used)."""
     binary = componentize_js()
-    flags = ["-w", str(WIT), "-n", world, "-d", *JS_DISABLED]
-    key = _digest(b"js", source.encode(), world.encode(), WIT.read_bytes(), JS_LOCK.read_bytes())
+    flags = ["-w", str(WIT), "-n", world, "-d", *JS_DISABLED, *(["--aot"] if aot else [])]
+    key = _digest(
+        b"js", source.encode(), *map(str.encode, flags), WIT.read_bytes(), JS_LOCK.read_bytes()
+    )
 
     def build(folder: Path) -> list[str]:
         (folder / "app.js").write_text(source)
@@ -95,7 +132,7 @@ def build_python(source: str, world: str) -> Path:
     """The component componentize-py makes of `source` (app.py) for `world`."""
     program = componentize_py()
     if program is None:
-        unavailable("componentize-py is not installed (pip install componentize-py==0.25.1)")
+        raise ToolchainMissing("no componentize-py here (pip install componentize-py==0.25.1)")
     version = subprocess.run(
         [str(program), "--version"], capture_output=True, check=True, timeout=60
     ).stdout
@@ -119,8 +156,9 @@ def _cached(key: str, build: Callable[[Path], list[str]]) -> Path:
         folder = Path(scratch)
         command = build(folder)
         done = subprocess.run(command, cwd=folder, capture_output=True, timeout=600, check=False)
-        output = (done.stdout + done.stderr).decode(errors="replace")
-        assert done.returncode == 0, f"{command[0]} failed:\n{output}"
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")
+            raise BuildFailed(f"{' '.join(command)} failed:\n{output}")
         os.replace(folder / "guest.wasm", target)
     return target
 

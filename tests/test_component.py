@@ -24,7 +24,7 @@ from wasmstream import Transform
 from wasmstream.errors import ExitStatus, ModuleError
 
 from conftest import ROOT, assert_clean_failure, fixture, per_frame, spawn, wasmstream
-from guests import build_js, build_python
+from guests import js_guest, python_guest
 from test_state import lines, numbered, wait_for_progress
 
 pytestmark = pytest.mark.wasmtime_only  # the wasmer engine refuses components (tested apart)
@@ -310,7 +310,7 @@ class WitWorld(wit_world.WitWorld):
 def test_a_python_guest_built_by_componentize_py_runs() -> None:
     """A real toolchain's component (18 MB, 25 WASI p2 imports, many core instances), built
     against the shipped WIT's `text` world: its output, and its err reaching a dead letter."""
-    assert_guest_runs(build_python(PYTHON_GUEST, "text"))
+    assert_guest_runs(python_guest(PYTHON_GUEST, "text"))
 
 
 def assert_guest_runs(guest: Path) -> None:
@@ -376,13 +376,13 @@ export function restore(state) {
 def test_a_javascript_guest_built_by_componentize_js_runs() -> None:
     """componentize-js's component (12 MB, SpiderMonkey inside), built against the shipped
     WIT's `text` world with wasi:http left out: its output, and a thrown err's dead letter."""
-    assert_guest_runs(build_js(JS_GUEST, "text"))
+    assert_guest_runs(js_guest(JS_GUEST, "text"))
 
 
 def test_sigkill_then_resume_keeps_a_stateful_javascript_guests_state(tmp_path: Path) -> None:
     """A JavaScript guest's snapshot and restore, through SIGKILLs and --resume: every line is
     numbered once and its finish comes once, as if it had never stopped."""
-    guest = str(build_js(JS_NUMBERER, "stateful-text"))
+    guest = str(js_guest(JS_NUMBERER, "stateful-text"))
     warm = wasmstream("run", guest, "--frame-size", "3", input=b"ab\ncd")  # compiles, cached
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout == b"1: ab\n2: cdlines: 2\n"

@@ -25,7 +25,7 @@ from wasmstream.errors import ExitStatus
 from wasmstream.scaffold import COMPONENT_LANGUAGES, LANGUAGES, STATEFUL, find_toolchain
 
 from conftest import ROOT, assert_clean_failure, wasmstream
-from guests import JS_TOOLS, componentize_js
+from guests import JS_TOOLS, js_toolchain
 
 # The generated Makefiles run this Python's ziglang and this checkout's wasmstream.
 MAKE_ENV = {
@@ -69,7 +69,7 @@ def toolchain_env(directory: Path) -> dict[str, str]:
     rather than ~390 MB of node_modules in every project a test makes."""
     if not (directory / "app.js").exists():
         return {}
-    return {"COMPONENTIZE_JS": str(componentize_js())}
+    return {"COMPONENTIZE_JS": str(js_toolchain())}
 
 
 def init_project(parent: Path, lang: str, name: str = "upper") -> Path:
