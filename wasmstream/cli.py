@@ -1050,9 +1050,10 @@ def init_command(
     With --stateful (C, Python, JavaScript), a transform that numbers lines across frames and
     counts them at the end instead: its state is saved with each checkpoint.
 
-    DIR gets the transform's source, the guest SDK for its language (one file), a Makefile
-    (`make` builds NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares
-    the output with expected.txt) and a README on what to change.
+    DIR gets the transform's source, the guest SDK for its language (one file; for Python and
+    JavaScript, whose transforms are components, the contract's WIT), a Makefile (`make` builds
+    NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares the output with
+    expected.txt) and a README on what to change.
 
     \b
       wasmstream init upper --lang c && make -C upper test
