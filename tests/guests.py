@@ -83,33 +83,34 @@ def componentize_py() -> str | None:
     return str(beside) if beside.exists() else shutil.which("componentize-py")
 
 
-def componentize_js() -> Path:
+def componentize_js(tools: Path = JS_TOOLS) -> Path:
     """tools/js's componentize-js, installed by `npm ci` if it is not there (or is stale)."""
-    binary = JS_TOOLS / "node_modules" / ".bin" / "componentize-js"
-    stamp = JS_TOOLS / "node_modules" / f".installed-{_digest(JS_LOCK.read_bytes())}"
+    binary = tools / "node_modules" / ".bin" / "componentize-js"
+    lock = (tools / "package-lock.json").read_bytes()
+    stamp = tools / "node_modules" / f".installed-{_digest(lock)}"
     if stamp.exists() and binary.exists():
         return binary
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         raise ToolchainMissing("the JavaScript guest toolchain needs Node.js with npm: none here")
-    with _locked(JS_TOOLS / ".install.lock"):
+    with _locked(tools / ".install.lock"):
         if not stamp.exists():
-            _npm_ci(str(npm))
+            _npm_ci(str(npm), tools)
             stamp.touch()
     return binary
 
 
-def _npm_ci(npm: str) -> None:
+def _npm_ci(npm: str, tools: Path) -> None:
     command = [npm, "ci", "--no-audit", "--no-fund", "--loglevel", "error"]
     try:
         done = subprocess.run(
-            command, cwd=JS_TOOLS, capture_output=True, timeout=INSTALL_TIMEOUT, check=False
+            command, cwd=tools, capture_output=True, timeout=INSTALL_TIMEOUT, check=False
         )
     except subprocess.TimeoutExpired:
-        raise ToolchainMissing(f"npm ci in {JS_TOOLS} took over {INSTALL_TIMEOUT} s") from None
+        raise ToolchainMissing(f"npm ci in {tools} took over {INSTALL_TIMEOUT} s") from None
     if done.returncode != 0:
         last = " | ".join(done.stderr.decode(errors="replace").strip().splitlines()[-3:])
-        raise ToolchainMissing(f"npm ci in {JS_TOOLS} failed (registry unreachable?): {last}")
+        raise ToolchainMissing(f"npm ci in {tools} failed (registry unreachable?): {last}")
 
 
 def build_js(source: str, world: str, aot: bool = False) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -24,7 +25,14 @@ from wasmstream import Transform
 from wasmstream.errors import ExitStatus, ModuleError
 
 from conftest import ROOT, assert_clean_failure, fixture, per_frame, spawn, wasmstream
-from guests import js_guest, python_guest
+from guests import (
+    JS_TOOLS,
+    ToolchainMissing,
+    componentize_js,
+    js_guest,
+    python_guest,
+    unavailable,
+)
 from test_state import lines, numbered, wait_for_progress
 
 pytestmark = pytest.mark.wasmtime_only  # the wasmer engine refuses components (tested apart)
@@ -377,6 +385,27 @@ def test_a_javascript_guest_built_by_componentize_js_runs() -> None:
     """componentize-js's component (12 MB, SpiderMonkey inside), built against the shipped
     WIT's `text` world with wasi:http left out: its output, and a thrown err's dead letter."""
     assert_guest_runs(js_guest(JS_GUEST, "text"))
+
+
+def test_an_unreachable_npm_registry_skips_the_guests_or_fails_them_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the JavaScript toolchain (here: npm offline, with an empty cache) a guest test
+    is skipped saying why, and under CI, which must run it, fails."""
+    if shutil.which("npm") is None:
+        pytest.skip("no npm here to make unreachable")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(JS_TOOLS / name, tmp_path / name)
+    monkeypatch.setenv("npm_config_offline", "true")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "empty-cache"))
+    with pytest.raises(ToolchainMissing, match=r"npm ci in .* failed") as missing:
+        componentize_js(tmp_path)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="registry unreachable"):
+        unavailable(str(missing.value))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must build this guest"):
+        unavailable(str(missing.value))
 
 
 def test_sigkill_then_resume_keeps_a_stateful_javascript_guests_state(tmp_path: Path) -> None:
