@@ -27,6 +27,11 @@ from wasmstream.scaffold import COMPONENT_LANGUAGES, LANGUAGES, STATEFUL, find_t
 from conftest import ROOT, assert_clean_failure, wasmstream
 from guests import JS_TOOLS, js_toolchain
 
+# Each language, a component language's runs marked wasmtime_only (wasmer refuses components).
+RUNNABLE = [
+    pytest.param(lang, marks=[pytest.mark.wasmtime_only] if lang in COMPONENT_LANGUAGES else [])
+    for lang in LANGUAGES
+]
 # The generated Makefiles run this Python's ziglang and this checkout's wasmstream.
 MAKE_ENV = {
     "PYTHONPATH": str(ROOT),
@@ -97,7 +102,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return build
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", RUNNABLE)
 def test_generated_project_upper_cases(lang: str, built: Callable[[str], Path]) -> None:
     directory = built(lang)
     sample = (directory / "sample.txt").read_bytes()
@@ -106,7 +111,7 @@ def test_generated_project_upper_cases(lang: str, built: Callable[[str], Path]) 
     assert result.stdout == sample.upper() == (directory / "expected.txt").read_bytes()
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", RUNNABLE)
 def test_generated_project_in_parallel_over_16mib(
     lang: str, built: Callable[[str], Path], random_bytes: Callable[[int, int], bytes]
 ) -> None:
@@ -119,7 +124,7 @@ def test_generated_project_in_parallel_over_16mib(
     assert result.stdout == data.upper()
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", RUNNABLE)
 def test_generated_make_test_passes(lang: str, built: Callable[[str], Path]) -> None:
     make(built(lang), "test")
 
@@ -272,9 +277,19 @@ def example_files() -> list[Path]:
     return sorted(path for path in EXAMPLES.rglob("*") if path.is_file())
 
 
-@pytest.mark.parametrize(
-    "source", example_files(), ids=lambda path: path.stem + "-" + path.parent.name
-)
+def example_params() -> list[object]:
+    """Each example, a component language's marked wasmtime_only."""
+    return [
+        pytest.param(
+            path,
+            id=f"{path.stem}-{path.parent.name}",
+            marks=[pytest.mark.wasmtime_only] if path.parent.name in COMPONENT_LANGUAGES else [],
+        )
+        for path in example_files()
+    ]
+
+
+@pytest.mark.parametrize("source", example_params())
 def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
     lang = source.parent.name
     toolchain = find_toolchain(lang)
@@ -311,7 +326,7 @@ def test_guide_shows_every_example_as_it_is() -> None:
         assert (GUIDE.parent / relative).read_text() == text, relative
 
 
-@pytest.mark.parametrize("lang", STATEFUL)
+@pytest.mark.parametrize("lang", [param for param in RUNNABLE if param.values[0] in STATEFUL])
 def test_stateful_project_numbers_lines_across_frames_and_resumes(
     lang: str, tmp_path: Path
 ) -> None:
