@@ -1,0 +1,508 @@
+"""A run spread over a Dask cluster: parts of the input run as tasks, outputs written in order.
+
+The input is cut into parts (parts.py: whole records, whole frames under fixed framing); each
+part is a task that runs `Transform.run_part` on a worker, with the run's own options. The
+module's bytes are scattered to every worker once, and each worker compiles them once and keeps
+the result (`KeptTransforms`: the few most recently used). The client submits parts in input
+order, at most `window` in flight, and writes each part's output as soon as it and every part
+before it are done: memory stays flat however large the input. Failed frames follow the run's
+`--on-error`, numbered in the whole input; dead letters are written by the client, in order. A
+failure that stops a part (a guest's under `--on-error fail`, an oversized record) comes back
+with the output before it: the client writes that, then raises it, as a local run would.
+
+The checkpoint is the run's usual one: parts are written in order, so the parts written are
+those before `input_bytes`, and `output_bytes` is where their output ends. A worker that dies
+has its tasks run again elsewhere (Dask's scheduler does that); a scheduler that goes away
+ends the run with exit 8 and a checkpoint `--resume` continues from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from time import perf_counter
+from typing import Any, cast
+
+from wasmstream.engines import LoadedModule, read_module
+from wasmstream.errors import GuestError, IOFailure, UsageError, WasmstreamError
+from wasmstream.run.options import Notify, OnError, RunConfig, local_workers
+from wasmstream.run.skeleton import (
+    ProgressFactory,
+    Run,
+    RunSummary,
+    execute,
+    plan_run,
+    run_steps,
+    sink_opener,
+)
+from wasmstream.run.skeleton import run as run_locally
+from wasmstream.stream.framing import Frame
+from wasmstream.stream.locks import RunFiles
+from wasmstream.stream.parts import Part, split
+from wasmstream.stream.sources import INSTALL_DASK, Inputs, is_url
+from wasmstream.transform import PartResult, Transform
+from wasmstream.units import format_size
+
+MiB = 1 << 20
+POLL = 2.0  # seconds between looks at the cluster while a part runs
+NO_WORKERS_GRACE = 60.0  # seconds a run waits for a worker to (re)appear
+CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    config: RunConfig,
+    notify: Notify = lambda message: None,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """`wasmstream.run.skeleton.run`, or with `config.part_size` (--cluster), the same run spread over
+    a cluster."""
+    if not config.clustered:
+        return run_locally(config, notify, progress)
+    require_dask()
+    check_scheduler(config)
+    return execute(config, _run_on_cluster, notify, progress)
+
+
+def _asyncio_timeout() -> type[BaseException]:
+    import asyncio  # loaded by Dask already; not by wasmstream's own start-up
+
+    return asyncio.TimeoutError
+
+
+def scheduler_address(config: RunConfig) -> str | None:
+    """The address of the scheduler a run joins (None: it starts a local cluster), from
+    `--cluster` or the scheduler file `--cluster-file` names. Raises UsageError for a file
+    that is missing, unreadable or not a scheduler's (Dask itself would wait for it forever)."""
+    if config.cluster_file is None:
+        return None if local_workers(config.cluster) is not None else config.cluster
+    import json
+
+    path = config.cluster_file
+    try:
+        with open(path, "rb") as scheduler_file:
+            info = json.loads(scheduler_file.read())
+    except OSError as error:
+        raise UsageError(f"cannot read the scheduler file {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise UsageError(f"scheduler file {path} is not JSON: {error}") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or not address:
+        raise UsageError(
+            f'scheduler file {path} names no scheduler: it has no "address" (it is written '
+            "by dask scheduler --scheduler-file)"
+        )
+    return address
+
+
+def check_scheduler(config: RunConfig) -> None:
+    """Before any file is touched: the scheduler is named, and listens (IOFailure if not)."""
+    address = scheduler_address(config)
+    if address is None:
+        return  # a local cluster, started for the run
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, where = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return  # a transport only Dask knows how to reach
+        with socket.create_connection(parse_host_port(where, 8786), timeout=CONNECT_TIMEOUT):
+            pass
+    except (OSError, ValueError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise IOFailure(f"cannot reach the Dask scheduler at {address}: {why}") from None
+
+
+def require_dask() -> None:
+    """Fail at once, before any file is opened, when Dask is not installed."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}") from None
+
+
+# --- on the workers ------------------------------------------------------------------------
+
+KEPT_TRANSFORMS = 4  # compiled transforms a worker keeps, the most recently used
+
+
+class _Kept:
+    """A transform a worker keeps, and how many parts are running on it now."""
+
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
+        self.users = 0
+        self.evicted = False
+
+
+class KeptTransforms:
+    """A worker's compiled transforms: compiled on a run's first part, then kept for its later
+    ones. A long-lived worker serves many runs, and each transform holds an engine (with a
+    ticker thread under --timeout) and compiled code: only the `size` most recently used are
+    kept, and one pushed out is closed once no part is running on it."""
+
+    def __init__(self, size: int = KEPT_TRANSFORMS) -> None:
+        self._size = size
+        self._kept: OrderedDict[Hashable, _Kept] = OrderedDict()
+        self._lock = threading.Lock()  # held while compiling, too: each module compiles once
+
+    @contextmanager
+    def use(self, key: Hashable, make: Callable[[], Transform]) -> Iterator[Transform]:
+        kept = self._acquire(key, make)
+        try:
+            yield kept.transform
+        finally:
+            self._release(kept)
+
+    def _acquire(self, key: Hashable, make: Callable[[], Transform]) -> _Kept:
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None:
+                kept = self._kept[key] = _Kept(make())
+                while len(self._kept) > self._size:
+                    _, oldest = self._kept.popitem(last=False)
+                    oldest.evicted = True
+                    self._close_unused(oldest)
+            self._kept.move_to_end(key)
+            kept.users += 1
+            return kept
+
+    def _release(self, kept: _Kept) -> None:
+        with self._lock:
+            kept.users -= 1
+            self._close_unused(kept)
+
+    @staticmethod
+    def _close_unused(kept: _Kept) -> None:
+        if kept.evicted and kept.users == 0:
+            kept.transform.close()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+_TRANSFORMS = KeptTransforms()
+
+
+def run_part_task(
+    sha256: str,
+    wasm: bytes,
+    settings: RunConfig,
+    config: bytes,
+    paths: tuple[str, ...],
+    part: Part,
+    keep_input: bool,
+    timed: bool = False,
+) -> PartResult:
+    """A cluster task: one part of the input through the module (on a worker). Every failure
+    comes back in the result, as plain data (`WasmstreamError.detached`): raised, Dask would
+    pickle its traceback and chained errors, or log them on the worker."""
+    try:
+        make = partial(Transform.from_config, settings, wasm, config)
+        with _TRANSFORMS.use((sha256, settings, config), make) as transform, Inputs(paths) as src:
+            return transform.run_part(src, part, keep_input, timed)
+    except WasmstreamError as error:
+        failure = error.detached()
+    return PartResult(error=failure)
+
+
+def task_settings(config: RunConfig) -> RunConfig:
+    """What a worker needs of a run's options to run its parts: the module (its path names it
+    in errors) and how to frame, run and limit it; not the client's files, nor what only the
+    client uses (jobs, --stats, checkpoints). Runs that differ only in those share a worker's
+    compiled transform."""
+    return RunConfig(
+        module=config.module,
+        frame_size=config.frame_size,
+        abi=config.abi,
+        engine=config.engine,
+        sandbox=config.sandbox,
+        on_error=config.on_error,
+        framing=config.framing,
+        cache=config.cache,
+    )
+
+
+# --- on the client -------------------------------------------------------------------------
+
+
+class _Done:
+    """The journal's view of the input: which bytes of each input are done (parts in order)."""
+
+    def __init__(self, inputs: Inputs, start: int) -> None:
+        self._inputs = inputs
+        self._start = start
+        self.head = bytearray()  # files are recognised by inode and head hash, not by these
+        self.skipped_tail = b""
+
+    def progress(self, stream_offset: int) -> list[int]:
+        return list(self._inputs.per_input(self._start + stream_offset))
+
+
+def _run_on_cluster(
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    files: RunFiles,
+    notify: Notify,
+    progress: ProgressFactory | None,
+) -> RunSummary:
+    run = plan_run(config, loaded, config_bytes, notify, files.output_fd)
+    for _ in run_steps(run, ClusterParts(), sink_opener(config, files, run.summary), progress):
+        pass
+    return run.summary
+
+
+class ClusterParts:
+    """The executor of a cluster run: the input from where the run starts cut into parts
+    (parts.py), each a task on the cluster, their outputs written in order by `_Client`."""
+
+    def __init__(self) -> None:
+        self._inputs: Inputs | None = None
+        self._parts: list[Part] = []
+
+    def open(self, run: Run) -> _Done:
+        config = run.config
+        assert config.part_size is not None
+        self._inputs = inputs = Inputs(config.inputs)
+        # Cut from where the run starts: a resumed run's start is a record start (where a part,
+        # or the input, ended), and the input may have grown since.
+        self._parts = split(
+            inputs, config.framing, config.frame_size, config.part_size, run.start.input_bytes
+        )
+        return _Done(inputs, run.start.input_bytes)
+
+    def execute(self, run: Run) -> Iterator[None]:
+        assert self._inputs is not None
+        with _client(run.config, run.notify) as client:
+            runner = _Client(client, run, self._inputs)
+            runner.run(self._parts)
+            run.notify(runner.report())
+        return iter(())
+
+    def snapshot(self) -> bytes | None:
+        return None  # a module that keeps state is refused before the run starts
+
+    def close(self) -> None:
+        if self._inputs is not None:
+            self._inputs.close()
+
+
+@contextmanager
+def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
+    """A Dask client: of a local cluster started for the run, or of a running scheduler."""
+    from distributed import Client, LocalCluster
+
+    workers = local_workers(config.cluster)
+    quiet = _quiet_dask()
+    try:
+        if workers is not None:
+            local = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,  # spawned: a process that has used wasmtime must not fork
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # loopback only; bokeh shows it when installed
+                silence_logs=quiet,  # the workers' own logs, on this stderr
+                preload=["wasmstream.run.interrupts"],  # its dask_setup: deaf to Ctrl-C
+            )
+            client = Client(local, set_as_default=False)
+        else:
+            address = scheduler_address(config)
+            client = Client(address, set_as_default=False, timeout=f"{CONNECT_TIMEOUT:.0f}s")
+            local = None
+    except (OSError, ValueError) as error:
+        where = config.cluster_file or config.cluster
+        raise IOFailure(f"cannot reach the Dask scheduler at {where}: {error}") from None
+    try:
+        _announce(client, notify)
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+
+
+DASK_LOGGERS = ("distributed", "bokeh", "tornado", "asyncio")
+SILENT = logging.CRITICAL + 1  # above every level Dask logs at
+
+
+def _quiet_dask() -> int:
+    """Keep Dask's log lines (tracebacks, often with a task's arguments: input bytes) off
+    stderr: what goes wrong on the cluster is reported by wasmstream, in one line. Unless
+    WASMSTREAM_DEBUG is set. Returns the level for a local cluster's workers to log at.
+
+    By the handlers' level, not the loggers': Dask gives its child loggers levels of their own
+    ("distributed.client": warning), and their records reach the parents' handlers anyway."""
+    if os.environ.get("WASMSTREAM_DEBUG"):
+        return logging.ERROR
+    for name in DASK_LOGGERS:
+        logging.getLogger(name).setLevel(SILENT)
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in DASK_LOGGERS:
+            for handler in logger.handlers:
+                handler.setLevel(SILENT)
+    return SILENT
+
+
+def _announce(client: Any, notify: Notify) -> None:
+    info = client.scheduler_info()
+    workers = len(info.get("workers", {}))
+    dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
+    also = f", dashboard {dashboard}" if dashboard else ""
+    notify(f"cluster: {workers} workers at {info.get('address')}{also}")
+
+
+class _Client:
+    """Submits parts in order, a bounded number at a time, and writes their outputs in order."""
+
+    def __init__(self, client: Any, run: Run, inputs: Inputs) -> None:
+        config, summary = run.config, run.summary
+        self._client = client
+        self._config = config
+        self._sha256 = run.loaded.sha256
+        self._config_bytes = run.config_bytes
+        self._paths = _as_workers_see_them(inputs.paths)
+        self._write_output = run.write
+        self._summary = summary
+        self._frames = run.start.frames  # frames of the whole input before the next part
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
+        self._in_flight: deque[tuple[Part, Any]] = deque()
+        self._workers = workers
+        self._run_id = uuid.uuid4().hex  # task keys: two runs on one scheduler never share
+        self._parts_done = 0
+        self._started = perf_counter()
+        summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
+        self._settings = task_settings(config)
+        self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
+        summary.tally.workers = workers
+
+    def run(self, parts: list[Part]) -> None:
+        self._summary.jobs_reason = _how_cut(parts, self._config, self.window)
+        wasm = read_module(self._config.module)
+        wasm_on_workers = self._client.scatter(wasm, broadcast=True, hash=False)
+        pending = iter(parts)
+        for part in pending:
+            self._submit(part, wasm_on_workers)
+            if len(self._in_flight) >= self.window:
+                self._write_next()
+        while self._in_flight:
+            self._write_next()
+        self._summary.tally.workers = len(self._client.scheduler_info().get("workers", {}))
+
+    def _submit(self, part: Part, wasm: Any) -> None:
+        future = self._client.submit(
+            run_part_task,
+            self._sha256,
+            wasm,
+            self._settings,
+            self._config_bytes,
+            self._paths,
+            part,
+            self._keep_input,
+            self._config.timings,
+            key=f"wasmstream-part-{self._run_id}-{part.number}",
+            pure=False,
+        )
+        self._in_flight.append((part, future))
+
+    def _write_next(self) -> None:
+        part, future = self._in_flight[0]
+        result = self._result(part, future)
+        self._in_flight.popleft()
+        self._write(part, result)
+
+    def _result(self, part: Part, future: Any) -> PartResult:
+        try:
+            result: PartResult = self._wait(part, future)
+        except WasmstreamError:
+            raise  # a task returns its own failures (`run_part_task`); this is the client's
+        except Exception as error:
+            why = (str(error) or "the scheduler or its workers went away").splitlines()[0]
+            then = (
+                f"; continue with --resume (checkpoint {self._config.checkpoint})"
+                if self._config.checkpoint
+                else ""
+            )
+            raise IOFailure(
+                f"the cluster lost the part at input offset {part.start} "
+                f"({type(error).__name__}: {why}){then}"
+            ) from None
+        return result
+
+    def _wait(self, part: Part, future: Any) -> PartResult:
+        """The part's result. Dask waits for workers forever; a run without any for
+        NO_WORKERS_GRACE seconds stops (exit 8), resumable, rather than hang."""
+        alone_since = None
+        while True:
+            try:
+                return cast(PartResult, future.result(timeout=POLL))
+            except (TimeoutError, _asyncio_timeout()):  # distinct before Python 3.11
+                if self._client.scheduler_info().get("workers"):
+                    alone_since = None
+                    continue
+                alone_since = alone_since or perf_counter()
+                if perf_counter() - alone_since > NO_WORKERS_GRACE:
+                    raise IOFailure(
+                        f"no Dask workers for {NO_WORKERS_GRACE:.0f}s: the part at input "
+                        f"offset {part.start} cannot run"
+                    ) from None
+
+    def _write(self, part: Part, result: PartResult) -> None:
+        summary, tally = self._summary, self._summary.tally
+        started = perf_counter()
+        written = self._write_output(result.output)
+        tally.output_seconds += perf_counter() - started
+        for failed in result.failed:  # in order: dead letters and counts, numbered globally
+            index = self._frames + failed.frame - part.first_frame
+            frame = Frame(index, failed.offset, bytearray(failed.data), failed.length)
+            summary.failures.handle(frame, failed.error.at(index, failed.offset))  # fail: raises
+        summary.skipped.records += result.skipped_records
+        summary.skipped.bytes += result.skipped_bytes
+        tally.guest_seconds += result.guest_seconds
+        if result.error is not None:  # the output before it is written; the checkpoint stays
+            raise self._in_whole_input(part, result.error)  # before the part: exact
+        tally.frames += result.frames - 1
+        tally.record(Frame(self._frames, part.start, bytearray(), 0, span=part.length), written)
+        self._frames += result.frames
+        self._parts_done += 1
+
+    def _in_whole_input(self, part: Part, error: WasmstreamError) -> WasmstreamError:
+        """A part's failure, a guest's numbered by its frame in the whole input (a worker
+        numbers frames from the part's first)."""
+        if isinstance(error, GuestError) and error.frame is not None and error.offset is not None:
+            return error.at(self._frames + error.frame - part.first_frame, error.offset)
+        return error
+
+    def report(self) -> str:
+        """One line for the end of the run: parts, workers, bytes and throughput."""
+        elapsed = perf_counter() - self._started
+        done = self._summary.tally.input_bytes
+        rate = done / MiB / elapsed if elapsed > 0 else 0.0
+        return (
+            f"cluster: {self._parts_done} parts on {self._workers} workers, "
+            f"{format_size(done)} in {elapsed:.1f}s ({rate:.1f} MiB/s)"
+        )
+
+
+def _as_workers_see_them(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Input paths as a worker opens them: a worker's working folder is its own, so a path
+    relative to the client's names another file there (or none)."""
+    return tuple(path if is_url(path) else os.path.abspath(path) for path in paths)
+
+
+def _how_cut(parts: list[Part], config: RunConfig, window: int) -> str:
+    """--stats' reason line for a cluster run: how its input was cut, and how much ran at once."""
+    assert config.part_size is not None
+    count = f"{len(parts)} part{'' if len(parts) == 1 else 's'}"
+    return f"cluster workers; {count} of {format_size(config.part_size)} to run, {window} at a time"
