@@ -68,5 +68,7 @@ fixtures: $(STAMP)
 man: $(STAMP)
 	man ./man/wasmstream.1
 
+# build/guests: the guests the tests and the bench built (tests/guests.py); tools/js/node_modules:
+# the JavaScript guest toolchain their npm ci installed.
 clean:
-	rm -rf $(VENV) $(VENV_WASMER) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_WASMER) .pytest_cache .mypy_cache .ruff_cache build/guests tools/js/node_modules

@@ -6,6 +6,7 @@ reports, it does not gate).
 
     python bench/bench.py [--quick]   # --quick: smaller inputs, fewer runs
     python bench/bench.py --only b9 [--size MIB] [--runs N]   # one row, for a quick check
+    python bench/bench.py --only c1 [--size MIB] [--runs N]   # c1-c5: bench/components.py
 """
 
 from __future__ import annotations
@@ -411,17 +412,35 @@ def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     cluster_row(table, directory, size, runs)
 
 
-def only_b9(argv: list[str]) -> int:
-    """One row alone (B9), on an input of --size MiB (default 256)."""
-    size = int(argv[argv.index("--size") + 1]) * MiB if "--size" in argv else 256 * MiB
+def only_one(argv: list[str]) -> int:
+    """One row alone: B9 on an input of --size MiB (default 256), or a C row (default 8)."""
+    row = argv[argv.index("--only") + 1].lower()
+    if row != "b9" and row not in COMPONENT_ROWS:
+        print(f"--only: b9 or one of {', '.join(COMPONENT_ROWS)}", file=sys.stderr)
+        return 2
+    default = 256 if row == "b9" else 8
+    size = int(argv[argv.index("--size") + 1] if "--size" in argv else default) * MiB
     runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else 3
     table = Table()
     with tempfile.TemporaryDirectory(prefix="wasmstream-bench-") as scratch:
         directory = Path(scratch)
-        data = make_input(directory, "data.bin", size)
-        b9_stateful_checkpoint_cost(table, data, size, runs, directory)
+        if row == "b9":
+            data = make_input(directory, "data.bin", size)
+            b9_stateful_checkpoint_cost(table, data, size, runs, directory)
+        else:
+            _component_rows(table, directory, size, runs, row)
     table.print()
     return 0
+
+
+COMPONENT_ROWS = ("c1", "c2", "c3", "c4", "c5")
+
+
+def _component_rows(table: Table, directory: Path, size: int, runs: int, only: str = "") -> None:
+    """C1-C5 (bench/components.py): components and the guest languages."""
+    from components import component_rows
+
+    component_rows(table, directory, size, runs, only)
 
 
 def main(argv: list[str]) -> int:
@@ -432,7 +451,7 @@ def main(argv: list[str]) -> int:
     # 0.105 s here, where the minimal script compiles only itself.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if "--only" in argv:
-        return only_b9(argv)
+        return only_one(argv)
     quick = "--quick" in argv
     big_size, medium_size, small_size = (
         (64 * MiB, 8 * MiB, 16 * MiB) if quick else (512 * MiB, 32 * MiB, 16 * MiB)
@@ -466,6 +485,7 @@ def main(argv: list[str]) -> int:
             lambda: wasmer_side_by_side(table, small, cheap, medium, runs),
             lambda: extra_throughput(table, small, small_size, runs),
             lambda: _cluster_row(table, directory, 32 * MiB if quick else 256 * MiB, runs),
+            lambda: _component_rows(table, directory, 8 * MiB if quick else 64 * MiB, runs),
         ]
         for step in steps:
             try:

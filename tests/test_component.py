@@ -16,7 +16,7 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +26,14 @@ from wasmstream import Transform
 from wasmstream.errors import ExitStatus, ModuleError
 
 from conftest import ROOT, assert_clean_failure, fixture, per_frame, spawn, wasmstream
+from guests import (
+    JS_TOOLS,
+    ToolchainMissing,
+    componentize_js,
+    js_guest,
+    python_guest,
+    unavailable,
+)
 from test_state import lines, numbered, wait_for_progress
 
 pytestmark = pytest.mark.wasmtime_only  # the wasmer engine refuses components (tested apart)
@@ -173,12 +181,18 @@ def test_max_memory_bounds_a_components_memory(tmp_path: Path) -> None:
 
 
 def test_sigkill_then_resume_keeps_a_stateful_components_state(tmp_path: Path) -> None:
-    data = lines(300_000, seed=20)
+    assert_resumes_through_kills(STATEFUL, tmp_path, seed=20)
+
+
+def assert_resumes_through_kills(module: str, tmp_path: Path, seed: int) -> None:
+    """`module` numbers lines and ends with their count: SIGKILLed at random moments, then
+    resumed to the end, its output is every line numbered once and the count once."""
+    data = lines(300_000, seed=seed)
     source, out = tmp_path / "in.txt", tmp_path / "out"
     source.write_bytes(data)
-    args = ["run", STATEFUL, str(source), "-o", str(out), "--frame-size", "1000"]
+    args = ["run", module, str(source), "-o", str(out), "--frame-size", "1000"]
     args += ["--checkpoint-every", "3", "--resume", "-q"]
-    rng = random.Random(20)
+    rng = random.Random(seed)
     kills = states = 0
     for _ in range(4):
         process = spawn(args, stderr=subprocess.PIPE)
@@ -302,26 +316,109 @@ class WitWorld(wit_world.WitWorld):
 """
 
 
-def componentize_py() -> str | None:
-    beside = Path(sys.executable).parent / "componentize-py"
-    return str(beside) if beside.exists() else shutil.which("componentize-py")
-
-
-@pytest.mark.skipif(componentize_py() is None, reason="componentize-py is not installed")
-def test_a_python_guest_built_by_componentize_py_runs(tmp_path: Path) -> None:
+def test_a_python_guest_built_by_componentize_py_runs() -> None:
     """A real toolchain's component (18 MB, 25 WASI p2 imports, many core instances), built
     against the shipped WIT's `text` world: its output, and its err reaching a dead letter."""
-    (tmp_path / "app.py").write_text(PYTHON_GUEST)
-    wit = ROOT / "wasmstream" / "wit" / "transform.wit"
-    build = [str(componentize_py()), "-d", str(wit), "-w", "text", "componentize", "app"]
-    subprocess.run([*build, "-o", "guest.wasm"], cwd=tmp_path, check=True, capture_output=True)
-    args = ["run", "guest.wasm", "--framing", "lines", "--frame-size", "10", "--on-error", "skip"]
+    assert_guest_runs(python_guest(PYTHON_GUEST, "text"))
+
+
+def assert_guest_runs(guest: Path) -> None:
+    """PYTHON_GUEST's behaviour (JS_GUEST's too), through the CLI: output, err, dead letter."""
+    args = ["run", str(guest), "--framing", "lines", "--frame-size", "10", "--on-error", "skip"]
     data = b"a1 b22\nno!\nc3 d4 e5\n"  # frames: a line each (no two fit in 10 bytes)
-    done = wasmstream(*args, "--dead-letter", "dead", input=data, cwd=tmp_path)
-    assert done.returncode == ExitStatus.FRAMES_FAILED, done.stderr
-    assert done.stdout == b"A# B##\nC# D# E#\n"
-    letter = json.loads((tmp_path / "dead").read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        dead = Path(scratch) / "dead"
+        done = wasmstream(*args, "--dead-letter", str(dead), input=data)
+        assert done.returncode == ExitStatus.FRAMES_FAILED, done.stderr
+        assert done.stdout == b"A# B##\nC# D# E#\n"
+        letter = json.loads(dead.read_text())
     assert (letter["frame"], letter["message"]) == (1, "no exclamations, please")
+
+
+# The same transform in JavaScript: a thrown value becomes the result's err.
+JS_GUEST = """
+export function process(frame) {
+  if (frame.includes("!")) throw "no exclamations, please";
+  return frame.replace(/\\d/g, "#").toUpperCase();
+}
+"""
+
+# A stateful JavaScript guest: numbers lines across frames (what linecount.wat does), keeps
+# its line count and whether a line has begun in snapshots, and ends with the count.
+JS_NUMBERER = """
+let started = 0;
+let atStart = true;
+
+export function init(config) {}
+
+export function process(frame) {
+  const parts = frame.split("\\n");
+  let out = "";
+  for (let i = 0; i < parts.length; i++) {
+    const last = i === parts.length - 1;
+    if (last && parts[i] === "") break;
+    if (atStart) out += `${++started}: `;
+    out += parts[i];
+    if (!last) out += "\\n";
+    atStart = !last;
+  }
+  return out;
+}
+
+export function finish() {
+  return `lines: ${started}\\n`;
+}
+
+export function snapshot() {
+  return new TextEncoder().encode(`${started} ${atStart ? 1 : 0}`);
+}
+
+export function restore(state) {
+  const [count, flag] = new TextDecoder().decode(state).split(" ");
+  if (flag === undefined) throw "not a snapshot of this guest";
+  started = Number(count);
+  atStart = flag === "1";
+}
+"""
+
+
+def test_a_javascript_guest_built_by_componentize_js_runs() -> None:
+    """componentize-js's component (12 MB, SpiderMonkey inside), built against the shipped
+    WIT's `text` world with wasi:http left out: its output, and a thrown err's dead letter."""
+    assert_guest_runs(js_guest(JS_GUEST, "text"))
+
+
+def test_an_unreachable_npm_registry_skips_the_guests_or_fails_them_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the JavaScript toolchain (here: npm offline, with an empty cache) a guest test
+    is skipped saying why, and under CI, which must run it, fails."""
+    if shutil.which("npm") is None:
+        pytest.skip("no npm here to make unreachable")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(JS_TOOLS / name, tmp_path / name)
+    monkeypatch.setenv("npm_config_offline", "true")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "empty-cache"))
+    with pytest.raises(ToolchainMissing, match=r"npm ci in .* failed") as missing:
+        componentize_js(tmp_path)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="registry unreachable"):
+        unavailable(str(missing.value))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BaseException) as under_ci:  # a skip here would pass unseen in CI
+        unavailable(str(missing.value))
+    assert under_ci.type is pytest.fail.Exception, under_ci.value
+    assert "CI must build this guest" in str(under_ci.value)
+
+
+def test_sigkill_then_resume_keeps_a_stateful_javascript_guests_state(tmp_path: Path) -> None:
+    """A JavaScript guest's snapshot and restore, through SIGKILLs and --resume: every line is
+    numbered once and its finish comes once, as if it had never stopped."""
+    guest = str(js_guest(JS_NUMBERER, "stateful-text"))
+    warm = wasmstream("run", guest, "--frame-size", "3", input=b"ab\ncd")  # compiles, cached
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout == b"1: ab\n2: cdlines: 2\n"
+    assert_resumes_through_kills(guest, tmp_path, seed=21)
 
 
 # --- inspect --------------------------------------------------------------------------------

@@ -21,11 +21,17 @@ from pathlib import Path
 import click
 import pytest
 
-from wasmstream.cli.scaffold import COMPONENT_LANGUAGES, LANGUAGES, find_toolchain
+from wasmstream.cli.scaffold import COMPONENT_LANGUAGES, LANGUAGES, STATEFUL, find_toolchain
 from wasmstream.errors import ExitStatus
 
 from conftest import ROOT, assert_clean_failure, wasmstream
+from guests import JS_TOOLS, js_toolchain
 
+# Each language, a component language's runs marked wasmtime_only (wasmer refuses components).
+RUNNABLE = [
+    pytest.param(lang, marks=[pytest.mark.wasmtime_only] if lang in COMPONENT_LANGUAGES else [])
+    for lang in LANGUAGES
+]
 # The generated Makefiles run this Python's ziglang and this checkout's wasmstream.
 MAKE_ENV = {
     "PYTHONPATH": str(ROOT),
@@ -38,6 +44,7 @@ SOURCES = {
     "rust": "src/lib.rs",
     "assemblyscript": "assembly/index.ts",
     "python": "app.py",
+    "javascript": "app.js",
 }
 SDKS = {
     "c": "wasmstream.h",
@@ -45,6 +52,7 @@ SDKS = {
     "rust": "src/wasmstream.rs",
     "assemblyscript": "assembly/wasmstream.ts",
     "python": "wit/transform.wit",  # the contract, in place of an SDK
+    "javascript": "wit/transform.wit",
 }
 
 
@@ -53,11 +61,20 @@ def make(directory: Path, *targets: str, env: dict[str, str] | None = None) -> N
     done = subprocess.run(
         ["make", "-C", str(directory), *targets],
         capture_output=True,
-        env={**os.environ, **MAKE_ENV, **(env or {})},
+        env={**os.environ, **MAKE_ENV, **toolchain_env(directory), **(env or {})},
         timeout=600,
         check=False,
     )
     assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")
+
+
+def toolchain_env(directory: Path) -> dict[str, str]:
+    """A JavaScript project builds with tools/js's componentize-js, installed once per machine
+    (the versions its package.json pins: test_the_javascript_project_pins_the_tested_toolchain),
+    rather than ~390 MB of node_modules in every project a test makes."""
+    if not (directory / "app.js").exists():
+        return {}
+    return {"COMPONENTIZE_JS": str(js_toolchain())}
 
 
 def init_project(parent: Path, lang: str, name: str = "upper") -> Path:
@@ -85,7 +102,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return build
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", RUNNABLE)
 def test_generated_project_upper_cases(lang: str, built: Callable[[str], Path]) -> None:
     directory = built(lang)
     sample = (directory / "sample.txt").read_bytes()
@@ -94,18 +111,20 @@ def test_generated_project_upper_cases(lang: str, built: Callable[[str], Path]) 
     assert result.stdout == sample.upper() == (directory / "expected.txt").read_bytes()
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", RUNNABLE)
 def test_generated_project_in_parallel_over_16mib(
     lang: str, built: Callable[[str], Path], random_bytes: Callable[[int, int], bytes]
 ) -> None:
-    data = random_bytes(16 << 20, 15)
+    # 2 MiB for a component's bytes: list<u8> crosses wasmtime's C API a value per byte
+    # (README, Performance), at a few MB/s
+    data = random_bytes(2 << 20 if lang in COMPONENT_LANGUAGES else 16 << 20, 15)
     result = wasmstream("run", str(built(lang) / "upper.wasm"), "-j", "2", input=data)
     assert result.returncode == 0, result.stderr.decode()
     # bytes.upper changes only ASCII a-z, as `tr a-z A-Z` does.
     assert result.stdout == data.upper()
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", RUNNABLE)
 def test_generated_make_test_passes(lang: str, built: Callable[[str], Path]) -> None:
     make(built(lang), "test")
 
@@ -258,9 +277,19 @@ def example_files() -> list[Path]:
     return sorted(path for path in EXAMPLES.rglob("*") if path.is_file())
 
 
-@pytest.mark.parametrize(
-    "source", example_files(), ids=lambda path: path.stem + "-" + path.parent.name
-)
+def example_params() -> list[object]:
+    """Each example, a component language's marked wasmtime_only."""
+    return [
+        pytest.param(
+            path,
+            id=f"{path.stem}-{path.parent.name}",
+            marks=[pytest.mark.wasmtime_only] if path.parent.name in COMPONENT_LANGUAGES else [],
+        )
+        for path in example_files()
+    ]
+
+
+@pytest.mark.parametrize("source", example_params())
 def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
     lang = source.parent.name
     toolchain = find_toolchain(lang)
@@ -268,7 +297,8 @@ def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
         pytest.skip(f"no {lang} toolchain here: needs {toolchain.install}")
     directory = init_project(tmp_path, lang, name=source.stem)
     shutil.copyfile(source, directory / SOURCES[lang])
-    make(directory)
+    component = lang in COMPONENT_LANGUAGES
+    make(directory, *(["WORLD=configured-text"] if component else []))  # text, with init
     options, reference = EXAMPLE_RUNS[source.stem]
     data = events(3000)
     result = wasmstream(
@@ -277,10 +307,15 @@ def test_guide_example_builds_and_runs(source: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == reference(data)
-    # Without --config each example fails its frames through the SDK, saying why on stderr.
+    # Without --config each example fails through the SDK, saying why on stderr; a component's
+    # init refuses the empty config with its err, before any frame.
     result = wasmstream("run", str(directory / f"{source.stem}.wasm"), "--init", "init", input=data)
-    assert result.returncode == 4
-    assert result.stderr.decode().startswith("transform: no "), result.stderr.decode()
+    assert result.returncode == ExitStatus.GUEST_ERROR
+    if component:
+        assert_clean_failure(result, ExitStatus.GUEST_ERROR, "init", ": no ")
+        assert result.stdout == b""
+    else:
+        assert result.stderr.decode().startswith("transform: no "), result.stderr.decode()
 
 
 def test_guide_shows_every_example_as_it_is() -> None:
@@ -291,14 +326,19 @@ def test_guide_shows_every_example_as_it_is() -> None:
         assert (GUIDE.parent / relative).read_text() == text, relative
 
 
-def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lang", [param for param in RUNNABLE if param.values[0] in STATEFUL])
+def test_stateful_project_numbers_lines_across_frames_and_resumes(
+    lang: str, tmp_path: Path
+) -> None:
     """`init --stateful`: make test passes; its state carries across frames and a resume."""
-    if find_toolchain("c").found is None:
-        pytest.skip("no C toolchain here")
+    toolchain = find_toolchain(lang)
+    if toolchain.found is None:
+        pytest.skip(f"no {lang} toolchain here: needs {toolchain.install}")
     directory = tmp_path / "numbered"
-    result = wasmstream("init", str(directory), "--lang", "c", "--stateful")
+    result = wasmstream("init", str(directory), "--lang", lang, "--stateful")
     assert result.returncode == 0, result.stderr.decode()
-    assert b"a stateful C transform" in result.stdout
+    title = {"c": "C", "python": "Python", "javascript": "JavaScript"}[lang]
+    assert f"a stateful {title} transform".encode() in result.stdout
     make(directory, "test")
     data = b"".join(b"line %d\n" % n for n in range(1, 301))
     expected = b"".join(b"%d: line %d\n" % (n, n) for n in range(1, 301)) + b"300 lines\n"
@@ -314,13 +354,15 @@ def test_stateful_c_project_numbers_lines_across_frames_and_resumes(tmp_path: Pa
     process.stdin.write(data[:1500])
     process.stdin.flush()
     checkpoint = tmp_path / "out.txt.ckpt.json"
-    for _ in range(500):
+    deadline = time.monotonic() + 30  # a component's start-up, under load: seconds
+    while time.monotonic() < deadline:
         if checkpoint.exists() and json.loads(checkpoint.read_bytes())["position"]["frames"] > 3:
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
-    assert json.loads(checkpoint.read_bytes())["state"]["kind"] == "exports"
+    saved = json.loads(checkpoint.read_bytes())
+    assert saved["state"]["kind"] == "exports" and saved["position"]["frames"] > 3
     resumed = wasmstream(*args, "--resume", input=data)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert out.read_bytes() == expected
@@ -454,5 +496,24 @@ def test_a_dangling_symlink_as_dir_is_refused_naming_its_target(tmp_path: Path) 
 def test_stateful_template_is_refused_for_other_languages(lang: str, tmp_path: Path) -> None:
     result = wasmstream("init", str(tmp_path / "x"), "--lang", lang, "--stateful")
     assert result.returncode == 2  # usage error
-    assert b"--stateful has a template for c only" in result.stderr
+    assert b"--stateful has a template for c, python, javascript only" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_the_javascript_project_pins_the_tested_toolchain(tmp_path: Path) -> None:
+    """The tests build every JavaScript project with tools/js's toolchain: a project's
+    package.json must pin the very same packages, or its `make` would build with untested ones."""
+    directory = init_project(tmp_path, "javascript")
+    pinned = json.loads((directory / "package.json").read_text())["devDependencies"]
+    tested = json.loads((JS_TOOLS / "package.json").read_text())["devDependencies"]
+    assert pinned == tested
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", version) for version in pinned.values()), pinned
+
+
+@pytest.mark.parametrize("lang", COMPONENT_LANGUAGES)
+def test_a_component_project_builds_the_world_init_chose(lang: str, tmp_path: Path) -> None:
+    plain = init_project(tmp_path, lang, name="plain")
+    assert "WORLD ?= bytes\n" in (plain / "Makefile").read_text()
+    result = wasmstream("init", str(tmp_path / "kept"), "--lang", lang, "--stateful")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "WORLD ?= stateful-bytes\n" in (tmp_path / "kept" / "Makefile").read_text()

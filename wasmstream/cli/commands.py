@@ -495,7 +495,7 @@ def _flip_every() -> int | None:
 @click.option(
     "--lang",
     # scaffold.LANGUAGES, spelled out so that the module loads only when init runs (a test checks).
-    type=click.Choice(["c", "zig", "rust", "assemblyscript", "python"]),
+    type=click.Choice(["c", "zig", "rust", "assemblyscript", "python", "javascript"]),
     help="The language of the transform.",
 )
 @click.option("--name", metavar="NAME", help="The module's name, NAME.wasm [default: DIR's name].")
@@ -503,8 +503,8 @@ def _flip_every() -> int | None:
 @click.option(
     "--stateful",
     is_flag=True,
-    help="A transform that keeps state across frames (snapshot, restore, finish); C only, "
-    "the default --lang with it.",
+    help="A transform that keeps state across frames (snapshot, restore, finish): C (the "
+    "default --lang with it), Python or JavaScript.",
 )
 @click.option(
     "--list",
@@ -521,12 +521,13 @@ def init_command(
 ) -> None:
     """Create DIR with a transform that upper-cases ASCII, ready to change and build.
 
-    With --stateful (C), a transform that numbers lines across frames and counts them at the
-    end instead: its state is saved with each checkpoint.
+    With --stateful (C, Python, JavaScript), a transform that numbers lines across frames and
+    counts them at the end instead: its state is saved with each checkpoint.
 
-    DIR gets the transform's source, the guest SDK for its language (one file), a Makefile
-    (`make` builds NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares
-    the output with expected.txt) and a README on what to change.
+    DIR gets the transform's source, the guest SDK for its language (one file; for Python and
+    JavaScript, whose transforms are components, the contract's WIT), a Makefile (`make` builds
+    NAME.wasm, `make test` runs it through wasmstream on sample.txt and compares the output with
+    expected.txt) and a README on what to change.
 
     \b
       wasmstream init upper --lang c && make -C upper test
@@ -542,8 +543,8 @@ def init_command(
         for toolchain in map(scaffold.find_toolchain, scaffold.LANGUAGES):
             click.echo(f"{toolchain.lang:<15} {toolchain.status()}")
         return
-    if lang is None and stateful and len(scaffold.STATEFUL) == 1:
-        lang = scaffold.STATEFUL[0]  # the one language with a stateful template
+    if lang is None and stateful:
+        lang = scaffold.STATEFUL_DEFAULT
     if directory is None or lang is None:
         raise click.UsageError("init needs DIR and --lang (or --list)")
     path = Path(directory)

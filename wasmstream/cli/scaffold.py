@@ -2,9 +2,11 @@
 
 A project is the templates of one language (`templates/<lang>/`) plus those every language
 shares (`templates/common/`: the sample input, its expected output, the `make test` rules),
-with the project's name filled in. `plan_project` decides the files without touching the disk;
-`create_project` checks the directory and writes them. `find_toolchain` looks for a compiler
-the way the generated Makefile will, so `init --list` and `make` agree.
+with the project's name filled in; a stateful one lays `templates/common-stateful/` (its
+expected output) and `templates/<lang>-stateful/` over them. `plan_project` decides the files
+without touching the disk; `create_project` checks the directory and writes them.
+`find_toolchain` looks for a compiler the way the generated Makefile will, so `init --list`
+and `make` agree.
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ from pathlib import Path
 
 from wasmstream.errors import IOFailure, UsageError
 
-LANGUAGES = ("c", "zig", "rust", "assemblyscript", "python")
-# Languages whose transform is a component: their project gets the contract's WIT, as shipped.
-COMPONENT_LANGUAGES = ("python",)
+LANGUAGES = ("c", "zig", "rust", "assemblyscript", "python", "javascript")
+# Languages whose transform is a component: their project gets the contract's WIT, as shipped,
+# and its Makefile builds the world named here (@WORLD@), the stateful one under --stateful.
+COMPONENT_LANGUAGES = ("python", "javascript")
 WIT = "wit/transform.wit"
+WORLDS = {False: "bytes", True: "stateful-bytes"}  # by `stateful`
 # Languages with a stateful template (`init --stateful`), laid over the plain one.
-STATEFUL = ("c",)  # templates/<lang>-stateful
+STATEFUL = ("c", "python", "javascript")  # templates/<lang>-stateful
+STATEFUL_DEFAULT = "c"  # `init --stateful` without --lang
+# The JavaScript toolchain, pinned here, in the template's package.json and in tools/js.
+COMPONENTIZE_JS = "0.23.0"
 # What to install when a language's toolchain is missing (the generated Makefiles say the same).
 INSTALL = {
     "c": "pip install ziglang (or zig from ziglang.org, or clang with wasi-libc)",
@@ -36,6 +43,7 @@ INSTALL = {
     "rust": "rustup target add wasm32-wasip1 (or apt install rustc libstd-rust-dev-wasm32)",
     "assemblyscript": "Node.js with npm (nodejs.org, or apt install nodejs npm)",
     "python": "pip install componentize-py==0.25.1",
+    "javascript": "Node.js with npm (nodejs.org, or apt install nodejs npm)",
 }
 # How messages name each language.
 TITLES = {
@@ -44,6 +52,7 @@ TITLES = {
     "rust": "Rust",
     "assemblyscript": "AssemblyScript",
     "python": "Python",
+    "javascript": "JavaScript",
 }
 # Template files whose names packaging tools would drop or misread, renamed when written.
 RENAMED = {"gitignore": ".gitignore"}
@@ -90,9 +99,10 @@ def plan_project(lang: str, name: str, stateful: bool = False) -> dict[str, byte
         )
     root = resources.files("wasmstream") / "templates"
     files: dict[str, bytes] = {}
-    for template in ("common", lang, *([f"{lang}-stateful"] if stateful else [])):
+    layers = ("common", lang, *(("common-stateful", f"{lang}-stateful") if stateful else ()))
+    for template in layers:
         for relative, text in _template_files(root / template, ""):
-            files[relative] = _render(text, name)
+            files[relative] = _render(text, name, WORLDS[stateful])
     if lang in COMPONENT_LANGUAGES:  # one WIT for the package and every project, never copied
         files[WIT] = (resources.files("wasmstream") / WIT).read_bytes()
     return files
@@ -108,9 +118,10 @@ def _template_files(folder: Traversable, prefix: str) -> Iterator[tuple[str, str
             yield prefix + RENAMED.get(entry.name, entry.name), entry.read_text(encoding="utf-8")
 
 
-def _render(text: str, name: str) -> bytes:
+def _render(text: str, name: str, world: str) -> bytes:
     # @NAME@ rather than $name or {name}: Makefiles, C and Rust use both of those themselves.
-    return text.replace("@NAME@", name).replace("@PACKAGE@", name.lower()).encode()
+    filled = text.replace("@NAME@", name).replace("@PACKAGE@", name.lower())
+    return filled.replace("@WORLD@", world).encode()
 
 
 def create_project(
@@ -213,12 +224,20 @@ def _find_npm() -> str | None:
     return f"node {version} and npm (make installs assemblyscript)"
 
 
+def _find_node_for_componentize() -> str | None:
+    if not (shutil.which("node") and shutil.which("npm")):
+        return None
+    version = _output(["node", "--version"])
+    return f"node {version} and npm (make installs componentize-js {COMPONENTIZE_JS})"
+
+
 _FINDERS: dict[str, Callable[[], str | None]] = {
     "c": _find_c,
     "zig": _find_zig,
     "rust": _find_rust,
     "assemblyscript": _find_npm,
     "python": _find_componentize,
+    "javascript": _find_node_for_componentize,
 }
 
 
