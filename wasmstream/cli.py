@@ -302,7 +302,7 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     status: int = ExitStatus.FAILURE
     try:
         runner = run
-        if config.clustered:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
+        if config.in_parts:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
             from .cluster import run as runner
         progress = _observers(
             operator.progress_factory(config.output), metrics.observe if metrics else None
@@ -616,7 +616,12 @@ delimiter_option = click.option(
     "--part-size",
     metavar="SIZE",
     callback=_optional_size,
-    help=f"Input bytes per cluster task [default: {format_size(DEFAULT_PART_SIZE)}].",
+    help=f"Input bytes per part (cluster task) [default: {format_size(DEFAULT_PART_SIZE)}].",
+)
+@click.option(
+    "--output-parts",
+    metavar="DIR",
+    help="Write each part's output where it runs, to DIR/part-00000 …; DIR/_SUCCESS at the end.",
 )
 @operator_options
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint (none: start).")
@@ -666,6 +671,7 @@ def run_command(
     cluster: str | None,
     cluster_file: str | None,
     part_size: int | None,
+    output_parts: str | None,
     quiet: bool,
     progress: bool | None,
     stats: bool,
@@ -690,7 +696,13 @@ def run_command(
         raise click.UsageError("--delimiter needs --framing delimiter")
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
-    checkpoint_path = _checkpoint_path(checkpoint, no_checkpoint, output)
+    if output_parts is not None:
+        from .partsdir import checkpoint_name
+
+        _check_output_parts(locals())
+        checkpoint_path: str | None = os.path.join(output_parts, checkpoint_name(shard))
+    else:
+        checkpoint_path = _checkpoint_path(checkpoint, no_checkpoint, output)
     if (resume or restart or force) and checkpoint_path is None:
         raise click.UsageError(
             "--resume, --restart and --force need a checkpoint: --checkpoint FILE, or -o FILE"
@@ -744,7 +756,8 @@ def run_command(
         shard=shard,
         cluster=cluster,
         cluster_file=cluster_file,
-        part_size=_part_size(cluster, cluster_file, part_size, shard),
+        part_size=_part_size(cluster, cluster_file, part_size, shard, output_parts),
+        output_parts=output_parts,
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))
 
@@ -756,15 +769,39 @@ def _flip_every() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+# What --output-parts cannot go with, and why (the option's parameter name: its flag).
+NOT_WITH_PARTS = {
+    "output": ("-o/--output", "the output is the folder's parts"),
+    "checkpoint": ("--checkpoint", "the checkpoint lives in DIR"),
+    "no_checkpoint": ("--no-checkpoint", "the folder's parts are recorded in its checkpoint"),
+    "dead_letter": ("--dead-letter", "dead letters go beside their parts, in DIR"),
+    "drop_log": ("--drop-log", "nothing is dropped: parts in flight are bounded"),
+    "queue_depth": ("--queue-depth", "parts run whole, with no queue of frames"),
+}
+
+
+def _check_output_parts(given: dict[str, object]) -> None:
+    for name, (flag, why) in NOT_WITH_PARTS.items():
+        if given[name] not in (None, False):
+            raise click.UsageError(f"--output-parts and {flag} exclude each other: {why}")
+
+
 def _part_size(
-    address: str | None, scheduler_file: str | None, part_size: int | None, shard: Shard | None
+    address: str | None,
+    scheduler_file: str | None,
+    part_size: int | None,
+    shard: Shard | None,
+    output_parts: str | None = None,
 ) -> int | None:
-    """A cluster run's part size (None for a run on this machine alone)."""
+    """The part size of a run in parts: a cluster's, or one writing a folder of parts (None
+    for a run on this machine into one output)."""
     if address is not None and scheduler_file is not None:
         raise click.UsageError("--cluster and --cluster-file exclude each other")
     if address is None and scheduler_file is None:
+        if output_parts is not None:
+            return part_size or DEFAULT_PART_SIZE
         if part_size is not None:
-            raise click.UsageError("--part-size needs --cluster or --cluster-file")
+            raise click.UsageError("--part-size needs --cluster, --cluster-file or --output-parts")
         return None
     if shard is not None:
         raise click.UsageError(

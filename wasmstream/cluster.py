@@ -18,18 +18,31 @@ ends the run with exit 8 and a checkpoint `--resume` continues from.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import threading
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from functools import partial
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from .core import ProgressFactory, Run, RunSummary, execute, plan_run, run_steps, sink_opener
+from . import partsdir
+from .core import (
+    ProgressFactory,
+    Run,
+    RunSummary,
+    execute,
+    plan_run,
+    run_steps,
+    shard_start,
+    sink_opener,
+)
 from .core import run as run_locally
 from .engines import LoadedModule, read_module
 from .errors import GuestError, IOFailure, UsageError, WasmstreamError
@@ -37,8 +50,9 @@ from .files import RunFiles
 from .framing import Frame
 from .options import Notify, OnError, RunConfig, local_workers
 from .parts import Part, split
+from .policy import dead_letter
 from .sources import INSTALL_DASK, Inputs, is_url
-from .transform import PartResult, Transform
+from .transform import FailedFrame, PartResult, Transform
 from .units import format_size
 
 MiB = 1 << 20
@@ -56,11 +70,20 @@ def run(
 ) -> RunSummary:
     """`wasmstream.core.run`, or with `config.part_size` (--cluster), the same run spread over
     a cluster."""
-    if not config.clustered:
+    if not config.in_parts:
         return run_locally(config, notify, progress)
-    require_dask()
-    check_scheduler(config)
-    return execute(config, _run_on_cluster, notify, progress)
+    if config.clustered:
+        require_dask()
+        check_scheduler(config)
+    folder = config.output_parts
+    created = folder is not None and partsdir.make_folder(folder)
+    try:
+        return execute(config, _run_in_parts, notify, progress)
+    except BaseException:
+        if created:  # refused before anything was written: the folder goes again
+            with contextlib.suppress(OSError):
+                os.rmdir(str(folder))
+        raise
 
 
 def _asyncio_timeout() -> type[BaseException]:
@@ -194,17 +217,63 @@ def run_part_task(
     part: Part,
     keep_input: bool,
     timed: bool = False,
+    parts_dir: str | None = None,
 ) -> PartResult:
     """A cluster task: one part of the input through the module (on a worker). Every failure
     comes back in the result, as plain data (`WasmstreamError.detached`): raised, Dask would
     pickle its traceback and chained errors, or log them on the worker."""
     try:
         make = partial(Transform.from_config, settings, wasm, config)
-        with _TRANSFORMS.use((sha256, settings, config), make) as transform, Inputs(paths) as src:
-            return transform.run_part(src, part, keep_input, timed)
+        with _TRANSFORMS.use((sha256, settings, config), make) as transform:
+            return run_part(transform, paths, part, keep_input, timed, parts_dir)
     except WasmstreamError as error:
-        failure = error.detached()
-    return PartResult(error=failure)
+        return PartResult(error=error.detached())
+
+
+def run_part(
+    transform: Transform,
+    paths: tuple[str, ...],
+    part: Part,
+    keep_input: bool,
+    timed: bool,
+    parts_dir: str | None,
+) -> PartResult:
+    """One part, wherever it runs: its output returned, or (`parts_dir`) written to its own
+    file there and committed (partsdir.py), with its failed frames beside it. A failure comes
+    back in the result; a part that failed is not committed."""
+    try:
+        with Inputs(paths) as inputs:
+            if parts_dir is None:
+                return transform.run_part(inputs, part, keep_input, timed)
+            return _run_part_into(transform, inputs, part, timed, parts_dir)
+    except WasmstreamError as error:
+        return PartResult(error=error.detached())
+
+
+def _run_part_into(
+    transform: Transform, inputs: Inputs, part: Part, timed: bool, parts_dir: str
+) -> PartResult:
+    attempt = partsdir.PartAttempt(parts_dir, part.number)
+    try:
+        result = transform.run_part(inputs, part, True, timed, write=attempt.write)
+        if result.error is None:
+            lines = [_dead_letter_line(failed) for failed in result.failed]
+            result.committed = attempt.commit(b"".join(lines))
+        else:
+            attempt.abandon()
+    except BaseException:
+        attempt.abandon()
+        raise
+    # the client counts them; their input is in the part's dead letters, not sent back
+    result.failed = [dataclasses.replace(failed, data=b"") for failed in result.failed]
+    return result
+
+
+def _dead_letter_line(failed: FailedFrame) -> bytes:
+    import json
+
+    record = dead_letter(failed.frame, failed.offset, failed.length, failed.error, failed.data)
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def task_settings(config: RunConfig) -> RunConfig:
@@ -240,7 +309,7 @@ class _Done:
         return list(self._inputs.per_input(self._start + stream_offset))
 
 
-def _run_on_cluster(
+def _run_in_parts(
     config: RunConfig,
     loaded: LoadedModule,
     config_bytes: bytes,
@@ -248,19 +317,25 @@ def _run_on_cluster(
     notify: Notify,
     progress: ProgressFactory | None,
 ) -> RunSummary:
-    run = plan_run(config, loaded, config_bytes, notify, files.output_fd)
-    for _ in run_steps(run, ClusterParts(), sink_opener(config, files, run.summary), progress):
+    origin, end = shard_start(config)
+    run = plan_run(config, loaded, config_bytes, notify, files.output_fd, origin, end)
+    folder = None if config.output_parts is None else partsdir.PartsFolder(run)
+    opener = folder.open if folder is not None else sink_opener(config, files, run.summary)
+    for _ in run_steps(run, ClusterParts(folder), opener, progress):
         pass
     return run.summary
 
 
 class ClusterParts:
-    """The executor of a cluster run: the input from where the run starts cut into parts
-    (parts.py), each a task on the cluster, their outputs written in order by `_Client`."""
+    """The executor of a run in parts: the input from where the run starts cut into parts
+    (parts.py), each a task on the cluster or (--output-parts without --cluster) on a thread
+    here; their outputs written in order by `_Client`, or each committed to its own file in
+    the parts folder where it ran, the client recording them in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: partsdir.PartsFolder | None = None) -> None:
         self._inputs: Inputs | None = None
         self._parts: list[Part] = []
+        self._folder = folder
 
     def open(self, run: Run) -> _Done:
         config = run.config
@@ -269,16 +344,27 @@ class ClusterParts:
         # Cut from where the run starts: a resumed run's start is a record start (where a part,
         # or the input, ended), and the input may have grown since.
         self._parts = split(
-            inputs, config.framing, config.frame_size, config.part_size, run.start.input_bytes
+            inputs,
+            config.framing,
+            config.frame_size,
+            config.part_size,
+            run.start.input_bytes,
+            run.end,
         )
+        if self._folder is not None and self._parts:
+            self._folder.check_count(self._parts[-1].number)
         return _Done(inputs, run.start.input_bytes)
 
     def execute(self, run: Run) -> Iterator[None]:
         assert self._inputs is not None
-        with _client(run.config, run.notify) as client:
-            runner = _Client(client, run, self._inputs)
-            runner.run(self._parts)
-            run.notify(runner.report())
+        try:
+            with _tasks(run, self._folder) as tasks:
+                runner = _Client(tasks, run, self._inputs, self._folder)
+                runner.run(self._parts)
+                run.notify(runner.report())
+        finally:
+            if self._folder is not None:  # what ran but was not recorded goes again
+                self._folder.tidy()
         return iter(())
 
     def snapshot(self) -> bytes | None:
@@ -287,6 +373,99 @@ class ClusterParts:
     def close(self) -> None:
         if self._inputs is not None:
             self._inputs.close()
+
+
+@contextmanager
+def _tasks(run: Run, folder: partsdir.PartsFolder | None) -> Iterator[_Tasks]:
+    """Where the parts run: on a Dask cluster, or (--output-parts alone) here."""
+    parts_dir = None if folder is None else os.path.abspath(folder.path)
+    if not run.config.clustered:
+        with _HereTasks(run, str(parts_dir)) as here:
+            yield here
+        return
+    with _client(run.config, run.notify) as client:
+        yield _DaskTasks(client, run, parts_dir)
+
+
+class _Tasks(Protocol):
+    """What the client asks of whatever runs its parts."""
+
+    def workers(self) -> int: ...
+
+    def submit(self, part: Part) -> Any:
+        """Start the part; a future whose `result(timeout)` is its PartResult."""
+        ...
+
+
+class _DaskTasks:
+    """Parts as tasks on a Dask cluster. The module's bytes are scattered to every worker
+    once (on the first part)."""
+
+    def __init__(self, client: Any, run: Run, parts_dir: str | None) -> None:
+        config = run.config
+        self._client = client
+        self._args = (
+            run.loaded.sha256,
+            None,  # the module's bytes on the workers, once scattered
+            task_settings(config),
+            run.config_bytes,
+            _as_workers_see_them(tuple(config.inputs)),
+        )
+        self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
+        self._timed = config.timings
+        self._parts_dir = parts_dir
+        self._module = config.module
+        self._run_id = uuid.uuid4().hex  # task keys: two runs on one scheduler never share
+
+    def workers(self) -> int:
+        return len(self._client.scheduler_info().get("workers", {}))
+
+    def submit(self, part: Part) -> Any:
+        if self._args[1] is None:
+            wasm = self._client.scatter(read_module(self._module), broadcast=True, hash=False)
+            self._args = (self._args[0], wasm, *self._args[2:])
+        return self._client.submit(
+            run_part_task,
+            *self._args,
+            part,
+            self._keep_input,
+            self._timed,
+            self._parts_dir,
+            key=f"wasmstream-part-{self._run_id}-{part.number}",
+            pure=False,
+        )
+
+
+class _HereTasks:
+    """Parts on this machine (--output-parts without --cluster): `--jobs` threads, each
+    running one part at a time on an instance of the run's own compiled module, committing
+    it to the folder as a worker does. No Dask."""
+
+    def __init__(self, run: Run, parts_dir: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._jobs = run.config.max_jobs
+        self._pool = ThreadPoolExecutor(self._jobs, thread_name_prefix="wasmstream-part")
+        settings = dataclasses.replace(task_settings(run.config), inputs=run.config.inputs)
+        self._transform = Transform.of_loaded(settings, run.loaded, run.config_bytes)
+        self._paths = tuple(run.config.inputs)
+        self._timed = run.config.timings
+        self._parts_dir = parts_dir
+
+    def __enter__(self) -> _HereTasks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # parts not started are not started; running ones end (a signal stops their guests)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def workers(self) -> int:
+        return self._jobs
+
+    def submit(self, part: Part) -> Any:
+        return self._pool.submit(
+            run_part, self._transform, self._paths, part, True, self._timed, self._parts_dir
+        )
 
 
 @contextmanager
@@ -357,56 +536,34 @@ def _announce(client: Any, notify: Notify) -> None:
 class _Client:
     """Submits parts in order, a bounded number at a time, and writes their outputs in order."""
 
-    def __init__(self, client: Any, run: Run, inputs: Inputs) -> None:
+    def __init__(
+        self, tasks: _Tasks, run: Run, inputs: Inputs, folder: partsdir.PartsFolder | None
+    ) -> None:
         config, summary = run.config, run.summary
-        self._client = client
+        self._tasks = tasks
         self._config = config
-        self._sha256 = run.loaded.sha256
-        self._config_bytes = run.config_bytes
-        self._paths = _as_workers_see_them(inputs.paths)
         self._write_output = run.write
+        self._folder = folder
         self._summary = summary
         self._frames = run.start.frames  # frames of the whole input before the next part
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        workers = max(1, tasks.workers())
         self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
         self._in_flight: deque[tuple[Part, Any]] = deque()
         self._workers = workers
-        self._run_id = uuid.uuid4().hex  # task keys: two runs on one scheduler never share
         self._parts_done = 0
         self._started = perf_counter()
         summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
-        self._settings = task_settings(config)
-        self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
         summary.tally.workers = workers
 
     def run(self, parts: list[Part]) -> None:
         self._summary.jobs_reason = _how_cut(parts, self._config, self.window)
-        wasm = read_module(self._config.module)
-        wasm_on_workers = self._client.scatter(wasm, broadcast=True, hash=False)
-        pending = iter(parts)
-        for part in pending:
-            self._submit(part, wasm_on_workers)
+        for part in parts:
+            self._in_flight.append((part, self._tasks.submit(part)))
             if len(self._in_flight) >= self.window:
                 self._write_next()
         while self._in_flight:
             self._write_next()
-        self._summary.tally.workers = len(self._client.scheduler_info().get("workers", {}))
-
-    def _submit(self, part: Part, wasm: Any) -> None:
-        future = self._client.submit(
-            run_part_task,
-            self._sha256,
-            wasm,
-            self._settings,
-            self._config_bytes,
-            self._paths,
-            part,
-            self._keep_input,
-            self._config.timings,
-            key=f"wasmstream-part-{self._run_id}-{part.number}",
-            pure=False,
-        )
-        self._in_flight.append((part, future))
+        self._summary.tally.workers = self._tasks.workers()
 
     def _write_next(self) -> None:
         part, future = self._in_flight[0]
@@ -439,8 +596,8 @@ class _Client:
         while True:
             try:
                 return cast(PartResult, future.result(timeout=POLL))
-            except (TimeoutError, _asyncio_timeout()):  # distinct before Python 3.11
-                if self._client.scheduler_info().get("workers"):
+            except (TimeoutError, _asyncio_timeout(), FuturesTimeout):  # distinct before 3.11
+                if self._tasks.workers():
                     alone_since = None
                     continue
                 alone_since = alone_since or perf_counter()
@@ -453,7 +610,12 @@ class _Client:
     def _write(self, part: Part, result: PartResult) -> None:
         summary, tally = self._summary, self._summary.tally
         started = perf_counter()
-        written = self._write_output(result.output)
+        if result.committed is not None:  # on the worker, already: only recorded here
+            assert self._folder is not None
+            self._folder.record(part.number, result.committed)
+            written = result.committed.size
+        else:
+            written = self._write_output(result.output)
         tally.output_seconds += perf_counter() - started
         for failed in result.failed:  # in order: dead letters and counts, numbered globally
             index = self._frames + failed.frame - part.first_frame
@@ -480,9 +642,10 @@ class _Client:
         """One line for the end of the run: parts, workers, bytes and throughput."""
         elapsed = perf_counter() - self._started
         done = self._summary.tally.input_bytes
+        where, workers = ("cluster", "workers") if self._config.clustered else ("parts", "threads")
         rate = done / MiB / elapsed if elapsed > 0 else 0.0
         return (
-            f"cluster: {self._parts_done} parts on {self._workers} workers, "
+            f"{where}: {self._parts_done} parts on {self._workers} {workers}, "
             f"{format_size(done)} in {elapsed:.1f}s ({rate:.1f} MiB/s)"
         )
 
@@ -497,4 +660,5 @@ def _how_cut(parts: list[Part], config: RunConfig, window: int) -> str:
     """--stats' reason line for a cluster run: how its input was cut, and how much ran at once."""
     assert config.part_size is not None
     count = f"{len(parts)} part{'' if len(parts) == 1 else 's'}"
-    return f"cluster workers; {count} of {format_size(config.part_size)} to run, {window} at a time"
+    who = "cluster workers" if config.clustered else "threads here"
+    return f"{who}; {count} of {format_size(config.part_size)} to run, {window} at a time"

@@ -154,14 +154,21 @@ class RunConfig:
     timings: bool = True  # count time spent waiting for input and output (for --stats)
     flip_every: int | None = None  # tests only: --jobs auto switches shape every N frames
     shard: Shard | None = None
-    # A cluster run (--cluster ADDRESS or --cluster-file FILE) cuts its input in part_size
-    # parts; part_size is None for every other run.
+    # A cluster run (--cluster ADDRESS or --cluster-file FILE), or one writing a folder of
+    # parts (--output-parts DIR), cuts its input in part_size parts; part_size is None for
+    # every other run.
     cluster: str | None = None
     cluster_file: str | None = None
     part_size: int | None = None
+    output_parts: str | None = None  # --output-parts DIR: each part's output a file in DIR
 
     @property
     def clustered(self) -> bool:
+        return self.cluster is not None or self.cluster_file is not None
+
+    @property
+    def in_parts(self) -> bool:
+        """Run as parts (parts.split), each on its own: on a cluster, or into a parts folder."""
         return self.part_size is not None
 
     @property

@@ -16,7 +16,7 @@ several threads: each call starts its own instance of the shared compiled module
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +37,7 @@ from .errors import GuestError, Interrupted, UsageError, WasmstreamError
 from .framing import Frame, Framing, FramingSpec, Oversize
 from .options import DEFAULT_FRAME_SIZE, POLICIES, OnError, Reached, RunConfig, parse_dir, parse_env
 from .parts import Part, align
+from .partsdir import Committed
 from .pool import Frames, PoolSettings, serial_steps
 from .settle import settle_for_component, settle_for_state
 from .sources import Inputs
@@ -68,6 +69,8 @@ class PartResult:
     skipped_records: int = 0
     skipped_bytes: int = 0
     guest_seconds: float = 0.0  # in guest calls, when asked to time them (--stats)
+    # --output-parts: the part as committed to its folder (its output is there, not here)
+    committed: Committed | None = None
 
 
 Size = int | str
@@ -214,21 +217,41 @@ class Transform:
         recorder = _Recorder(self.failed, self.settings.on_error, keep_input=False)
         yield from self._range_outputs(inputs, part, recorder)
 
+    @classmethod
+    def of_loaded(cls, settings: RunConfig, loaded: LoadedModule, config: bytes) -> Transform:
+        """The transform of a run whose module is loaded already (`settings` settled for it):
+        its parts run here, sharing its engine, which the run closes."""
+        transform = cls.__new__(cls)
+        transform._config = config
+        transform.loaded = loaded
+        transform.settings = settings
+        transform.failed = []
+        return transform
+
     def run_part(
-        self, inputs: Inputs, part: Part, keep_input: bool = False, timed: bool = False
+        self,
+        inputs: Inputs,
+        part: Part,
+        keep_input: bool = False,
+        timed: bool = False,
+        write: Callable[[bytes], object] | None = None,
     ) -> PartResult:
-        """One aligned part, its output gathered (a cluster task). A failure that stops the
-        part (a guest's under `on_error="fail"`, an oversized record, an unreadable input) is
-        returned, with the output of the frames before it, not raised: the caller writes that
-        output, then raises it, as a local run would. `keep_input`: failed frames keep their
-        input (for dead letters); `timed`: count the seconds spent in the guest."""
+        """One aligned part, its output gathered (a cluster task), or handed to `write` as it
+        is done (a part written to its file). A failure that stops the part (a guest's under
+        `on_error="fail"`, an oversized record, an unreadable input) is returned, with the
+        output of the frames before it, not raised: the caller writes that output, then raises
+        it, as a local run would. `keep_input`: failed frames keep their input (for dead
+        letters); `timed`: count the seconds spent in the guest."""
         self._check_splittable()
         result = PartResult()
         recorder = _Recorder(result.failed, self.settings.on_error, keep_input)
         chunks: list[bytes] = []
         try:
             for output in self._range_outputs(inputs, part, recorder, result, timed):
-                chunks.append(output)
+                if write is None:
+                    chunks.append(output)
+                else:
+                    write(output)
                 result.frames += 1
         except Interrupted:
             raise
@@ -385,6 +408,12 @@ class _Collected:
         return taken
 
     def sync(self) -> None:
+        pass
+
+    def committed(self) -> None:
+        return None
+
+    def complete(self) -> None:
         pass
 
     def close(self) -> None:
