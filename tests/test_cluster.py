@@ -30,7 +30,15 @@ from wasmstream.framing import Framing
 from wasmstream.parts import shard_part, split
 from wasmstream.sources import Inputs
 
-from conftest import HEAVY_TABLE, ROOT, assert_clean_failure, fixture, spawn, wasmstream
+from conftest import (
+    HEAVY_TABLE,
+    ROOT,
+    assert_clean_failure,
+    fixture,
+    records,
+    spawn,
+    wasmstream,
+)
 
 UPPER = fixture("upper.wasm")
 MARKS = fixture("marks.wasm")  # its output shows where every frame was cut
@@ -41,20 +49,6 @@ needs_dask = pytest.mark.skipif(
     importlib.util.find_spec("distributed") is None,
     reason="Dask is not installed (pip install 'wasmstream[dask]')",
 )
-
-
-def records(framing: Framing, sizes: list[int]) -> bytes:
-    """An input of records of the given sizes, in the framing's format."""
-    out = bytearray()
-    for n, size in enumerate(sizes):
-        body = bytes((97 + (n + i) % 26) for i in range(size))
-        if framing is Framing.LENGTH_PREFIXED:
-            out += size.to_bytes(4, "big") + body
-        elif framing is Framing.DELIMITER:
-            out += body + b"\x1e"
-        else:
-            out += body + b"\n"
-    return bytes(out)
 
 
 def transform_for(framing: Framing, frame_size: int) -> Transform:
@@ -455,6 +449,115 @@ def test_a_worker_killed_mid_run_changes_nothing(
     assert out.read_bytes() == expected
     assert error_lines(stderr) == [], stderr  # Dask's own lines about the lost worker: none
     scheduler.add_worker()  # as it was, for whoever comes next
+
+
+# --- --output-parts on the scheduler: workers write the parts, the client only records them
+
+
+def parts_of(folder: Path) -> bytes:
+    names = sorted(name for name in os.listdir(folder) if name.startswith("part-"))
+    return b"".join((folder / name).read_bytes() for name in names)
+
+
+def only_committed(folder: Path, parts: int) -> bool:
+    """No attempt left, no part twice or out of range: exactly parts 0..N-1 and _SUCCESS."""
+    names = sorted(os.listdir(folder))
+    return names == ["_SUCCESS", "_checkpoint.json", *(f"part-{n:05d}" for n in range(parts))]
+
+
+def parts_run_on(scheduler: Scheduler, path: Path, folder: Path, *more: str) -> list[str]:
+    args = cluster_run(scheduler, path, folder, *more)
+    args[args.index("-o")] = "--output-parts"
+    return args
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("framing", list(Framing))
+def test_parts_written_by_workers_equal_one_run_for_every_framing(
+    scheduler: Scheduler, tmp_path: Path, framing: Framing
+) -> None:
+    data = records(framing, [n % 59 for n in range(2000)])
+    (tmp_path / "in").write_bytes(data)
+    if framing is Framing.FIXED:  # the very frames of one run: marks shows each cut
+        args = [MARKS, "in", "--free", "release", "--frame-size", "1000"]
+    else:
+        args = [UPPER, "in", "--framing", framing.value, "--frame-size", "1K"]
+        args += ["--delimiter", "\\x1e"] if framing is Framing.DELIMITER else []
+    whole = wasmstream("run", *args, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    done = wasmstream(
+        "run",
+        *args,
+        "--cluster-file",
+        scheduler.file,
+        "--part-size",
+        "8K",
+        "--output-parts",
+        "out",
+        cwd=tmp_path,
+        env=ENV,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert parts_of(tmp_path / "out") == whole.stdout
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".")]
+
+
+@pytest.mark.cluster
+def test_parts_with_a_worker_killed_mid_run_are_exact_and_once(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    out = tmp_path / "out"
+    client = spawn(
+        parts_run_on(scheduler, path, out),
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: out.exists() and any(n.startswith("part-") for n in os.listdir(out)))
+    victim = scheduler.alive()[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _, stderr = client.communicate(timeout=120)
+    assert client.returncode == 0, stderr
+    assert parts_of(out) == expected
+    assert only_committed(out, len(expected) // (256 << 10)), sorted(os.listdir(out))
+    scheduler.add_worker()  # as it was, for whoever comes next
+    scheduler.wait_for_workers(2)
+
+
+@pytest.mark.cluster
+def test_parts_with_the_client_killed_then_resumed_are_exact_and_once(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    out = tmp_path / "out"
+    checkpoint = out / "_checkpoint.json"
+    client = spawn(
+        parts_run_on(scheduler, path, out),
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def part_way() -> bool:
+        try:
+            return bool(json.loads(checkpoint.read_text())["position"]["parts"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    wait_for(part_way)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    assert not (out / "_SUCCESS").exists()
+    done_before = json.loads(checkpoint.read_text())["position"]["input_bytes"]
+    assert 0 < done_before < len(expected)
+    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), env=ENV, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert parts_of(out) == expected
+    assert only_committed(out, len(expected) // (256 << 10)), sorted(os.listdir(out))
 
 
 @needs_dask

@@ -21,8 +21,7 @@ import pytest
 from wasmstream import partsdir
 from wasmstream.framing import Framing
 
-from conftest import fixture, spawn, wasmstream
-from test_cluster import records
+from conftest import fixture, records, spawn, wasmstream
 
 UPPER = fixture("upper.wasm")
 MARKS = fixture("marks.wasm")  # its output shows where every frame was cut
