@@ -49,7 +49,7 @@ from .errors import GuestError, IOFailure, UsageError, WasmstreamError
 from .files import RunFiles
 from .framing import Frame
 from .options import Notify, OnError, RunConfig, local_workers
-from .parts import Part, split
+from .parts import Part, grid_step, split
 from .policy import dead_letter
 from .sources import INSTALL_DASK, Inputs, is_url
 from .transform import FailedFrame, PartResult, Transform
@@ -76,6 +76,11 @@ def run(
         require_dask()
         check_scheduler(config)
     folder = config.output_parts
+    if folder is not None and is_url(folder):
+        raise UsageError(
+            f"--output-parts {folder}: writing parts to an object store is not supported yet; "
+            "give a folder (a shared filesystem on a cluster)"
+        )
     created = folder is not None and partsdir.make_folder(folder)
     try:
         return execute(config, _run_in_parts, notify, progress)
@@ -319,11 +324,26 @@ def _run_in_parts(
 ) -> RunSummary:
     origin, end = shard_start(config)
     run = plan_run(config, loaded, config_bytes, notify, files.output_fd, origin, end)
-    folder = None if config.output_parts is None else partsdir.PartsFolder(run)
+    folder = None if config.output_parts is None else _parts_folder(run)
     opener = folder.open if folder is not None else sink_opener(config, files, run.summary)
     for _ in run_steps(run, ClusterParts(folder), opener, progress):
         pass
     return run.summary
+
+
+def _parts_folder(run: Run) -> partsdir.PartsFolder:
+    """The run's folder of parts, with the range of part numbers it writes (a shard's: its
+    own), and what its checkpoint records of them."""
+    config, plan = run.config, run.plan
+    assert config.output_parts is not None and config.part_size is not None
+    assert plan is not None and config.checkpoint is not None
+    step = grid_step(config.framing.framing, config.frame_size, config.part_size)
+    first = plan.origin.input_bytes // step
+    numbers = range(first, partsdir.MAX_PARTS if run.end is None else run.end // step)
+    fresh = plan.saved is None and not plan.replaces
+    return partsdir.PartsFolder(
+        config.output_parts, config.checkpoint, config.shard, numbers, plan.saved_parts(), fresh
+    )
 
 
 class ClusterParts:

@@ -30,14 +30,10 @@ import re
 import stat
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from .durable import fsync_folder, replace_durably
 from .errors import CheckpointError, IOFailure, UsageError
-from .parts import grid_step
-
-if TYPE_CHECKING:
-    from .core import Run
 
 PART = "part-"
 DEAD_LETTERS = "_dead-letters-"
@@ -307,28 +303,32 @@ class PartsFolder:
     fd = -1
     is_pipe = False
 
-    def __init__(self, run: Run) -> None:
-        config, plan = run.config, run.plan
-        assert config.output_parts is not None and config.part_size is not None
-        assert plan is not None and config.checkpoint is not None
-        self.path = config.output_parts
-        self._plan = plan
-        self._checkpoint = config.checkpoint
-        self._shard = config.shard
-        step = grid_step(config.framing.framing, config.frame_size, config.part_size)
-        # the part numbers this run (a shard: its range) writes, wherever it resumes
-        first = plan.origin.input_bytes // step
-        self._numbers = range(first, MAX_PARTS if run.end is None else run.end // step)
+    def __init__(
+        self,
+        path: str,
+        checkpoint: str,
+        shard: tuple[int, int] | None,
+        numbers: range,
+        recorded: list[tuple[int, Committed]],
+        fresh: bool,
+    ) -> None:
+        """`numbers`: the part numbers this run writes (a shard's range), wherever it resumes;
+        `recorded`: the parts its checkpoint records (a resumed run); `fresh`: it has no
+        checkpoint at all, so parts already in its range are another run's."""
+        self.path = path
+        self._checkpoint = checkpoint
+        self._shard = shard
+        self._numbers = numbers
+        self._recorded = recorded
+        self._fresh = fresh
         self._parts: list[tuple[int, Committed]] = []
         self._identity: tuple[int, int] | None = None
 
     def open(self, keep: int | None, durable: bool) -> PartsFolder:
         if keep is not None:  # resumed: its parts must be those recorded
-            recorded = self._plan.saved_parts()
-            check_recorded(self.path, recorded, self._checkpoint)
-            self._parts = recorded
-        fresh = self._plan.saved is None and not self._plan.replaces
-        self._clear(fresh)
+            check_recorded(self.path, self._recorded, self._checkpoint)
+            self._parts = list(self._recorded)
+        self._clear(self._fresh)
         self._identity = folder_identity(self.path)
         return self
 
