@@ -616,7 +616,8 @@ delimiter_option = click.option(
     "--part-size",
     metavar="SIZE",
     callback=_optional_size,
-    help=f"Input bytes per part (cluster task) [default: {format_size(DEFAULT_PART_SIZE)}].",
+    help="Input bytes per part (cluster task) [default: 8 per worker, 1MiB to "
+    f"{format_size(DEFAULT_PART_SIZE)}].",
 )
 @click.option(
     "--output-parts",
@@ -757,6 +758,8 @@ def run_command(
         cluster=cluster,
         cluster_file=cluster_file,
         part_size=_part_size(cluster, cluster_file, part_size, shard, output_parts),
+        # shards of one folder must agree on their parts: the default, not a choice of each
+        part_size_auto=part_size is None and (output_parts is None or shard is None),
         output_parts=output_parts,
     )
     _run_as_operator(config, Operator(quiet, progress, stats, stats_json, metrics_file))

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import subprocess
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -48,7 +49,16 @@ from .engines import LoadedModule, read_module
 from .errors import GuestError, IOFailure, UsageError, WasmstreamError
 from .files import RunFiles
 from .framing import Frame
-from .options import Notify, OnError, RunConfig, local_workers
+from .options import (
+    DEFAULT_PART_SIZE,
+    MIN_AUTO_PART,
+    PARTS_PER_WORKER,
+    Notify,
+    OnError,
+    RunConfig,
+    auto_part_size,
+    local_workers,
+)
 from .parts import Part, grid_step, split
 from .policy import dead_letter
 from .sources import INSTALL_DASK, Inputs, is_url
@@ -82,13 +92,19 @@ def run(
             "give a folder (a shared filesystem on a cluster)"
         )
     created = folder is not None and partsdir.make_folder(folder)
+    count = local_workers(config.cluster) if config.clustered else None
+    started = None if count is None else _LocalWorkers(count)  # before Dask is even imported
     try:
-        return execute(config, _run_in_parts, notify, progress)
+        body = partial(_run_in_parts, started=started)
+        return execute(config, body, notify, progress)
     except BaseException:
         if created:  # refused before anything was written: the folder goes again
             with contextlib.suppress(OSError):
                 os.rmdir(str(folder))
         raise
+    finally:
+        if started is not None:
+            started.close()
 
 
 def _asyncio_timeout() -> type[BaseException]:
@@ -143,11 +159,12 @@ def check_scheduler(config: RunConfig) -> None:
 
 
 def require_dask() -> None:
-    """Fail at once, before any file is opened, when Dask is not installed."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}") from None
+    """Fail at once, before any file is opened, when Dask is not installed (without importing
+    it: that takes most of a second, which a local cluster's workers spend starting meanwhile)."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}")
 
 
 # --- on the workers ------------------------------------------------------------------------
@@ -321,14 +338,47 @@ def _run_in_parts(
     files: RunFiles,
     notify: Notify,
     progress: ProgressFactory | None,
+    *,
+    started: _LocalWorkers | None = None,
 ) -> RunSummary:
-    origin, end = shard_start(config)
-    run = plan_run(config, loaded, config_bytes, notify, files.output_fd, origin, end)
-    folder = None if config.output_parts is None else _parts_folder(run)
-    opener = folder.open if folder is not None else sink_opener(config, files, run.summary)
-    for _ in run_steps(run, ClusterParts(folder), opener, progress):
-        pass
+    with _tasks(config, loaded, config_bytes, notify, started) as tasks:
+        config, why = _sized(config, tasks.expected())
+        origin, end = shard_start(config)
+        run = plan_run(config, loaded, config_bytes, notify, files.output_fd, origin, end)
+        folder = None if config.output_parts is None else _parts_folder(run)
+        opener = folder.open if folder is not None else sink_opener(config, files, run.summary)
+        for _ in run_steps(run, ClusterParts(tasks, folder, why), opener, progress):
+            pass
     return run.summary
+
+
+def _sized(config: RunConfig, workers: int) -> tuple[RunConfig, str]:
+    """The run with its part size decided, and why it is that (for --stats): given, as the
+    checkpoint recorded it (a resumed run), or about PARTS_PER_WORKER parts per worker."""
+    if not config.part_size_auto:
+        return config, "as given (--part-size)"
+    recorded = _recorded_part_size(config)
+    if recorded is not None:
+        return dataclasses.replace(config, part_size=recorded), "as the checkpoint records"
+    with Inputs(config.inputs) as inputs:
+        total = inputs.total
+    size = auto_part_size(total, workers)
+    why = (
+        f"chosen for {format_size(total)} on {workers} worker{'' if workers == 1 else 's'}: "
+        f"about {PARTS_PER_WORKER} each, {format_size(MIN_AUTO_PART)} to "
+        f"{format_size(DEFAULT_PART_SIZE)}"
+    )
+    return dataclasses.replace(config, part_size=size), why
+
+
+def _recorded_part_size(config: RunConfig) -> int | None:
+    """A resumed run keeps the parts its checkpoint was cut in."""
+    if not config.resume or config.checkpoint is None:
+        return None
+    from . import checkpoint
+
+    saved = checkpoint.load(config.checkpoint)  # a bad one is refused later, by the plan
+    return None if saved is None else saved.options.part_size
 
 
 def _parts_folder(run: Run) -> partsdir.PartsFolder:
@@ -352,10 +402,14 @@ class ClusterParts:
     here; their outputs written in order by `_Client`, or each committed to its own file in
     the parts folder where it ran, the client recording them in order."""
 
-    def __init__(self, folder: partsdir.PartsFolder | None = None) -> None:
+    def __init__(
+        self, tasks: _Tasks, folder: partsdir.PartsFolder | None = None, why: str = ""
+    ) -> None:
+        self._tasks = tasks
         self._inputs: Inputs | None = None
         self._parts: list[Part] = []
         self._folder = folder
+        self._why = why  # how the part size was decided
 
     def open(self, run: Run) -> _Done:
         config = run.config
@@ -378,10 +432,9 @@ class ClusterParts:
     def execute(self, run: Run) -> Iterator[None]:
         assert self._inputs is not None
         try:
-            with _tasks(run, self._folder) as tasks:
-                runner = _Client(tasks, run, self._inputs, self._folder)
-                runner.run(self._parts)
-                run.notify(runner.report())
+            runner = _Client(self._tasks, run, self._folder)
+            runner.run(self._parts, self._why)
+            run.notify(runner.report())
         finally:
             if self._folder is not None:  # what ran but was not recorded goes again
                 self._folder.tidy()
@@ -396,24 +449,41 @@ class ClusterParts:
 
 
 @contextmanager
-def _tasks(run: Run, folder: partsdir.PartsFolder | None) -> Iterator[_Tasks]:
+def _tasks(
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    notify: Notify,
+    started: _LocalWorkers | None,
+) -> Iterator[_Tasks]:
     """Where the parts run: on a Dask cluster, or (--output-parts alone) here."""
-    parts_dir = None if folder is None else os.path.abspath(folder.path)
-    if not run.config.clustered:
-        with _HereTasks(run, str(parts_dir)) as here:
+    parts_dir = None if config.output_parts is None else os.path.abspath(config.output_parts)
+    if not config.clustered:
+        assert parts_dir is not None
+        with _HereTasks(config, loaded, config_bytes, parts_dir) as here:
             yield here
         return
-    with _client(run.config, run.notify) as client:
-        yield _DaskTasks(client, run, parts_dir)
+    with _client(config, notify, started) as client:
+        yield _DaskTasks(client, config, loaded, config_bytes, parts_dir, started)
 
 
 class _Tasks(Protocol):
     """What the client asks of whatever runs its parts."""
 
-    def workers(self) -> int: ...
+    def workers(self) -> int:
+        """How many are there now."""
+        ...
+
+    def expected(self) -> int:
+        """How many there are to be (a local cluster's workers may still be starting)."""
+        ...
 
     def submit(self, part: Part) -> Any:
         """Start the part; a future whose `result(timeout)` is its PartResult."""
+        ...
+
+    def stop(self, futures: list[Any]) -> None:
+        """The run stops: parts not started are not started, and (here) running ones end."""
         ...
 
 
@@ -421,16 +491,24 @@ class _DaskTasks:
     """Parts as tasks on a Dask cluster. The module's bytes are scattered to every worker
     once (on the first part)."""
 
-    def __init__(self, client: Any, run: Run, parts_dir: str | None) -> None:
-        config = run.config
+    def __init__(
+        self,
+        client: Any,
+        config: RunConfig,
+        loaded: LoadedModule,
+        config_bytes: bytes,
+        parts_dir: str | None,
+        started: _LocalWorkers | None,
+    ) -> None:
         self._client = client
         self._args = (
-            run.loaded.sha256,
+            loaded.sha256,
             None,  # the module's bytes on the workers, once scattered
             task_settings(config),
-            run.config_bytes,
+            config_bytes,
             _as_workers_see_them(tuple(config.inputs)),
         )
+        self._expected = started.count if started is not None else max(1, self.workers())
         self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
         self._timed = config.timings
         self._parts_dir = parts_dir
@@ -439,6 +517,13 @@ class _DaskTasks:
 
     def workers(self) -> int:
         return len(self._client.scheduler_info().get("workers", {}))
+
+    def expected(self) -> int:
+        return self._expected
+
+    def stop(self, futures: list[Any]) -> None:
+        with contextlib.suppress(Exception):  # a scheduler gone away has nothing to cancel
+            self._client.cancel(futures)  # running tasks end on their own: the next run tidies
 
     def submit(self, part: Part) -> Any:
         if self._args[1] is None:
@@ -461,15 +546,16 @@ class _HereTasks:
     running one part at a time on an instance of the run's own compiled module, committing
     it to the folder as a worker does. No Dask."""
 
-    def __init__(self, run: Run, parts_dir: str) -> None:
+    def __init__(
+        self, config: RunConfig, loaded: LoadedModule, config_bytes: bytes, parts_dir: str
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self._jobs = run.config.max_jobs
+        self._jobs = config.max_jobs
         self._pool = ThreadPoolExecutor(self._jobs, thread_name_prefix="wasmstream-part")
-        settings = dataclasses.replace(task_settings(run.config), inputs=run.config.inputs)
-        self._transform = Transform.of_loaded(settings, run.loaded, run.config_bytes)
-        self._paths = tuple(run.config.inputs)
-        self._timed = run.config.timings
+        self._transform = Transform.of_loaded(task_settings(config), loaded, config_bytes)
+        self._paths = tuple(config.inputs)
+        self._timed = config.timings
         self._parts_dir = parts_dir
 
     def __enter__(self) -> _HereTasks:
@@ -482,29 +568,92 @@ class _HereTasks:
     def workers(self) -> int:
         return self._jobs
 
+    def expected(self) -> int:
+        return self._jobs
+
+    def stop(self, futures: list[Any]) -> None:
+        from concurrent.futures import wait
+
+        for future in futures:
+            future.cancel()
+        wait(futures)  # running parts end (a signal stops their guests): then tidy
+
     def submit(self, part: Part) -> Any:
         return self._pool.submit(
             run_part, self._transform, self._paths, part, True, self._timed, self._parts_dir
         )
 
 
-@contextmanager
-def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
-    """A Dask client: of a local cluster started for the run, or of a running scheduler."""
-    from distributed import Client, LocalCluster
+class _LocalWorkers:
+    """`--cluster local:N`'s workers: N Dask worker processes, started as the run begins —
+    before this process imports Dask, reads or compiles the module — and pointed at the
+    scheduler this process starts later on a port chosen now; they import Dask, wasmstream and
+    the engine meanwhile (start-up was most of a second: the client's import of Dask, then a
+    nanny process per worker importing it, then the worker importing it again; now all at
+    once, without nannies). Each is a process of its own (spawned, not forked: a process that
+    has used wasmtime must not fork) in a session of its own, so the terminal's Ctrl-C reaches
+    only the client, which closes them; a worker whose scheduler goes away (the client killed)
+    closes itself."""
 
-    workers = local_workers(config.cluster)
+    def __init__(self, count: int) -> None:
+        import socket
+        import sys
+
+        self.count = count
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        command = [sys.executable, "-m", "distributed.cli.dask_worker"]
+        command += [f"tcp://127.0.0.1:{self.port}", "--nthreads", "1", "--no-nanny"]
+        command += ["--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "60"]
+        command += ["--preload", "wasmstream.interrupts"]  # its dask_setup: deaf to Ctrl-C
+        logs = None if os.environ.get("WASMSTREAM_DEBUG") else subprocess.DEVNULL
+        self._processes = [
+            subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=logs,
+                start_new_session=True,
+            )
+            for _ in range(count)
+        ]
+
+    def stop(self) -> None:
+        """Tell every worker to stop (SIGTERM: each closes at once)."""
+        for process in self._processes:
+            if process.poll() is None:
+                process.terminate()
+
+    def close(self) -> None:
+        self.stop()
+        for process in self._processes:
+            try:
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def _client(config: RunConfig, notify: Notify, started: _LocalWorkers | None) -> Iterator[Any]:
+    """A Dask client: of a local cluster started for the run (a scheduler here, for the
+    workers `started`), or of a running scheduler."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # found by require_dask, but broken
+        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}") from None
+
     quiet = _quiet_dask()
     try:
-        if workers is not None:
+        if started is not None:
             local = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,  # spawned: a process that has used wasmtime must not fork
+                n_workers=0,  # its workers are `started`'s processes
+                scheduler_port=started.port,
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",  # loopback only; bokeh shows it when installed
-                silence_logs=quiet,  # the workers' own logs, on this stderr
-                preload=["wasmstream.interrupts"],  # its dask_setup: deaf to Ctrl-C
+                silence_logs=quiet,
+                processes=False,
             )
             client = Client(local, set_as_default=False)
         else:
@@ -515,9 +664,11 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
         where = config.cluster_file or config.cluster
         raise IOFailure(f"cannot reach the Dask scheduler at {where}: {error}") from None
     try:
-        _announce(client, notify)
+        _announce(client, notify, started)
         yield client
     finally:
+        if started is not None:
+            started.stop()  # the parts are done: the workers close while the scheduler does
         client.close()
         if local is not None:
             local.close()
@@ -545,9 +696,9 @@ def _quiet_dask() -> int:
     return SILENT
 
 
-def _announce(client: Any, notify: Notify) -> None:
+def _announce(client: Any, notify: Notify, started: _LocalWorkers | None) -> None:
     info = client.scheduler_info()
-    workers = len(info.get("workers", {}))
+    workers = started.count if started is not None else len(info.get("workers", {}))
     dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
     also = f", dashboard {dashboard}" if dashboard else ""
     notify(f"cluster: {workers} workers at {info.get('address')}{also}")
@@ -556,9 +707,7 @@ def _announce(client: Any, notify: Notify) -> None:
 class _Client:
     """Submits parts in order, a bounded number at a time, and writes their outputs in order."""
 
-    def __init__(
-        self, tasks: _Tasks, run: Run, inputs: Inputs, folder: partsdir.PartsFolder | None
-    ) -> None:
+    def __init__(self, tasks: _Tasks, run: Run, folder: partsdir.PartsFolder | None) -> None:
         config, summary = run.config, run.summary
         self._tasks = tasks
         self._config = config
@@ -566,7 +715,7 @@ class _Client:
         self._folder = folder
         self._summary = summary
         self._frames = run.start.frames  # frames of the whole input before the next part
-        workers = max(1, tasks.workers())
+        workers = max(1, tasks.expected())
         self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
         self._in_flight: deque[tuple[Part, Any]] = deque()
         self._workers = workers
@@ -575,14 +724,18 @@ class _Client:
         summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
         summary.tally.workers = workers
 
-    def run(self, parts: list[Part]) -> None:
-        self._summary.jobs_reason = _how_cut(parts, self._config, self.window)
-        for part in parts:
-            self._in_flight.append((part, self._tasks.submit(part)))
-            if len(self._in_flight) >= self.window:
+    def run(self, parts: list[Part], why: str) -> None:
+        self._summary.jobs_reason = _how_cut(parts, self._config, self.window, why)
+        try:
+            for part in parts:
+                self._in_flight.append((part, self._tasks.submit(part)))
+                if len(self._in_flight) >= self.window:
+                    self._write_next()
+            while self._in_flight:
                 self._write_next()
-        while self._in_flight:
-            self._write_next()
+        except BaseException:
+            self._tasks.stop([future for _, future in self._in_flight])
+            raise
         self._summary.tally.workers = self._tasks.workers()
 
     def _write_next(self) -> None:
@@ -676,9 +829,11 @@ def _as_workers_see_them(paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(path if is_url(path) else os.path.abspath(path) for path in paths)
 
 
-def _how_cut(parts: list[Part], config: RunConfig, window: int) -> str:
-    """--stats' reason line for a cluster run: how its input was cut, and how much ran at once."""
+def _how_cut(parts: list[Part], config: RunConfig, window: int, why: str) -> str:
+    """--stats' reason line for a run in parts: how its input was cut and why, and how much
+    ran at once."""
     assert config.part_size is not None
     count = f"{len(parts)} part{'' if len(parts) == 1 else 's'}"
     who = "cluster workers" if config.clustered else "threads here"
-    return f"{who}; {count} of {format_size(config.part_size)} to run, {window} at a time"
+    size = format_size(config.part_size)
+    return f"{who}; {count} of {size} ({why}) to run, {window} at a time"

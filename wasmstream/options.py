@@ -31,7 +31,9 @@ POLICIES = tuple(policy.value for policy in OnError)
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
-DEFAULT_PART_SIZE = 64 << 20  # --part-size: the input a cluster task runs on
+DEFAULT_PART_SIZE = 64 << 20  # --part-size: the input a cluster task runs on, at most
+PARTS_PER_WORKER = 8  # without --part-size: enough parts for every worker to stay busy
+MIN_AUTO_PART = 1 << 20  # ...but no smaller than this (a part costs a task's round trip)
 
 Notify = Callable[[str], None]
 
@@ -109,6 +111,15 @@ def parse_dir(text: str) -> DirGrant:
     return DirGrant(os.path.abspath(host), guest, writable=mode == "rw")
 
 
+def auto_part_size(total: int, workers: int) -> int:
+    """The part size when --part-size is not given: about PARTS_PER_WORKER parts for each
+    worker (so that none idles long at the end however the parts' costs vary), in whole MiB,
+    from MIN_AUTO_PART up to DEFAULT_PART_SIZE."""
+    per_part = -(-total // (PARTS_PER_WORKER * max(1, workers)))
+    whole = -(-per_part // MIN_AUTO_PART) * MIN_AUTO_PART
+    return max(MIN_AUTO_PART, min(DEFAULT_PART_SIZE, whole))
+
+
 def local_workers(address: str | None) -> int | None:
     """Worker processes to start for `--cluster local[:N]` (None: join a running scheduler)."""
     if address is None or not address.startswith("local"):
@@ -160,6 +171,7 @@ class RunConfig:
     cluster: str | None = None
     cluster_file: str | None = None
     part_size: int | None = None
+    part_size_auto: bool = False  # not given: chosen from the input and the workers at start
     output_parts: str | None = None  # --output-parts DIR: each part's output a file in DIR
 
     @property

@@ -101,6 +101,8 @@ NOT_RECORDED = frozenset(
     {"module", "inputs", "output", "output_parts", "engine", "checkpoint"}
     | {"resume", "restart", "force"}
     | {"cache", "timings", "flip_every"}
+    # how part_size was decided: the size itself is recorded, and a resume keeps it
+    | {"part_size_auto"}
     # derived from the module (a text component), whose hash the checkpoint records
     | {"framing.whole_chars"}
 )
