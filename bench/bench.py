@@ -5,7 +5,7 @@ a noisy neighbour hurts both alike. Prints one table; exits 0 whatever the numbe
 reports, it does not gate).
 
     python bench/bench.py [--quick]   # --quick: smaller inputs, fewer runs
-    python bench/bench.py --only b9 [--size MIB] [--runs N]   # one row, for a quick check
+    python bench/bench.py --only b9|b10|b11 [--size MIB] [--runs N]   # one row (b11: and b12)
 """
 
 from __future__ import annotations
@@ -401,9 +401,7 @@ def extra_throughput(table: Table, path: Path, size: int, runs: int) -> None:
 
 def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     """B10 (bench/cluster.py), when Dask is installed."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
+    if not _has_dask():
         table.add("B10 --cluster local:2 vs -j 2", "skipped: no Dask", "", "", ">= 0.8x")
         return
     from cluster import cluster_row
@@ -411,15 +409,40 @@ def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     cluster_row(table, directory, size, runs)
 
 
-def only_b9(argv: list[str]) -> int:
-    """One row alone (B9), on an input of --size MiB (default 256)."""
+def _parts_rows(table: Table, directory: Path, size: int, runs: int) -> None:
+    """B11 and B12 (bench/cluster.py), when Dask is installed."""
+    if not _has_dask():
+        table.add("B11/B12 --output-parts vs -o", "skipped: no Dask", "", "", "<= 0.5x")
+        return
+    from cluster import parts_rows
+
+    parts_rows(table, directory, size, runs)
+
+
+def _has_dask() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
+
+
+def only(argv: list[str]) -> int:
+    """One row alone (b9, b10, or b11 with b12), on an input of --size MiB (default 256)."""
+    row = argv[argv.index("--only") + 1].lower()
     size = int(argv[argv.index("--size") + 1]) * MiB if "--size" in argv else 256 * MiB
     runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else 3
     table = Table()
     with tempfile.TemporaryDirectory(prefix="wasmstream-bench-") as scratch:
         directory = Path(scratch)
-        data = make_input(directory, "data.bin", size)
-        b9_stateful_checkpoint_cost(table, data, size, runs, directory)
+        if row == "b9":
+            data = make_input(directory, "data.bin", size)
+            b9_stateful_checkpoint_cost(table, data, size, runs, directory)
+        elif row == "b10":
+            _cluster_row(table, directory, size, runs)
+        elif row in ("b11", "b12"):
+            _parts_rows(table, directory, size, runs)
+        else:
+            print(f"--only: no row {row!r} (b9, b10, b11, b12)", file=sys.stderr)
+            return 2
     table.print()
     return 0
 
@@ -432,7 +455,7 @@ def main(argv: list[str]) -> int:
     # 0.105 s here, where the minimal script compiles only itself.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if "--only" in argv:
-        return only_b9(argv)
+        return only(argv)
     quick = "--quick" in argv
     big_size, medium_size, small_size = (
         (64 * MiB, 8 * MiB, 16 * MiB) if quick else (512 * MiB, 32 * MiB, 16 * MiB)
@@ -466,6 +489,7 @@ def main(argv: list[str]) -> int:
             lambda: wasmer_side_by_side(table, small, cheap, medium, runs),
             lambda: extra_throughput(table, small, small_size, runs),
             lambda: _cluster_row(table, directory, 32 * MiB if quick else 256 * MiB, runs),
+            lambda: _parts_rows(table, directory, 32 * MiB if quick else 256 * MiB, runs),
         ]
         for step in steps:
             try:

@@ -727,6 +727,7 @@ def test_cluster_stats_count_the_workers_guest_time_and_parts(tmp_path: Path) ->
         "out",
         "--stats-json",
         "stats.json",
+        "--stats",
         cwd=tmp_path,
         env=ENV,
     )
@@ -735,7 +736,11 @@ def test_cluster_stats_count_the_workers_guest_time_and_parts(tmp_path: Path) ->
     parts = -(-len(data) // 65536)
     assert stats["in_guest_seconds"] > 0
     assert stats["workers"] == 2
-    assert f"{parts} parts of 64KiB" in stats["jobs"], stats["jobs"]
+    assert f"{parts} parts of 64KiB (as given (--part-size))" in stats["jobs"], stats["jobs"]
+    # guest time is summed over the workers: its share is of their time, never over 100%
+    line = next(x for x in done.stderr.decode().splitlines() if "in guest" in x)
+    assert "summed over 2 instances" in line, line
+    assert 0 <= int(line.split("(")[1].split("%")[0]) <= 100, line
 
 
 @needs_dask

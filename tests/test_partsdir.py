@@ -308,3 +308,23 @@ def test_a_full_disk_stops_the_run_resumably_with_no_part_half_written(
     resumed = parts_run(small_disk / "out", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert joined(small_disk / "out") == data.upper()
+
+
+def test_without_part_size_parts_are_cut_for_the_workers_and_a_resume_keeps_them(
+    tmp_path: Path,
+) -> None:
+    data = bytes(range(256)) * (17 << 12)  # 17 MiB: 8 parts for each of 2 workers are ~1.1 MiB
+    (tmp_path / "in").write_bytes(data)
+    identity = fixture("identity.wasm")
+    args = [identity, "in", "-j", "2", "--stats-json", "stats.json"]
+    done = parts_run(tmp_path / "out", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "out" / "_checkpoint.json").read_text())
+    assert saved["options"]["part_size"] == 2 << 20  # in whole MiB, rounded up
+    jobs = json.loads((tmp_path / "stats.json").read_text())["jobs"]
+    assert "9 parts of 2MiB (chosen for 17MiB on 2 workers: about 8 each" in jobs, jobs
+    # for one worker 3 MiB would be chosen: a resume keeps the size recorded
+    again = parts_run(tmp_path / "out", identity, "in", "-j", "1", "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert b"nothing new" in again.stderr
+    assert joined(tmp_path / "out") == data
