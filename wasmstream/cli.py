@@ -305,7 +305,9 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
         if config.in_parts:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
             from .cluster import run as runner
         progress = _observers(
-            operator.progress_factory(config.output), metrics.observe if metrics else None
+            # a folder of parts puts nothing on standard output: progress may go to the terminal
+            operator.progress_factory(config.output_parts or config.output),
+            metrics.observe if metrics else None,
         )
         summary = runner(config, notify=operator.notify, progress=progress)
         status = ExitStatus.OK
@@ -338,7 +340,11 @@ def _metrics_for(config: RunConfig, operator: Operator) -> MetricsFile | None:
 
     interval = config.checkpoint_interval if config.checkpoint else DEFAULT_INTERVAL
     return MetricsFile(
-        operator.metrics_file, config.module, config.output, interval, operator.notify
+        operator.metrics_file,
+        config.module,
+        config.output_parts or config.output,
+        interval,
+        operator.notify,
     )
 
 
