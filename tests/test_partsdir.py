@@ -328,3 +328,14 @@ def test_without_part_size_parts_are_cut_for_the_workers_and_a_resume_keeps_them
     assert again.returncode == 0, again.stderr
     assert b"nothing new" in again.stderr
     assert joined(tmp_path / "out") == data
+
+
+def test_a_resume_refuses_another_folder_swapped_in_for_dir(tmp_path: Path) -> None:
+    args = failed_run(tmp_path)
+    assert wasmstream(*args, cwd=tmp_path).returncode == 4
+    os.rename(tmp_path / "out", tmp_path / "moved")
+    subprocess.run(["cp", "-a", str(tmp_path / "moved"), str(tmp_path / "copy")], check=True)
+    os.symlink(tmp_path / "copy", tmp_path / "out")  # the same names and bytes, another folder
+    refused = wasmstream(*args, "--resume", cwd=tmp_path)
+    assert refused.returncode == 9 and b"is not the one recorded" in refused.stderr
+    assert listing(tmp_path / "copy") == listing(tmp_path / "moved")  # nothing changed there
