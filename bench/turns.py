@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from wasmstream.abi import AbiOptions
 from wasmstream.engines import load_module
+from wasmstream.guest.abi import AbiOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from wasmstream.framing import Framing
+from wasmstream.stream.framing import Framing
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = os.environ.get("WASMSTREAM_ENGINE", "wasmtime")  # `make test-wasmer` sets wasmer

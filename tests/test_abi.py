@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wasmstream.abi import (
+from wasmstream.errors import ModuleError
+from wasmstream.guest.abi import (
     AbiOptions,
     ExportDesc,
     FuncSig,
@@ -13,7 +14,6 @@ from wasmstream.abi import (
     ResultKind,
     resolve_abi,
 )
-from wasmstream.errors import ModuleError
 
 I32, I64 = "i32", "i64"
 MEMORY = ExportDesc("memory", "memory")

@@ -151,7 +151,7 @@ def test_adaptive_overload_slows_down_and_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_the_pacer_waits_more_the_fuller_the_queue() -> None:
-    from wasmstream.pool import Pacer
+    from wasmstream.run.pool import Pacer
 
     pacer = Pacer()
     pacer.per_frame = 0.004

@@ -357,10 +357,10 @@ def test_a_dropped_frame_is_recorded_with_its_own_bytes_or_none() -> None:
     """The race the test above cannot time: the reader takes a dropped frame's scratch buffer
     again before the writer records it. The frame is then recorded over no bytes, and the
     stream tail starts again after it, never holding the later frame's bytes."""
-    from wasmstream.checkpoint import Digest
-    from wasmstream.framing import Frame
-    from wasmstream.journal import StreamTail
-    from wasmstream.pool import _Scratch
+    from wasmstream.checkpoint.journal import StreamTail
+    from wasmstream.checkpoint.record import Digest
+    from wasmstream.run.pool import _Scratch
+    from wasmstream.stream.framing import Frame
 
     stream = os.urandom(200 * 1024)
     scratch, frames = _Scratch(1024), []

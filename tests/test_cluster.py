@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wasmstream import Transform
-from wasmstream.framing import Framing
-from wasmstream.parts import shard_part, split
-from wasmstream.sources import Inputs
+from wasmstream.stream.framing import Framing
+from wasmstream.stream.parts import shard_part, split
+from wasmstream.stream.sources import Inputs
 
 from conftest import (
     HEAVY_TABLE,
@@ -639,11 +639,11 @@ def error_lines(stderr: bytes) -> list[str]:
 
 PICKLE_PART_RESULTS = """
 import json, pickle, sys
-import wasmstream.cluster  # as on a worker spawned from the script: wasmstream, then tblib
+import wasmstream.run.cluster  # as on a worker spawned from the script: wasmstream, then tblib
 import tblib.pickling_support
 from wasmstream import Transform
-from wasmstream.parts import Part
-from wasmstream.sources import Inputs
+from wasmstream.stream.parts import Part
+from wasmstream.stream.sources import Inputs
 
 tblib.pickling_support.install()  # what importing distributed does
 path, cases = sys.argv[1], json.loads(sys.argv[2])
@@ -839,7 +839,7 @@ def test_a_relative_input_path_is_the_clients_file_on_every_worker(
 def test_kept_transforms_close_what_they_push_out_once_no_part_uses_it() -> None:
     """The few most recently used stay; one pushed out while a part runs on it is closed (its
     --timeout ticker stopped) only when that part is done."""
-    from wasmstream.cluster import KeptTransforms
+    from wasmstream.run.cluster import KeptTransforms
 
     def tickers() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name == "wasmstream-epoch"}
@@ -878,7 +878,7 @@ def worker_threads(scheduler: Scheduler) -> dict[str, int]:
         f"c = Client(scheduler_file={scheduler.file!r}, timeout='20s')\n"
         "def ask():\n"
         "    import sys\n"
-        "    kept = sys.modules.get('wasmstream.cluster')\n"
+        "    kept = sys.modules.get('wasmstream.run.cluster')\n"
         "    return threading.active_count(), len(kept._TRANSFORMS) if kept else 0\n"
         "print(json.dumps(c.run(ask))); c.close()\n"
     )
@@ -897,7 +897,7 @@ def test_a_long_lived_worker_keeps_a_bounded_number_of_transforms(
 ) -> None:
     """Runs with distinct --timeout values each compile a transform (with its ticker thread);
     a worker keeps only the few most recently used, and closes the others."""
-    from wasmstream.cluster import KEPT_TRANSFORMS
+    from wasmstream.run.cluster import KEPT_TRANSFORMS
 
     (tmp_path / "in").write_bytes(records(Framing.LINES, [n % 50 for n in range(3000)]))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 
-from wasmstream.cli import cli
+from wasmstream.cli.commands import cli
 from wasmstream.errors import ExitStatus
 
 from conftest import ROOT

@@ -8,7 +8,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wasmstream.framing import fill, fixed_frames
+from wasmstream.stream.framing import fill, fixed_frames
 
 
 class ShortReads(io.RawIOBase):
@@ -77,7 +77,7 @@ def test_first_offset_shifts_offsets() -> None:
 import pytest  # noqa: E402
 
 from wasmstream.errors import FramingError  # noqa: E402
-from wasmstream.framing import (  # noqa: E402
+from wasmstream.stream.framing import (  # noqa: E402
     Framing,
     FramingSpec,
     Oversize,

@@ -81,7 +81,9 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_the_walk_sees_function_level_imports_and_cycles() -> None:
     """The checker itself: a lazy import is an edge, and a cycle through one is found."""
     edges = graph()
-    assert "wasmstream.resume" in edges["wasmstream.core"]  # imported inside a function
+    assert (
+        "wasmstream.checkpoint.resume" in edges["wasmstream.run.skeleton"]
+    )  # imported inside a function
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -89,8 +91,8 @@ def test_the_walk_sees_function_level_imports_and_cycles() -> None:
 def test_every_run_option_is_recorded_in_checkpoints_or_deliberately_not() -> None:
     """A new option must say how a checkpoint keeps it (recorded.RECORDED) or why it does not
     (recorded.NOT_RECORDED): otherwise `wasmstream resume` would silently run without it."""
-    from wasmstream.checkpoint import Command, OutputOptions
-    from wasmstream.recorded import RECORDED, unrecorded_options
+    from wasmstream.checkpoint.record import Command, OutputOptions
+    from wasmstream.checkpoint.recorded_options import RECORDED, unrecorded_options
 
     assert unrecorded_options() == set()
     sections = set(OutputOptions.__struct_fields__) | set(Command.__struct_fields__)
@@ -100,16 +102,16 @@ def test_every_run_option_is_recorded_in_checkpoints_or_deliberately_not() -> No
 # Loaded only by the runs that use them; each would cost every other run's start-up (ms as
 # measured under -X importtime with cached bytecode).
 NOT_AT_START = {
-    "wasmstream.state": "--state memory and checkpointed state (tempfile, shutil, random: 4 ms)",
-    "wasmstream.checkpoint": "checkpoints (msgspec)",
-    "wasmstream.journal": "checkpoints",
-    "wasmstream.resume": "checkpoints",
-    "wasmstream.recorded": "checkpoints",
-    "wasmstream.progress": "--progress and --stats",
-    "wasmstream.cluster": "--cluster and the library's `run` (asyncio: 20 ms)",
+    "wasmstream.checkpoint.state_files": "--state memory and checkpointed state (tempfile, shutil, random: 4 ms)",
+    "wasmstream.checkpoint.record": "checkpoints (msgspec)",
+    "wasmstream.checkpoint.journal": "checkpoints",
+    "wasmstream.checkpoint.resume": "checkpoints",
+    "wasmstream.checkpoint.recorded_options": "checkpoints",
+    "wasmstream.cli.progress": "--progress and --stats",
+    "wasmstream.run.cluster": "--cluster and the library's `run` (asyncio: 20 ms)",
     "wasmstream.transform": "the library's `Transform`",
-    "wasmstream.instrument": "--state memory",
-    "wasmstream.inspect": "inspect and checkpoint show",
+    "wasmstream.guest.memory_state": "--state memory",
+    "wasmstream.cli.reports": "inspect and checkpoint show",
     "msgspec": "checkpoints",
     "rich": "--progress",
     "json": "dead letters, drop logs and --json reports (2 ms)",
@@ -119,7 +121,7 @@ NOT_AT_START = {
     "traceback": "WASMSTREAM_DEBUG's trace of an internal error (1 ms)",
     "importlib.metadata": "--version (20 ms)",
     "asyncio": "--cluster",
-    "wasmstream.component": "components (the contract's dataclasses: 4 ms)",
+    "wasmstream.guest.component_abi": "components (the contract's dataclasses: 4 ms)",
     "wasmstream.engines.wasmtime_component": "components",
     "wasmtime.component": "components (12 ms)",
 }
@@ -164,6 +166,8 @@ def test_a_wasmer_worker_loads_only_what_it_uses() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     loaded = set(result.stdout.split())
-    assert "wasmstream.guest" in loaded
-    unused = {"wasmstream.options", "wasmstream.framing", "hashlib", *NOT_AT_START} - {"json"}
+    assert "wasmstream.guest.protocol" in loaded
+    unused = {"wasmstream.run.options", "wasmstream.stream.framing", "hashlib", *NOT_AT_START} - {
+        "json"
+    }
     assert not unused & loaded, f"the worker imported {unused & loaded}"

@@ -21,8 +21,8 @@ from pathlib import Path
 import click
 import pytest
 
+from wasmstream.cli.scaffold import COMPONENT_LANGUAGES, LANGUAGES, find_toolchain
 from wasmstream.errors import ExitStatus
-from wasmstream.scaffold import COMPONENT_LANGUAGES, LANGUAGES, find_toolchain
 
 from conftest import ROOT, assert_clean_failure, wasmstream
 
@@ -170,7 +170,7 @@ def test_list_shows_each_language_and_its_toolchain() -> None:
 
 
 def test_the_cli_offers_every_language() -> None:
-    from wasmstream.cli import init_command
+    from wasmstream.cli.commands import init_command
 
     lang = next(param for param in init_command.params if param.name == "lang")
     assert isinstance(lang.type, click.Choice)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from wasmstream.cache import HEADER, header_for
+from wasmstream.cli.progress import Snapshot, terminal_line
+from wasmstream.engines.cache import HEADER, header_for
 from wasmstream.errors import ExitStatus
-from wasmstream.progress import Snapshot, terminal_line
 
 from conftest import FIXTURES, assert_clean_failure, fixture, spawn, wasmstream
 
@@ -470,7 +470,9 @@ def test_a_cached_module_is_what_runs(tmp_path: Path) -> None:
 
 
 def test_rich_is_imported_only_when_progress_is_shown() -> None:
-    probe = "import sys, wasmstream.cli, wasmstream.core; print('rich' in sys.modules)"
+    probe = (
+        "import sys, wasmstream.cli.commands, wasmstream.run.skeleton; print('rich' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, timeout=60, check=True
     )

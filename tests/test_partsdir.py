@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from wasmstream import partsdir
-from wasmstream.framing import Framing
+from wasmstream.stream import output_parts as partsdir
+from wasmstream.stream.framing import Framing
 
 from conftest import fixture, records, spawn, wasmstream
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wasmstream.abi import AbiOptions
 from wasmstream.engines import load_module
 from wasmstream.errors import ExitStatus
+from wasmstream.guest.abi import AbiOptions
 
 from conftest import ENGINE, assert_clean_failure, fixture, spawn, wasmstream
 

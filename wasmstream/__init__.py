@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .abi import AbiOptions, GuestAbi, ResultKind
-from .errors import ExitStatus, GuestError, UsageError, WasmstreamError
+from wasmstream._version import __version__
+from wasmstream.errors import ExitStatus, GuestError, UsageError, WasmstreamError
+from wasmstream.guest.abi import AbiOptions, GuestAbi, ResultKind
 
 if TYPE_CHECKING:
-    from .cluster import run
-    from .options import RunConfig
-    from .transform import Transform
+    from wasmstream.run.cluster import run
+    from wasmstream.run.options import RunConfig
+    from wasmstream.transform import Transform
 
 
 def __getattr__(name: str) -> Any:
@@ -26,15 +26,15 @@ def __getattr__(name: str) -> Any:
     and the wasmer engine's worker process needs no `RunConfig` (options.py and the engine
     registry it loads, 8 ms of each worker's start)."""
     if name == "run":
-        from .cluster import run
+        from wasmstream.run.cluster import run
 
         return run
     if name == "Transform":
-        from .transform import Transform
+        from wasmstream.transform import Transform
 
         return Transform
     if name == "RunConfig":
-        from .options import RunConfig
+        from wasmstream.run.options import RunConfig
 
         return RunConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

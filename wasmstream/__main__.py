@@ -1,3 +1,3 @@
-from .cli import main
+from wasmstream.cli.commands import main
 
 main()

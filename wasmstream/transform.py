@@ -20,8 +20,23 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
-from .abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions, init_for
-from .core import (
+from wasmstream.engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
+from wasmstream.engines import read_module as _read_module
+from wasmstream.engines.base import DirGrant, Sandbox
+from wasmstream.errors import GuestError, Interrupted, UsageError, WasmstreamError
+from wasmstream.guest.abi import DEFAULT_TRANSFORM, STATE_MODES, AbiOptions, init_for
+from wasmstream.run.options import (
+    DEFAULT_FRAME_SIZE,
+    POLICIES,
+    OnError,
+    Reached,
+    RunConfig,
+    parse_dir,
+    parse_env,
+)
+from wasmstream.run.pool import Frames, PoolSettings, serial_steps
+from wasmstream.run.settle import settle_for_component, settle_for_state
+from wasmstream.run.skeleton import (
     SEQUENTIAL,
     LocalFrames,
     Run,
@@ -30,18 +45,11 @@ from .core import (
     read_config_arg,
     run_steps,
 )
-from .engines import DEFAULT_ENGINE, DEFAULT_MAX_MEMORY, LoadedModule, load_wasm
-from .engines import read_module as _read_module
-from .engines.base import DirGrant, Sandbox
-from .errors import GuestError, Interrupted, UsageError, WasmstreamError
-from .framing import Frame, Framing, FramingSpec, Oversize
-from .options import DEFAULT_FRAME_SIZE, POLICIES, OnError, Reached, RunConfig, parse_dir, parse_env
-from .parts import Part, align
-from .partsdir import Committed
-from .pool import Frames, PoolSettings, serial_steps
-from .settle import settle_for_component, settle_for_state
-from .sources import Inputs
-from .units import parse_duration, parse_size
+from wasmstream.stream.framing import Frame, Framing, FramingSpec, Oversize
+from wasmstream.stream.output_parts import Committed
+from wasmstream.stream.parts import Part, align
+from wasmstream.stream.sources import Inputs
+from wasmstream.units import parse_duration, parse_size
 
 
 @dataclass

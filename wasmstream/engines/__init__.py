@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..abi import AbiOptions, GuestAbi, StateKind, resolve_abi
-from ..errors import ModuleError, UsageError
-from .base import (
+from wasmstream.engines.base import (
     DEFAULT_MAX_MEMORY,
     MIN_MAX_OUTPUT,
     CompiledComponent,
@@ -27,6 +25,8 @@ from .base import (
     check_header,
     is_component,
 )
+from wasmstream.errors import ModuleError, UsageError
+from wasmstream.guest.abi import AbiOptions, GuestAbi, StateKind, resolve_abi
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -117,18 +117,18 @@ def get_engine(
 
 def _new_engine(name: str, sandbox: Sandbox | None, cache: bool, components: bool) -> Engine:
     if name == "wasmtime":
-        from ..cache import ModuleCache
+        from wasmstream.engines.cache import ModuleCache
 
         store = ModuleCache() if cache else None
         if components:  # wasmtime.component costs ~12 ms to import: only when it is used
-            from .wasmtime_component import WasmtimeComponents
+            from wasmstream.engines.wasmtime_component import WasmtimeComponents
 
             return WasmtimeComponents(sandbox or Sandbox(), store)
-        from .wasmtime_engine import WasmtimeEngine
+        from wasmstream.engines.wasmtime_engine import WasmtimeEngine
 
         return WasmtimeEngine(sandbox or Sandbox(), store)
     if name == "wasmer":
-        from .wasmer_engine import WasmerEngine
+        from wasmstream.engines.wasmer_engine import WasmerEngine
 
         return WasmerEngine(sandbox or Sandbox())
     raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
@@ -191,7 +191,7 @@ def load_wasm(
         return _load_component(wasm, path, abi_options, engine_name, sandbox, cache)
     capture, instrumented = None, wasm
     if abi_options.state == "memory" and not abi_options.wasi_command:
-        from ..instrument import instrument
+        from wasmstream.guest.memory_state import instrument
 
         check_header(wasm, path)
         # Capture needs every mutable global exported: done to the binary, before compiling.
@@ -221,7 +221,7 @@ def _load_component(
     imports linked once, all before any data is read."""
     import hashlib
 
-    from ..component import resolve_component
+    from wasmstream.guest.component_abi import resolve_component
 
     engine = get_engine(engine_name, sandbox, cache, components=True)
     try:

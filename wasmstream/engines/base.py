@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
-from ..abi import GuestAbi, ModuleInfo
-from ..errors import ModuleError
+from wasmstream.errors import ModuleError
+from wasmstream.guest.abi import GuestAbi, ModuleInfo
 
 if TYPE_CHECKING:  # the component contract loads only for a component
-    from ..component import ComponentInfo
+    from wasmstream.guest.component_abi import ComponentInfo
 
 WASM_MAGIC = b"\0asm"
 # The preamble: magic, a 16-bit version, a 16-bit layer (0: core module, 1: component).

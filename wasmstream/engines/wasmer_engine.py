@@ -32,21 +32,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .. import interrupts
-from ..abi import ExportDesc, FuncSig, GuestAbi, ImportDesc, ModuleInfo
-from ..errors import (
-    GuestError,
-    GuestMemoryLimit,
-    GuestTimeout,
-    GuestTrap,
-    ModuleError,
-    StartupError,
-    StateRefused,
-    UsageError,
-)
-from ..units import format_duration, format_size
-from .base import CopyingInstance, Sandbox, check_header
-from .wasmer_worker import (
+from wasmstream.engines.base import CopyingInstance, Sandbox, check_header
+from wasmstream.engines.wasmer_worker import (
     CLOCK,
     GUEST_ERROR,
     MEMORY_LIMIT,
@@ -61,6 +48,19 @@ from .wasmer_worker import (
     read_exactly,
     write_all,
 )
+from wasmstream.errors import (
+    GuestError,
+    GuestMemoryLimit,
+    GuestTimeout,
+    GuestTrap,
+    ModuleError,
+    StartupError,
+    StateRefused,
+    UsageError,
+)
+from wasmstream.guest.abi import ExportDesc, FuncSig, GuestAbi, ImportDesc, ModuleInfo
+from wasmstream.run import interrupts
+from wasmstream.units import format_duration, format_size
 
 T = TypeVar("T")
 STARTUP_GRACE = 30.0  # seconds for a worker to start Python, compile and initialise
@@ -205,7 +205,7 @@ class _WorkerProcess:
         worker = cls()
         pid = os.fork()
         if pid == 0:
-            from .wasmer_worker import forked
+            from wasmstream.engines.wasmer_worker import forked
 
             forked(worker.theirs)  # never returns
         worker._started(_Forked(pid))

@@ -36,9 +36,9 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from ..abi import GuestAbi, ResultKind, StateKind
-from ..errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError, StateRefused
-from ..guest import Call, Guest
+from wasmstream.errors import GuestError, GuestMemoryLimit, GuestTrap, StartupError, StateRefused
+from wasmstream.guest.abi import GuestAbi, ResultKind, StateKind
+from wasmstream.guest.protocol import Call, Guest
 
 REPLY = struct.Struct("<BQI")
 REQUEST = struct.Struct("<cII")

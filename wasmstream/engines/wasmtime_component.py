@@ -30,10 +30,17 @@ import wasmtime
 from wasmtime import _bindings as _ffi
 from wasmtime import component as cm
 
-from .. import interrupts
-from ..abi import RESTORE, SNAPSHOT, GuestAbi, ModuleInfo, StateKind
-from ..component import RUN, ComponentInfo, ComponentItem, WitFunc
-from ..errors import (
+from wasmstream.engines.base import CopyingInstance, check_header
+from wasmstream.engines.wasmtime_engine import (
+    WasmtimeEngine,
+    _CappedOutput,
+    _frame_as_stdin,
+    _Guard,
+    _one_line,
+    _sandboxed_wasi,
+    _to_stderr,
+)
+from wasmstream.errors import (
     GuestError,
     GuestExit,
     GuestOutOfFuel,
@@ -44,17 +51,10 @@ from ..errors import (
     StartupError,
     StateRefused,
 )
-from ..units import format_duration, format_size
-from .base import CopyingInstance, check_header
-from .wasmtime_engine import (
-    WasmtimeEngine,
-    _CappedOutput,
-    _frame_as_stdin,
-    _Guard,
-    _one_line,
-    _sandboxed_wasi,
-    _to_stderr,
-)
+from wasmstream.guest.abi import RESTORE, SNAPSHOT, GuestAbi, ModuleInfo, StateKind
+from wasmstream.guest.component_abi import RUN, ComponentInfo, ComponentItem, WitFunc
+from wasmstream.run import interrupts
+from wasmstream.units import format_duration, format_size
 
 T = TypeVar("T")
 

@@ -27,19 +27,9 @@ from typing import Any, TypeVar
 
 import wasmtime
 
-from .. import interrupts
-from ..abi import (
-    COMMAND_START,
-    MEMORY_EXPORT,
-    WASM_PAGE,
-    ExportDesc,
-    FuncSig,
-    GuestAbi,
-    ImportDesc,
-    ModuleInfo,
-)
-from ..cache import ModuleCache, entry_name
-from ..errors import (
+from wasmstream.engines.base import CopyingInstance, Sandbox, check_header
+from wasmstream.engines.cache import ModuleCache, entry_name
+from wasmstream.errors import (
     GuestError,
     GuestExit,
     GuestMemoryLimit,
@@ -50,9 +40,19 @@ from ..errors import (
     ModuleError,
     StartupError,
 )
-from ..guest import Guest
-from ..units import format_duration, format_size
-from .base import CopyingInstance, Sandbox, check_header
+from wasmstream.guest.abi import (
+    COMMAND_START,
+    MEMORY_EXPORT,
+    WASM_PAGE,
+    ExportDesc,
+    FuncSig,
+    GuestAbi,
+    ImportDesc,
+    ModuleInfo,
+)
+from wasmstream.guest.protocol import Guest
+from wasmstream.run import interrupts
+from wasmstream.units import format_duration, format_size
 
 T = TypeVar("T")
 C = TypeVar("C")  # a compiled module or component
