@@ -5,7 +5,7 @@ a noisy neighbour hurts both alike. Prints one table; exits 0 whatever the numbe
 reports, it does not gate).
 
     python bench/bench.py [--quick]   # --quick: smaller inputs, fewer runs
-    python bench/bench.py --only b9 [--size MIB] [--runs N]   # one row, for a quick check
+    python bench/bench.py --only b9|b10|b11 [--size MIB] [--runs N]   # one row (b11: and b12)
     python bench/bench.py --only c1 [--size MIB] [--runs N]   # c1-c5: bench/components.py
 """
 
@@ -402,9 +402,7 @@ def extra_throughput(table: Table, path: Path, size: int, runs: int) -> None:
 
 def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     """B10 (bench/cluster.py), when Dask is installed."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
+    if not _has_dask():
         table.add("B10 --cluster local:2 vs -j 2", "skipped: no Dask", "", "", ">= 0.8x")
         return
     from cluster import cluster_row
@@ -412,13 +410,33 @@ def _cluster_row(table: Table, directory: Path, size: int, runs: int) -> None:
     cluster_row(table, directory, size, runs)
 
 
+def _parts_rows(table: Table, directory: Path, size: int, runs: int) -> None:
+    """B11 and B12 (bench/cluster.py), when Dask is installed."""
+    if not _has_dask():
+        table.add("B11/B12 --output-parts vs -o", "skipped: no Dask", "", "", "<= 0.5x")
+        return
+    from cluster import parts_rows
+
+    parts_rows(table, directory, size, runs)
+
+
+def _has_dask() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
+
+
+ONE_ROWS = ("b9", "b10", "b11", "b12")
+
+
 def only_one(argv: list[str]) -> int:
-    """One row alone: B9 on an input of --size MiB (default 256), or a C row (default 8)."""
+    """One row alone: b9, b10, b11 (with b12) on an input of --size MiB (default 256), or a C
+    row (default 8)."""
     row = argv[argv.index("--only") + 1].lower()
-    if row != "b9" and row not in COMPONENT_ROWS:
-        print(f"--only: b9 or one of {', '.join(COMPONENT_ROWS)}", file=sys.stderr)
+    if row not in ONE_ROWS and row not in COMPONENT_ROWS:
+        print(f"--only: one of {', '.join(ONE_ROWS + COMPONENT_ROWS)}", file=sys.stderr)
         return 2
-    default = 256 if row == "b9" else 8
+    default = 256 if row in ONE_ROWS else 8
     size = int(argv[argv.index("--size") + 1] if "--size" in argv else default) * MiB
     runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else 3
     table = Table()
@@ -427,6 +445,10 @@ def only_one(argv: list[str]) -> int:
         if row == "b9":
             data = make_input(directory, "data.bin", size)
             b9_stateful_checkpoint_cost(table, data, size, runs, directory)
+        elif row == "b10":
+            _cluster_row(table, directory, size, runs)
+        elif row in ("b11", "b12"):
+            _parts_rows(table, directory, size, runs)
         else:
             _component_rows(table, directory, size, runs, row)
     table.print()
@@ -485,6 +507,7 @@ def main(argv: list[str]) -> int:
             lambda: wasmer_side_by_side(table, small, cheap, medium, runs),
             lambda: extra_throughput(table, small, small_size, runs),
             lambda: _cluster_row(table, directory, 32 * MiB if quick else 256 * MiB, runs),
+            lambda: _parts_rows(table, directory, 32 * MiB if quick else 256 * MiB, runs),
             lambda: _component_rows(table, directory, 8 * MiB if quick else 64 * MiB, runs),
         ]
         for step in steps:

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from wasmstream.stream.framing import Framing
+
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = os.environ.get("WASMSTREAM_ENGINE", "wasmtime")  # `make test-wasmer` sets wasmer
 FIXTURES = ROOT / "fixtures"
@@ -157,3 +159,17 @@ class PeakRSS:
     def result(self) -> int:
         self._thread.join(timeout=5)
         return self.peak
+
+
+def records(framing: Framing, sizes: list[int]) -> bytes:
+    """An input of records of the given sizes, in the framing's format."""
+    out = bytearray()
+    for n, size in enumerate(sizes):
+        body = bytes((97 + (n + i) % 26) for i in range(size))
+        if framing is Framing.LENGTH_PREFIXED:
+            out += size.to_bytes(4, "big") + body
+        elif framing is Framing.DELIMITER:
+            out += body + b"\x1e"
+        else:
+            out += body + b"\n"
+    return bytes(out)

@@ -30,7 +30,15 @@ from wasmstream.stream.framing import Framing
 from wasmstream.stream.parts import shard_part, split
 from wasmstream.stream.sources import Inputs
 
-from conftest import HEAVY_TABLE, ROOT, assert_clean_failure, fixture, spawn, wasmstream
+from conftest import (
+    HEAVY_TABLE,
+    ROOT,
+    assert_clean_failure,
+    fixture,
+    records,
+    spawn,
+    wasmstream,
+)
 
 UPPER = fixture("upper.wasm")
 MARKS = fixture("marks.wasm")  # its output shows where every frame was cut
@@ -41,20 +49,6 @@ needs_dask = pytest.mark.skipif(
     importlib.util.find_spec("distributed") is None,
     reason="Dask is not installed (pip install 'wasmstream[dask]')",
 )
-
-
-def records(framing: Framing, sizes: list[int]) -> bytes:
-    """An input of records of the given sizes, in the framing's format."""
-    out = bytearray()
-    for n, size in enumerate(sizes):
-        body = bytes((97 + (n + i) % 26) for i in range(size))
-        if framing is Framing.LENGTH_PREFIXED:
-            out += size.to_bytes(4, "big") + body
-        elif framing is Framing.DELIMITER:
-            out += body + b"\x1e"
-        else:
-            out += body + b"\n"
-    return bytes(out)
 
 
 def transform_for(framing: Framing, frame_size: int) -> Transform:
@@ -457,6 +451,123 @@ def test_a_worker_killed_mid_run_changes_nothing(
     scheduler.add_worker()  # as it was, for whoever comes next
 
 
+# --- --output-parts on the scheduler: workers write the parts, the client only records them
+
+
+def parts_of(folder: Path) -> bytes:
+    names = sorted(name for name in os.listdir(folder) if name.startswith("part-"))
+    return b"".join((folder / name).read_bytes() for name in names)
+
+
+def only_committed(folder: Path, parts: int) -> bool:
+    """No attempt left, no part twice or out of range: exactly parts 0..N-1 and _SUCCESS."""
+    names = sorted(os.listdir(folder))
+    return names == ["_SUCCESS", "_checkpoint.json", *(f"part-{n:05d}" for n in range(parts))]
+
+
+def parts_run_on(scheduler: Scheduler, path: Path, folder: Path, *more: str) -> list[str]:
+    args = cluster_run(scheduler, path, folder, *more)
+    args[args.index("-o")] = "--output-parts"
+    return args
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("framing", list(Framing))
+def test_parts_written_by_workers_equal_one_run_for_every_framing(
+    scheduler: Scheduler, tmp_path: Path, framing: Framing
+) -> None:
+    data = records(framing, [n % 59 for n in range(2000)])
+    (tmp_path / "in").write_bytes(data)
+    if framing is Framing.FIXED:  # the very frames of one run: marks shows each cut
+        args = [MARKS, "in", "--free", "release", "--frame-size", "1000"]
+    else:
+        args = [UPPER, "in", "--framing", framing.value, "--frame-size", "1K"]
+        args += ["--delimiter", "\\x1e"] if framing is Framing.DELIMITER else []
+    whole = wasmstream("run", *args, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    done = wasmstream(
+        "run",
+        *args,
+        "--cluster-file",
+        scheduler.file,
+        "--part-size",
+        "8K",
+        "--output-parts",
+        "out",
+        cwd=tmp_path,
+        env=ENV,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert parts_of(tmp_path / "out") == whole.stdout
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".")]
+
+
+@pytest.mark.cluster
+@pytest.mark.wasmtime_only  # sleepy.wasm is a WASI command, which wasmer cannot run
+def test_parts_with_a_worker_killed_mid_run_are_exact_and_once(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    data = b"".join(b"2%03d" % n for n in range(12))  # sleepy: 200 ms per 4-byte part
+    (tmp_path / "in").write_bytes(data)
+    out = tmp_path / "out"
+    args = ["run", fixture("sleepy.wasm"), "in", "--frame-size", "4", "--part-size", "4"]
+    args += ["--cluster-file", scheduler.file, "--output-parts", "out"]
+    client = spawn(
+        args,
+        cwd=tmp_path,
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: out.exists() and any(n.startswith("part-") for n in os.listdir(out)))
+    victim = scheduler.alive()[0]  # busy: every part takes 200 ms, and there are 12
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _, stderr = client.communicate(timeout=120)
+    assert client.returncode == 0, stderr
+    assert parts_of(out) == data
+    assert only_committed(out, 12), sorted(os.listdir(out))  # its lost attempt removed too
+    scheduler.add_worker()  # as it was, for whoever comes next
+    scheduler.wait_for_workers(2)
+
+
+@pytest.mark.cluster
+def test_parts_with_the_client_killed_then_resumed_are_exact_and_once(
+    scheduler: Scheduler, heavy_data: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, expected = heavy_data
+    out = tmp_path / "out"
+    checkpoint = out / "_checkpoint.json"
+    client = spawn(
+        parts_run_on(scheduler, path, out),
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def part_way() -> bool:
+        try:
+            return bool(json.loads(checkpoint.read_text())["position"]["parts"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    wait_for(part_way)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    assert not (out / "_SUCCESS").exists()
+    done_before = json.loads(checkpoint.read_text())["position"]["input_bytes"]
+    assert 0 < done_before < len(expected)
+    # what a worker lost with the client may leave: an attempt, and a part never recorded
+    (out / ".part-00023.0123456789abcdef.tmp").write_bytes(b"half an attempt")
+    (out / "part-00023").write_bytes(b"committed, never recorded")
+    resumed = wasmstream("resume", "--checkpoint", str(checkpoint), env=ENV, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert parts_of(out) == expected
+    assert only_committed(out, len(expected) // (256 << 10)), sorted(os.listdir(out))
+
+
 @needs_dask
 @pytest.mark.cluster
 def test_the_scheduler_gone_stops_the_run_resumably(
@@ -624,6 +735,7 @@ def test_cluster_stats_count_the_workers_guest_time_and_parts(tmp_path: Path) ->
         "out",
         "--stats-json",
         "stats.json",
+        "--stats",
         cwd=tmp_path,
         env=ENV,
     )
@@ -632,7 +744,11 @@ def test_cluster_stats_count_the_workers_guest_time_and_parts(tmp_path: Path) ->
     parts = -(-len(data) // 65536)
     assert stats["in_guest_seconds"] > 0
     assert stats["workers"] == 2
-    assert f"{parts} parts of 64KiB" in stats["jobs"], stats["jobs"]
+    assert f"{parts} parts of 64KiB (as given (--part-size))" in stats["jobs"], stats["jobs"]
+    # guest time is summed over the workers: its share is of their time, never over 100%
+    line = next(x for x in done.stderr.decode().splitlines() if "in guest" in x)
+    assert "summed over 2 instances" in line, line
+    assert 0 <= int(line.split("(")[1].split("%")[0]) <= 100, line
 
 
 @needs_dask

@@ -16,7 +16,7 @@ threads: each call starts its own instance of the shared compiled module.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
@@ -44,6 +44,7 @@ from wasmstream.run.skeleton import (
     run_steps,
 )
 from wasmstream.stream.framing import Frame, Framing, Oversize
+from wasmstream.stream.output_parts import Committed
 from wasmstream.stream.parts import Part, align
 from wasmstream.stream.sources import Inputs
 
@@ -73,6 +74,8 @@ class PartResult:
     skipped_records: int = 0
     skipped_bytes: int = 0
     guest_seconds: float = 0.0  # in guest calls, when asked to time them (--stats)
+    # --output-parts: the part as committed to its folder (its output is there, not here)
+    committed: Committed | None = None
 
 
 Size = int | str
@@ -224,21 +227,41 @@ class Transform:
         recorder = _Recorder(self.failed, self.settings.on_error, keep_input=False)
         yield from self._range_outputs(inputs, part, recorder)
 
+    @classmethod
+    def of_loaded(cls, settings: RunConfig, loaded: LoadedModule, config: bytes) -> Transform:
+        """The transform of a run whose module is loaded already (`settings` settled for it):
+        its parts run here, sharing its engine, which the run closes."""
+        transform = cls.__new__(cls)
+        transform._config = config
+        transform.loaded = loaded
+        transform.settings = settings
+        transform.failed = []
+        return transform
+
     def run_part(
-        self, inputs: Inputs, part: Part, keep_input: bool = False, timed: bool = False
+        self,
+        inputs: Inputs,
+        part: Part,
+        keep_input: bool = False,
+        timed: bool = False,
+        write: Callable[[bytes], object] | None = None,
     ) -> PartResult:
-        """One aligned part, its output gathered (a cluster task). A failure that stops the
-        part (a guest's under `on_error="fail"`, an oversized record, an unreadable input) is
-        returned, with the output of the frames before it, not raised: the caller writes that
-        output, then raises it, as a local run would. `keep_input`: failed frames keep their
-        input (for dead letters); `timed`: count the seconds spent in the guest."""
+        """One aligned part, its output gathered (a cluster task), or handed to `write` as it
+        is done (a part written to its file). A failure that stops the part (a guest's under
+        `on_error="fail"`, an oversized record, an unreadable input) is returned, with the
+        output of the frames before it, not raised: the caller writes that output, then raises
+        it, as a local run would. `keep_input`: failed frames keep their input (for dead
+        letters); `timed`: count the seconds spent in the guest."""
         self._check_splittable()
         result = PartResult()
         recorder = _Recorder(result.failed, self.settings.on_error, keep_input)
         chunks: list[bytes] = []
         try:
             for output in self._range_outputs(inputs, part, recorder, result, timed):
-                chunks.append(output)
+                if write is None:
+                    chunks.append(output)
+                else:
+                    write(output)
                 result.frames += 1
         except Interrupted:
             raise
@@ -340,6 +363,12 @@ class _Collected:
         return taken
 
     def sync(self) -> None:
+        pass
+
+    def committed(self) -> None:
+        return None
+
+    def complete(self) -> None:
         pass
 
     def close(self) -> None:

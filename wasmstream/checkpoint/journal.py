@@ -30,18 +30,29 @@ import time
 from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from wasmstream.checkpoint import record as checkpoint
 from wasmstream.checkpoint import state_files as state
-from wasmstream.checkpoint.record import Checkpoint, Digest, Failure, Position, StateRecord, Status
+from wasmstream.checkpoint.record import (
+    Checkpoint,
+    Digest,
+    Failure,
+    PartRecord,
+    Position,
+    StateRecord,
+    Status,
+)
 from wasmstream.errors import BrokenPipe, GuestError, WasmstreamError
 from wasmstream.run.options import Reached
 from wasmstream.run.tally import Tally
 from wasmstream.stream.framing import Frame
 from wasmstream.stream.input import WINDOW
+
+if TYPE_CHECKING:
+    from wasmstream.stream.output_parts import Committed
 
 
 class StreamProgress(Protocol):
@@ -162,8 +173,10 @@ class Journal:
         state_kind: str = "exports",
         pipe_fd: int | None = None,
         log_sizes: Callable[[], tuple[int | None, int | None]] | None = None,
+        parts: Callable[[], list[tuple[int, Committed]] | None] | None = None,
     ) -> None:
         self.path = path
+        self._parts = parts or (lambda: None)
         self._log_sizes = log_sizes or (lambda: (None, None))
         self._start_logs = self._log_sizes()
         self._snapshot = snapshot
@@ -345,7 +358,24 @@ class Journal:
             finished=finished,
             dead_letter_bytes=done.log_bytes[0],
             drop_log_bytes=done.log_bytes[1],
+            parts=self._part_records(),
         )
+
+    def _part_records(self) -> list[PartRecord] | None:
+        """--output-parts: every part committed so far (they cover what the position claims:
+        the client records a part before it counts its input as done)."""
+        parts = self._parts()
+        if parts is None:
+            return None
+        return [
+            PartRecord(
+                number=number,
+                size=part.size,
+                tail=Digest(length=part.tail_length, sha256=part.tail_sha256),
+                dead_letters=part.dead_letters,
+            )
+            for number, part in parts
+        ]
 
     @property
     def input_bytes(self) -> int:

@@ -182,6 +182,19 @@ class Position(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # frames it does again are logged once (None: no such log, or a checkpoint from before).
     dead_letter_bytes: Count | None = None
     drop_log_bytes: Count | None = None
+    # --output-parts: the parts committed, in input order (output_bytes is their total size)
+    parts: list[PartRecord] | None = None
+
+
+class PartRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A part committed to `--output-parts DIR` (stream/output_parts.py): `DIR/part-NUMBER`, its
+    size and the digest of its last bytes, and the size of its dead letters (None: it had
+    none)."""
+
+    number: Count
+    size: Count
+    tail: Digest
+    dead_letters: Count | None = None
 
 
 class StateRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -216,6 +229,7 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     command: Command
     inputs: list[InputRecord]
     output: str | None  # absolute path, or None for standard output
+    output_parts: bool = False  # `output` is a folder of parts (--output-parts)
     output_file: OutputFile | None = None
     position: Position
     # Where the run stops in the input: a shard that is not the last keeps the end its first
@@ -345,7 +359,16 @@ def inconsistency(saved: Checkpoint) -> str | None:
         problem = _path_problem(path)
         if problem:
             return problem
-    if saved.output is not None and position.output_bytes and position.output_tail is None:
+    if saved.output_parts != (position.parts is not None):
+        return "its output is a folder of parts, or records parts, but not both"
+    if position.parts is not None and sum(p.size for p in position.parts) != position.output_bytes:
+        return "the parts it records do not add up to the output bytes written"
+    if (
+        saved.output is not None
+        and not saved.output_parts
+        and position.output_bytes
+        and position.output_tail is None
+    ):
         return "it records output written to a file but no digest of it"
     if not saved.inputs:
         return "it lists no input"
@@ -430,6 +453,7 @@ def check_resumable(
     output_fd: int | None,
     force: bool,
     source: str,
+    output_parts: bool = False,
 ) -> None:
     """Refuse (CheckpointError) when continuing from `saved` could not give correct output.
 
@@ -458,12 +482,35 @@ def check_resumable(
             )
     if [i.path for i in saved.inputs] != [i.path for i in inputs]:
         raise CheckpointError(f"the inputs differ from those recorded in checkpoint {source}")
-    if saved.output != output:
+    if saved.output != output or saved.output_parts != output_parts:
         raise CheckpointError(f"the output differs from the one recorded in checkpoint {source}")
     for then, current, done in zip(saved.inputs, inputs, saved.position.per_input, strict=False):
         _check_input(then, current, done, force, source)
     if output is not None and output_fd is not None:
         _check_output(saved, text_path(output), output_fd, force, source)
+    if output is not None and output_parts:
+        _check_folder(saved, text_path(output), force, source)
+
+
+def _check_folder(saved: Checkpoint, folder: str, force: bool, source: str) -> None:
+    """--output-parts: the folder is the one the checkpoint was written in (a link or another
+    folder swapped in for it is refused; --force resumes a copy). Its parts are checked when
+    the run opens them (output_parts.check_recorded)."""
+    info = os.stat(folder)
+    recorded = saved.output_file
+    if (
+        recorded is not None
+        and not force
+        and (recorded.device, recorded.inode)
+        != (
+            info.st_dev,
+            info.st_ino,
+        )
+    ):
+        raise CheckpointError(
+            f"folder {folder} is not the one recorded in checkpoint {source} (another inode: "
+            "replaced, or a link to another folder); --force resumes anyway if it is a copy"
+        )
 
 
 def _check_output(saved: Checkpoint, output: str, fd: int, force: bool, source: str) -> None:

@@ -98,8 +98,11 @@ RECORDED: dict[str, tuple[str, Codec]] = {
 # Recorded elsewhere in the checkpoint (module, inputs, output, engine), or not part of the
 # run's definition (what the invocation asks of the checkpoint, caching, measuring, tests).
 NOT_RECORDED = frozenset(
-    {"module", "inputs", "output", "engine", "checkpoint", "resume", "restart", "force"}
+    {"module", "inputs", "output", "output_parts", "engine", "checkpoint"}
+    | {"resume", "restart", "force"}
     | {"cache", "timings", "flip_every"}
+    # how part_size was decided: the size itself is recorded, and a resume keeps it
+    | {"part_size_auto"}
     # derived from the module (a text component), whose hash the checkpoint records
     | {"framing.whole_chars"}
 )

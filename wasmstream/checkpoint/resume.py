@@ -33,6 +33,7 @@ from wasmstream.stream.input import STDIN, ConcatenatedInput
 
 if TYPE_CHECKING:
     from wasmstream.run.tally import Tally
+    from wasmstream.stream.output_parts import Committed
 
 
 class CheckpointPlan:
@@ -142,6 +143,16 @@ class CheckpointPlan:
                     f"{self.config.checkpoint}: it is not the same data{hint}"
                 )
 
+    def saved_parts(self) -> list[tuple[int, Committed]]:
+        """--output-parts: the parts the checkpoint records as committed (none: a fresh run)."""
+        from wasmstream.stream.output_parts import Committed
+
+        parts = self.saved.position.parts if self.saved is not None else None
+        return [
+            (p.number, Committed(p.size, p.tail.length, p.tail.sha256, p.dead_letters))
+            for p in parts or ()
+        ]
+
     def saved_state(self, kind: StateKind) -> bytes | None:
         """The guest state to restore before going on (None: start the guest afresh). Refuses
         (CheckpointError) a state that is missing, altered, of another kind, or a position past
@@ -173,6 +184,7 @@ class CheckpointPlan:
         snapshot: Callable[[], bytes | None] | None = None,
         state_kind: str = "exports",
         log_sizes: Callable[[], tuple[int | None, int | None]] | None = None,
+        parts: Callable[[], list[tuple[int, Committed]] | None] | None = None,
     ) -> Journal:
         """The journal (which saves nothing yet: see `begin`)."""
         config = self.config
@@ -194,6 +206,7 @@ class CheckpointPlan:
             snapshot=snapshot,
             state_kind=state_kind,
             log_sizes=log_sizes,
+            parts=parts,
         )
         return journal
 
@@ -219,10 +232,11 @@ def new_record(
     origin = origin or Reached()
     stamp = checkpoint.now()
     options, command = record_options(config, config_bytes)
-    output = None if config.output in (None, STDIN) else os.path.abspath(str(config.output))
+    written = config.output_parts or config.output
+    output = None if written in (None, STDIN) else os.path.abspath(str(written))
     output_file = None
-    if output_fd is not None:
-        info = os.fstat(output_fd)
+    if output_fd is not None or config.output_parts is not None:  # the file, or the folder
+        info = os.fstat(output_fd) if output_fd is not None else os.stat(str(output))
         output_file = OutputFile(device=info.st_dev, inode=info.st_ino)
     text = checkpoint.path_text
     optional = checkpoint.optional_path_text
@@ -236,11 +250,13 @@ def new_record(
         command=command,
         inputs=[_input_record(path) for path in (config.inputs or (STDIN,))],
         output=optional(output),
+        output_parts=config.output_parts is not None,
         output_file=output_file,
         position=Position(
             input_bytes=origin.input_bytes,
             per_input=list(origin.per_input) or [0] * max(len(config.inputs), 1),
             frames=origin.frames,
+            parts=[] if config.output_parts is not None else None,
         ),
         end=end,
         created=stamp,
@@ -288,6 +304,7 @@ def previous_checkpoint(
         output_fd=output_fd,
         force=config.force,
         source=path,
+        output_parts=record.output_parts,
     )
     _check_growth_is_at_the_end(saved, record, path)
     return saved
@@ -342,10 +359,12 @@ def config_from_checkpoint(
         recorded["jobs"] = jobs
     if queue_depth is not None:
         recorded["queue_depth"] = queue_depth
+    output = checkpoint.optional_text_path(saved.output)
     return RunConfig(
         module=path_of(saved.module.path),
         inputs=tuple(path_of(i.path) for i in saved.inputs),
-        output=checkpoint.optional_text_path(saved.output),
+        output=None if saved.output_parts else output,
+        output_parts=output if saved.output_parts else None,
         engine=saved.engine,
         checkpoint=path,
         resume=True,

@@ -160,10 +160,12 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     status: int = ExitStatus.FAILURE
     try:
         runner = run
-        if config.clustered:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
+        if config.in_parts:  # Dask and asyncio load only for a cluster run: 20 ms of start-up
             from wasmstream.run.cluster import run as runner
         progress = _observers(
-            operator.progress_factory(config.output), metrics.observe if metrics else None
+            # a folder of parts puts nothing on standard output: progress may go to the terminal
+            operator.progress_factory(config.output_parts or config.output),
+            metrics.observe if metrics else None,
         )
         summary = runner(config, notify=operator.notify, progress=progress)
         status = ExitStatus.OK
@@ -196,7 +198,11 @@ def _metrics_for(config: RunConfig, operator: Operator) -> MetricsFile | None:
 
     interval = config.checkpoint_interval if config.checkpoint else DEFAULT_INTERVAL
     return MetricsFile(
-        operator.metrics_file, config.module, config.output, interval, operator.notify
+        operator.metrics_file,
+        config.module,
+        config.output_parts or config.output,
+        interval,
+        operator.notify,
     )
 
 
@@ -251,9 +257,17 @@ def run_command(**values: Any) -> None:
     """
     operator = Operator(**OPERATOR.take(values))
     cache = not values.pop("no_cache")
+    output_parts = values["output_parts"]
+    if output_parts is not None:
+        _check_output_parts(values)
     output = values.pop("output")
     kept = CHECKPOINTING.take(values)
-    checkpoint = configure.checkpoint_path(kept["checkpoint"], kept["no_checkpoint"], output)
+    if output_parts is not None:
+        from wasmstream.stream.output_parts import checkpoint_name
+
+        checkpoint: str | None = os.path.join(output_parts, checkpoint_name(values["shard"]))
+    else:
+        checkpoint = configure.checkpoint_path(kept["checkpoint"], kept["no_checkpoint"], output)
     resuming = RESUMING.take(values)
     if resuming["resume"] and resuming["restart"]:
         raise click.UsageError("--resume and --restart exclude each other")
@@ -261,6 +275,7 @@ def run_command(**values: Any) -> None:
         raise click.UsageError(
             "--resume, --restart and --force need a checkpoint: --checkpoint FILE, or -o FILE"
         )
+    given_part_size = values["part_size"]
     shard, cluster, cluster_file, part_size = configure.placement(**PLACEMENT.take(values))
     failures, overload = FAILURES.take(values), OVERLOAD_POLICY.take(values)
     config = RunConfig(
@@ -290,9 +305,29 @@ def run_command(**values: Any) -> None:
         cluster=cluster,
         cluster_file=cluster_file,
         part_size=part_size,
+        # shards of one folder must agree on their parts: the default, not a choice of each
+        part_size_auto=given_part_size is None and (output_parts is None or shard is None),
+        output_parts=output_parts,
     )
     _all_taken(values)
     _run_as_operator(config, operator)
+
+
+# What --output-parts cannot go with, and why.
+NOT_WITH_PARTS = {
+    "output": ("-o/--output", "the output is the folder's parts"),
+    "checkpoint": ("--checkpoint", "the checkpoint lives in DIR"),
+    "no_checkpoint": ("--no-checkpoint", "the folder's parts are recorded in its checkpoint"),
+    "dead_letter": ("--dead-letter", "dead letters go beside their parts, in DIR"),
+    "drop_log": ("--drop-log", "nothing is dropped: parts in flight are bounded"),
+    "queue_depth": ("--queue-depth", "parts run whole, with no queue of frames"),
+}
+
+
+def _check_output_parts(values: dict[str, Any]) -> None:
+    for name, (flag, why) in NOT_WITH_PARTS.items():
+        if values[name] not in (None, False):
+            raise click.UsageError(f"--output-parts and {flag} exclude each other: {why}")
 
 
 def _abi(values: dict[str, Any], *more: OptionGroup) -> AbiOptions:

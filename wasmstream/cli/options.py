@@ -329,7 +329,14 @@ PLACEMENT = (
         "--part-size",
         metavar="SIZE",
         type=Size(),
-        help=f"Input bytes per cluster task [default: {format_size(DEFAULT_PART_SIZE)}].",
+        help="Input bytes per part (cluster task) [default: 8 per worker, 1MiB to "
+        f"{format_size(DEFAULT_PART_SIZE)}].",
+    )
+    + option(
+        "--output-parts",
+        metavar="DIR",
+        help="Write each part's output where it runs, to DIR/part-00000 …; DIR/_SUCCESS at "
+        "the end.",
     )
 )
 

@@ -225,6 +225,18 @@ class Stats:
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
+    def _guest_share(self) -> str:
+        """Guest time is summed over the instances (a cluster's: over its workers), so its
+        share is of their time together, not of the wall clock."""
+        workers = max(1, self.workers)
+        available = self.elapsed_seconds * workers
+        share = f"{100 * self.in_guest_seconds / available:.0f}%" if available else "0%"
+        plural = "" if workers == 1 else "s"
+        return (
+            f"{self.in_guest_seconds:.2f}s, summed over {workers} instance{plural} "
+            f"({share} of their time)"
+        )
+
     def as_text(self) -> str:
         def share(seconds: float) -> str:
             return (
@@ -240,7 +252,7 @@ class Stats:
             f"bytes       {self.bytes_in} in, {self.bytes_out} out",
             f"elapsed     {self.elapsed_seconds:.2f}s, {self.throughput_mib_s} MiB/s",
             f"input wait  {share(self.waiting_for_input_seconds)}",
-            f"in guest    {share(self.in_guest_seconds)} (summed over instances)",
+            f"in guest    {self._guest_share()}",
             f"output wait {share(self.waiting_for_output_seconds)}",
         ]
         if self.skipped_records:

@@ -18,20 +18,34 @@ ends the run with exit 8 and a checkpoint `--resume` continues from.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
+import subprocess
 import threading
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from functools import partial
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from wasmstream.engines import LoadedModule, read_module
 from wasmstream.errors import GuestError, IOFailure, UsageError, WasmstreamError
-from wasmstream.run.options import Notify, OnError, RunConfig, local_workers
+from wasmstream.run.on_error import dead_letter
+from wasmstream.run.options import (
+    DEFAULT_PART_SIZE,
+    MIN_AUTO_PART,
+    PARTS_PER_WORKER,
+    Notify,
+    OnError,
+    RunConfig,
+    auto_part_size,
+    local_workers,
+)
 from wasmstream.run.skeleton import (
     ProgressFactory,
     Run,
@@ -39,14 +53,16 @@ from wasmstream.run.skeleton import (
     execute,
     plan_run,
     run_steps,
+    shard_start,
     sink_opener,
 )
 from wasmstream.run.skeleton import run as run_locally
+from wasmstream.stream import output_parts
 from wasmstream.stream.framing import Frame
 from wasmstream.stream.locks import RunFiles
-from wasmstream.stream.parts import Part, split
-from wasmstream.stream.sources import INSTALL_DASK, Inputs, absolute
-from wasmstream.transform import PartResult, Transform
+from wasmstream.stream.parts import Part, grid_step, split
+from wasmstream.stream.sources import INSTALL_DASK, Inputs, absolute, is_url
+from wasmstream.transform import FailedFrame, PartResult, Transform
 from wasmstream.units import format_size
 
 MiB = 1 << 20
@@ -64,11 +80,31 @@ def run(
 ) -> RunSummary:
     """`wasmstream.run.skeleton.run`, or with `config.part_size` (--cluster), the same run
     spread over a cluster."""
-    if not config.clustered:
+    if not config.in_parts:
         return run_locally(config, notify, progress)
-    require_dask()
-    check_scheduler(config)
-    return execute(config, _run_on_cluster, notify, progress)
+    if config.clustered:
+        require_dask()
+        check_scheduler(config)
+    folder = config.output_parts
+    if folder is not None and is_url(folder):
+        raise UsageError(
+            f"--output-parts {folder}: writing parts to an object store is not supported yet; "
+            "give a folder (a shared filesystem on a cluster)"
+        )
+    created = folder is not None and output_parts.make_folder(folder)
+    count = local_workers(config.cluster) if config.clustered else None
+    started = None if count is None else _LocalWorkers(count)  # before Dask is even imported
+    try:
+        body = partial(_run_in_parts, started=started)
+        return execute(config, body, notify, progress)
+    except BaseException:
+        if created:  # refused before anything was written: the folder goes again
+            with contextlib.suppress(OSError):
+                os.rmdir(str(folder))
+        raise
+    finally:
+        if started is not None:
+            started.close()
 
 
 def _asyncio_timeout() -> type[BaseException]:
@@ -123,11 +159,12 @@ def check_scheduler(config: RunConfig) -> None:
 
 
 def require_dask() -> None:
-    """Fail at once, before any file is opened, when Dask is not installed."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}") from None
+    """Fail at once, before any file is opened, when Dask is not installed (without importing
+    it: that takes most of a second, which a local cluster's workers spend starting meanwhile)."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}")
 
 
 # --- on the workers ------------------------------------------------------------------------
@@ -202,17 +239,63 @@ def run_part_task(
     part: Part,
     keep_input: bool,
     timed: bool = False,
+    parts_dir: str | None = None,
 ) -> PartResult:
     """A cluster task: one part of the input through the module (on a worker). Every failure
     comes back in the result, as plain data (`WasmstreamError.detached`): raised, Dask would
     pickle its traceback and chained errors, or log them on the worker."""
     try:
         make = partial(Transform.from_config, settings, wasm, config)
-        with _TRANSFORMS.use((sha256, settings, config), make) as transform, Inputs(paths) as src:
-            return transform.run_part(src, part, keep_input, timed)
+        with _TRANSFORMS.use((sha256, settings, config), make) as transform:
+            return run_part(transform, paths, part, keep_input, timed, parts_dir)
     except WasmstreamError as error:
-        failure = error.detached()
-    return PartResult(error=failure)
+        return PartResult(error=error.detached())
+
+
+def run_part(
+    transform: Transform,
+    paths: tuple[str, ...],
+    part: Part,
+    keep_input: bool,
+    timed: bool,
+    parts_dir: str | None,
+) -> PartResult:
+    """One part, wherever it runs: its output returned, or (`parts_dir`) written to its own
+    file there and committed (output_parts.py), with its failed frames beside it. A failure comes
+    back in the result; a part that failed is not committed."""
+    try:
+        with Inputs(paths) as inputs:
+            if parts_dir is None:
+                return transform.run_part(inputs, part, keep_input, timed)
+            return _run_part_into(transform, inputs, part, timed, parts_dir)
+    except WasmstreamError as error:
+        return PartResult(error=error.detached())
+
+
+def _run_part_into(
+    transform: Transform, inputs: Inputs, part: Part, timed: bool, parts_dir: str
+) -> PartResult:
+    attempt = output_parts.PartAttempt(parts_dir, part.number)
+    try:
+        result = transform.run_part(inputs, part, True, timed, write=attempt.write)
+        if result.error is None:
+            lines = [_dead_letter_line(failed) for failed in result.failed]
+            result.committed = attempt.commit(b"".join(lines))
+        else:
+            attempt.abandon()
+    except BaseException:
+        attempt.abandon()
+        raise
+    # the client counts them; their input is in the part's dead letters, not sent back
+    result.failed = [dataclasses.replace(failed, data=b"") for failed in result.failed]
+    return result
+
+
+def _dead_letter_line(failed: FailedFrame) -> bytes:
+    import json
+
+    record = dead_letter(failed.frame, failed.offset, failed.length, failed.error, failed.data)
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def task_settings(config: RunConfig) -> RunConfig:
@@ -248,27 +331,85 @@ class _Done:
         return list(self._inputs.per_input(self._start + stream_offset))
 
 
-def _run_on_cluster(
+def _run_in_parts(
     config: RunConfig,
     loaded: LoadedModule,
     config_bytes: bytes,
     files: RunFiles,
     notify: Notify,
     progress: ProgressFactory | None,
+    *,
+    started: _LocalWorkers | None = None,
 ) -> RunSummary:
-    run = plan_run(config, loaded, config_bytes, notify, files.output_fd)
-    for _ in run_steps(run, ClusterParts(), sink_opener(config, files, run.summary), progress):
-        pass
+    with _tasks(config, loaded, config_bytes, notify, started) as tasks:
+        config, why = _sized(config, tasks.expected())
+        origin, end = shard_start(config)
+        run = plan_run(config, loaded, config_bytes, notify, files.output_fd, origin, end)
+        folder = None if config.output_parts is None else _parts_folder(run)
+        opener = folder.open if folder is not None else sink_opener(config, files, run.summary)
+        for _ in run_steps(run, ClusterParts(tasks, folder, why), opener, progress):
+            pass
     return run.summary
 
 
-class ClusterParts:
-    """The executor of a cluster run: the input from where the run starts cut into parts
-    (stream/parts.py), each a task on the cluster, their outputs written in order by `_Client`."""
+def _sized(config: RunConfig, workers: int) -> tuple[RunConfig, str]:
+    """The run with its part size decided, and why it is that (for --stats): given, as the
+    checkpoint recorded it (a resumed run), or about PARTS_PER_WORKER parts per worker."""
+    if not config.part_size_auto:
+        return config, "as given (--part-size)"
+    recorded = _recorded_part_size(config)
+    if recorded is not None:
+        return dataclasses.replace(config, part_size=recorded), "as the checkpoint records"
+    with Inputs(config.inputs) as inputs:
+        total = inputs.total
+    size = auto_part_size(total, workers)
+    why = (
+        f"chosen for {format_size(total)} on {workers} worker{'' if workers == 1 else 's'}: "
+        f"about {PARTS_PER_WORKER} each, {format_size(MIN_AUTO_PART)} to "
+        f"{format_size(DEFAULT_PART_SIZE)}"
+    )
+    return dataclasses.replace(config, part_size=size), why
 
-    def __init__(self) -> None:
+
+def _recorded_part_size(config: RunConfig) -> int | None:
+    """A resumed run keeps the parts its checkpoint was cut in."""
+    if not config.resume or config.checkpoint is None:
+        return None
+    from wasmstream.checkpoint import record as checkpoint
+
+    saved = checkpoint.load(config.checkpoint)  # a bad one is refused later, by the plan
+    return None if saved is None else saved.options.part_size
+
+
+def _parts_folder(run: Run) -> output_parts.PartsFolder:
+    """The run's folder of parts, with the range of part numbers it writes (a shard's: its
+    own), and what its checkpoint records of them."""
+    config, plan = run.config, run.plan
+    assert config.output_parts is not None and config.part_size is not None
+    assert plan is not None and config.checkpoint is not None
+    step = grid_step(config.framing.framing, config.frame_size, config.part_size)
+    first = plan.origin.input_bytes // step
+    numbers = range(first, output_parts.MAX_PARTS if run.end is None else run.end // step)
+    fresh = plan.saved is None and not plan.replaces
+    return output_parts.PartsFolder(
+        config.output_parts, config.checkpoint, config.shard, numbers, plan.saved_parts(), fresh
+    )
+
+
+class ClusterParts:
+    """The executor of a run in parts: the input from where the run starts cut into parts
+    (parts.py), each a task on the cluster or (--output-parts without --cluster) on a thread
+    here; their outputs written in order by `_Client`, or each committed to its own file in
+    the parts folder where it ran, the client recording them in order."""
+
+    def __init__(
+        self, tasks: _Tasks, folder: output_parts.PartsFolder | None = None, why: str = ""
+    ) -> None:
+        self._tasks = tasks
         self._inputs: Inputs | None = None
         self._parts: list[Part] = []
+        self._folder = folder
+        self._why = why  # how the part size was decided
 
     def open(self, run: Run) -> _Done:
         config = run.config
@@ -277,16 +418,26 @@ class ClusterParts:
         # Cut from where the run starts: a resumed run's start is a record start (where a part,
         # or the input, ended), and the input may have grown since.
         self._parts = split(
-            inputs, config.framing, config.frame_size, config.part_size, run.start.input_bytes
+            inputs,
+            config.framing,
+            config.frame_size,
+            config.part_size,
+            run.start.input_bytes,
+            run.end,
         )
+        if self._folder is not None and self._parts:
+            self._folder.check_count(self._parts[-1].number)
         return _Done(inputs, run.start.input_bytes)
 
     def execute(self, run: Run) -> Iterator[None]:
         assert self._inputs is not None
-        with _client(run.config, run.notify) as client:
-            runner = _Client(client, run, self._inputs)
-            runner.run(self._parts)
+        try:
+            runner = _Client(self._tasks, run, self._folder)
+            runner.run(self._parts, self._why)
             run.notify(runner.report())
+        finally:
+            if self._folder is not None:  # what ran but was not recorded goes again
+                self._folder.tidy()
         return iter(())
 
     def snapshot(self) -> bytes | None:
@@ -298,22 +449,211 @@ class ClusterParts:
 
 
 @contextmanager
-def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
-    """A Dask client: of a local cluster started for the run, or of a running scheduler."""
-    from distributed import Client, LocalCluster
+def _tasks(
+    config: RunConfig,
+    loaded: LoadedModule,
+    config_bytes: bytes,
+    notify: Notify,
+    started: _LocalWorkers | None,
+) -> Iterator[_Tasks]:
+    """Where the parts run: on a Dask cluster, or (--output-parts alone) here."""
+    parts_dir = None if config.output_parts is None else os.path.abspath(config.output_parts)
+    if not config.clustered:
+        assert parts_dir is not None
+        with _HereTasks(config, loaded, config_bytes, parts_dir) as here:
+            yield here
+        return
+    with _client(config, notify, started) as client:
+        yield _DaskTasks(client, config, loaded, config_bytes, parts_dir, started)
 
-    workers = local_workers(config.cluster)
+
+class _Tasks(Protocol):
+    """What the client asks of whatever runs its parts."""
+
+    def workers(self) -> int:
+        """How many are there now."""
+        ...
+
+    def expected(self) -> int:
+        """How many there are to be (a local cluster's workers may still be starting)."""
+        ...
+
+    def submit(self, part: Part) -> Any:
+        """Start the part; a future whose `result(timeout)` is its PartResult."""
+        ...
+
+    def stop(self, futures: list[Any]) -> None:
+        """The run stops: parts not started are not started, and (here) running ones end."""
+        ...
+
+
+class _DaskTasks:
+    """Parts as tasks on a Dask cluster. The module's bytes are scattered to every worker
+    once (on the first part)."""
+
+    def __init__(
+        self,
+        client: Any,
+        config: RunConfig,
+        loaded: LoadedModule,
+        config_bytes: bytes,
+        parts_dir: str | None,
+        started: _LocalWorkers | None,
+    ) -> None:
+        self._client = client
+        self._args = (
+            loaded.sha256,
+            None,  # the module's bytes on the workers, once scattered
+            task_settings(config),
+            config_bytes,
+            _as_workers_see_them(tuple(config.inputs)),
+        )
+        self._expected = started.count if started is not None else max(1, self.workers())
+        self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
+        self._timed = config.timings
+        self._parts_dir = parts_dir
+        self._module = config.module
+        self._run_id = uuid.uuid4().hex  # task keys: two runs on one scheduler never share
+
+    def workers(self) -> int:
+        return len(self._client.scheduler_info().get("workers", {}))
+
+    def expected(self) -> int:
+        return self._expected
+
+    def stop(self, futures: list[Any]) -> None:
+        with contextlib.suppress(Exception):  # a scheduler gone away has nothing to cancel
+            self._client.cancel(futures)  # running tasks end on their own: the next run tidies
+
+    def submit(self, part: Part) -> Any:
+        if self._args[1] is None:
+            wasm = self._client.scatter(read_module(self._module), broadcast=True, hash=False)
+            self._args = (self._args[0], wasm, *self._args[2:])
+        return self._client.submit(
+            run_part_task,
+            *self._args,
+            part,
+            self._keep_input,
+            self._timed,
+            self._parts_dir,
+            key=f"wasmstream-part-{self._run_id}-{part.number}",
+            pure=False,
+        )
+
+
+class _HereTasks:
+    """Parts on this machine (--output-parts without --cluster): `--jobs` threads, each
+    running one part at a time on an instance of the run's own compiled module, committing
+    it to the folder as a worker does. No Dask."""
+
+    def __init__(
+        self, config: RunConfig, loaded: LoadedModule, config_bytes: bytes, parts_dir: str
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._jobs = config.max_jobs
+        self._pool = ThreadPoolExecutor(self._jobs, thread_name_prefix="wasmstream-part")
+        self._transform = Transform.of_loaded(task_settings(config), loaded, config_bytes)
+        self._paths = tuple(config.inputs)
+        self._timed = config.timings
+        self._parts_dir = parts_dir
+
+    def __enter__(self) -> _HereTasks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # parts not started are not started; running ones end (a signal stops their guests)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def workers(self) -> int:
+        return self._jobs
+
+    def expected(self) -> int:
+        return self._jobs
+
+    def stop(self, futures: list[Any]) -> None:
+        from concurrent.futures import wait
+
+        for future in futures:
+            future.cancel()
+        wait(futures)  # running parts end (a signal stops their guests): then tidy
+
+    def submit(self, part: Part) -> Any:
+        return self._pool.submit(
+            run_part, self._transform, self._paths, part, True, self._timed, self._parts_dir
+        )
+
+
+class _LocalWorkers:
+    """`--cluster local:N`'s workers: N Dask worker processes, started as the run begins —
+    before this process imports Dask, reads or compiles the module — and pointed at the
+    scheduler this process starts later on a port chosen now; they import Dask, wasmstream and
+    the engine meanwhile (start-up was most of a second: the client's import of Dask, then a
+    nanny process per worker importing it, then the worker importing it again; now all at
+    once, without nannies). Each is a process of its own (spawned, not forked: a process that
+    has used wasmtime must not fork) in a session of its own, so the terminal's Ctrl-C reaches
+    only the client, which closes them; a worker whose scheduler goes away (the client killed)
+    closes itself."""
+
+    def __init__(self, count: int) -> None:
+        import socket
+        import sys
+
+        self.count = count
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        command = [sys.executable, "-m", "distributed.cli.dask_worker"]
+        command += [f"tcp://127.0.0.1:{self.port}", "--nthreads", "1", "--no-nanny"]
+        command += ["--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "60"]
+        command += ["--preload", "wasmstream.run.interrupts"]  # its dask_setup: deaf to Ctrl-C
+        logs = None if os.environ.get("WASMSTREAM_DEBUG") else subprocess.DEVNULL
+        self._processes = [
+            subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=logs,
+                start_new_session=True,
+            )
+            for _ in range(count)
+        ]
+
+    def stop(self) -> None:
+        """Tell every worker to stop (SIGTERM: each closes at once)."""
+        for process in self._processes:
+            if process.poll() is None:
+                process.terminate()
+
+    def close(self) -> None:
+        self.stop()
+        for process in self._processes:
+            try:
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def _client(config: RunConfig, notify: Notify, started: _LocalWorkers | None) -> Iterator[Any]:
+    """A Dask client: of a local cluster started for the run (a scheduler here, for the
+    workers `started`), or of a running scheduler."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # found by require_dask, but broken
+        raise UsageError(f"--cluster needs Dask: {INSTALL_DASK}") from None
+
     quiet = _quiet_dask()
     try:
-        if workers is not None:
+        if started is not None:
             local = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,  # spawned: a process that has used wasmtime must not fork
+                n_workers=0,  # its workers are `started`'s processes
+                scheduler_port=started.port,
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",  # loopback only; bokeh shows it when installed
-                silence_logs=quiet,  # the workers' own logs, on this stderr
-                preload=["wasmstream.run.interrupts"],  # its dask_setup: deaf to Ctrl-C
+                silence_logs=quiet,
+                processes=False,
             )
             client = Client(local, set_as_default=False)
         else:
@@ -324,9 +664,11 @@ def _client(config: RunConfig, notify: Notify) -> Iterator[Any]:
         where = config.cluster_file or config.cluster
         raise IOFailure(f"cannot reach the Dask scheduler at {where}: {error}") from None
     try:
-        _announce(client, notify)
+        _announce(client, notify, started)
         yield client
     finally:
+        if started is not None:
+            started.stop()  # the parts are done: the workers close while the scheduler does
         client.close()
         if local is not None:
             local.close()
@@ -354,9 +696,9 @@ def _quiet_dask() -> int:
     return SILENT
 
 
-def _announce(client: Any, notify: Notify) -> None:
+def _announce(client: Any, notify: Notify, started: _LocalWorkers | None) -> None:
     info = client.scheduler_info()
-    workers = len(info.get("workers", {}))
+    workers = started.count if started is not None else len(info.get("workers", {}))
     dashboard = client.dashboard_link if info.get("services", {}).get("dashboard") else None
     also = f", dashboard {dashboard}" if dashboard else ""
     notify(f"cluster: {workers} workers at {info.get('address')}{also}")
@@ -365,56 +707,36 @@ def _announce(client: Any, notify: Notify) -> None:
 class _Client:
     """Submits parts in order, a bounded number at a time, and writes their outputs in order."""
 
-    def __init__(self, client: Any, run: Run, inputs: Inputs) -> None:
+    def __init__(self, tasks: _Tasks, run: Run, folder: output_parts.PartsFolder | None) -> None:
         config, summary = run.config, run.summary
-        self._client = client
+        self._tasks = tasks
         self._config = config
-        self._sha256 = run.loaded.sha256
-        self._config_bytes = run.config_bytes
-        self._paths = _as_workers_see_them(inputs.paths)
         self._write_output = run.write
+        self._folder = folder
         self._summary = summary
         self._frames = run.start.frames  # frames of the whole input before the next part
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        workers = max(1, tasks.expected())
         self.window = 2 * workers  # parts in flight: each worker busy, one more waiting
         self._in_flight: deque[tuple[Part, Any]] = deque()
         self._workers = workers
-        self._run_id = uuid.uuid4().hex  # task keys: two runs on one scheduler never share
         self._parts_done = 0
         self._started = perf_counter()
         summary.tally.queue_fill = lambda: (len(self._in_flight), self.window)
-        self._settings = task_settings(config)
-        self._keep_input = config.dead_letter is not None or config.on_error is OnError.PASSTHROUGH
         summary.tally.workers = workers
 
-    def run(self, parts: list[Part]) -> None:
-        self._summary.jobs_reason = _how_cut(parts, self._config, self.window)
-        wasm = read_module(self._config.module)
-        wasm_on_workers = self._client.scatter(wasm, broadcast=True, hash=False)
-        pending = iter(parts)
-        for part in pending:
-            self._submit(part, wasm_on_workers)
-            if len(self._in_flight) >= self.window:
+    def run(self, parts: list[Part], why: str) -> None:
+        self._summary.jobs_reason = _how_cut(parts, self._config, self.window, why)
+        try:
+            for part in parts:
+                self._in_flight.append((part, self._tasks.submit(part)))
+                if len(self._in_flight) >= self.window:
+                    self._write_next()
+            while self._in_flight:
                 self._write_next()
-        while self._in_flight:
-            self._write_next()
-        self._summary.tally.workers = len(self._client.scheduler_info().get("workers", {}))
-
-    def _submit(self, part: Part, wasm: Any) -> None:
-        future = self._client.submit(
-            run_part_task,
-            self._sha256,
-            wasm,
-            self._settings,
-            self._config_bytes,
-            self._paths,
-            part,
-            self._keep_input,
-            self._config.timings,
-            key=f"wasmstream-part-{self._run_id}-{part.number}",
-            pure=False,
-        )
-        self._in_flight.append((part, future))
+        except BaseException:
+            self._tasks.stop([future for _, future in self._in_flight])
+            raise
+        self._summary.tally.workers = self._tasks.workers()
 
     def _write_next(self) -> None:
         part, future = self._in_flight[0]
@@ -447,8 +769,8 @@ class _Client:
         while True:
             try:
                 return cast(PartResult, future.result(timeout=POLL))
-            except (TimeoutError, _asyncio_timeout()):  # distinct before Python 3.11
-                if self._client.scheduler_info().get("workers"):
+            except (TimeoutError, _asyncio_timeout(), FuturesTimeout):  # distinct before 3.11
+                if self._tasks.workers():
                     alone_since = None
                     continue
                 alone_since = alone_since or perf_counter()
@@ -461,7 +783,12 @@ class _Client:
     def _write(self, part: Part, result: PartResult) -> None:
         summary, tally = self._summary, self._summary.tally
         started = perf_counter()
-        written = self._write_output(result.output)
+        if result.committed is not None:  # on the worker, already: only recorded here
+            assert self._folder is not None
+            self._folder.record(part.number, result.committed)
+            written = result.committed.size
+        else:
+            written = self._write_output(result.output)
         tally.output_seconds += perf_counter() - started
         for failed in result.failed:  # in order: dead letters and counts, numbered globally
             index = self._frames + failed.frame - part.first_frame
@@ -488,9 +815,10 @@ class _Client:
         """One line for the end of the run: parts, workers, bytes and throughput."""
         elapsed = perf_counter() - self._started
         done = self._summary.tally.input_bytes
+        where, workers = ("cluster", "workers") if self._config.clustered else ("parts", "threads")
         rate = done / MiB / elapsed if elapsed > 0 else 0.0
         return (
-            f"cluster: {self._parts_done} parts on {self._workers} workers, "
+            f"{where}: {self._parts_done} parts on {self._workers} {workers}, "
             f"{format_size(done)} in {elapsed:.1f}s ({rate:.1f} MiB/s)"
         )
 
@@ -501,8 +829,11 @@ def _as_workers_see_them(paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(absolute(path) for path in paths)
 
 
-def _how_cut(parts: list[Part], config: RunConfig, window: int) -> str:
-    """--stats' reason line for a cluster run: how its input was cut, and how much ran at once."""
+def _how_cut(parts: list[Part], config: RunConfig, window: int, why: str) -> str:
+    """--stats' reason line for a run in parts: how its input was cut and why, and how much
+    ran at once."""
     assert config.part_size is not None
     count = f"{len(parts)} part{'' if len(parts) == 1 else 's'}"
-    return f"cluster workers; {count} of {format_size(config.part_size)} to run, {window} at a time"
+    who = "cluster workers" if config.clustered else "threads here"
+    size = format_size(config.part_size)
+    return f"{who}; {count} of {size} ({why}) to run, {window} at a time"

@@ -229,17 +229,21 @@ def placement(
     cluster: str | None = None,
     cluster_file: str | None = None,
     part_size: int | str | None = None,
+    output_parts: str | None = None,
 ) -> tuple[Shard | None, str | None, str | None, int | None]:
-    """Where the run goes: this machine, one shard of the input, or a cluster (whose part size
-    is then set: None for every other run)."""
+    """Where the run goes: this machine, one shard of the input, or a cluster; a run in parts
+    (a cluster's, or one writing a folder of parts) has its part size set, every other run
+    None."""
     address = checked(lambda: as_cluster(cluster))
     part = checked(lambda: as_size("part_size", part_size, unlimited=True))
     one_shard = checked(lambda: as_shard(shard))
     if address is not None and cluster_file is not None:
         raise UsageError("--cluster and --cluster-file exclude each other")
     if address is None and cluster_file is None:
+        if output_parts is not None:
+            return one_shard, None, None, part or DEFAULT_PART_SIZE
         if part is not None:
-            raise UsageError("--part-size needs --cluster or --cluster-file")
+            raise UsageError("--part-size needs --cluster, --cluster-file or --output-parts")
         return one_shard, None, None, None
     if one_shard is not None:
         raise UsageError(

@@ -74,19 +74,24 @@ class DeadLetters(JsonLines):
     what = "dead letters"
 
     def append(self, frame: Frame, error: GuestError) -> None:
-        import base64  # as json: only once a frame has failed
+        self.write_record(dead_letter(frame.index, frame.offset, frame.length, error, frame.data))
 
-        # kind: trap, timeout, fuel, memory, exit, guest-error or startup
-        self.write_record(
-            {
-                "frame": frame.index,
-                "offset": frame.offset,
-                "length": frame.length,
-                "kind": error.kind,
-                "message": error.what,
-                "data": base64.b64encode(frame.data).decode("ascii"),
-            }
-        )
+
+def dead_letter(
+    index: int, offset: int, length: int, error: GuestError, data: bytes | memoryview
+) -> dict[str, object]:
+    """A failed frame as a dead-letter line holds it (`wasmstream replay` reads them)."""
+    import base64  # as json: only once a frame has failed
+
+    # kind: trap, timeout, fuel, memory, exit, guest-error or startup
+    return {
+        "frame": index,
+        "offset": offset,
+        "length": length,
+        "kind": error.kind,
+        "message": error.what,
+        "data": base64.b64encode(data).decode("ascii"),
+    }
 
 
 class DropLog(JsonLines):

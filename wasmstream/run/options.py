@@ -31,7 +31,9 @@ POLICIES = tuple(policy.value for policy in OnError)
 
 DEFAULT_FRAME_SIZE = 64 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 2.0
-DEFAULT_PART_SIZE = 64 << 20  # --part-size: the input a cluster task runs on
+DEFAULT_PART_SIZE = 64 << 20  # --part-size: the input a cluster task runs on, at most
+PARTS_PER_WORKER = 8  # without --part-size: enough parts for every worker to stay busy
+MIN_AUTO_PART = 1 << 20  # ...but no smaller than this (a part costs a task's round trip)
 
 Notify = Callable[[str], None]
 
@@ -109,6 +111,15 @@ def parse_dir(text: str) -> DirGrant:
     return DirGrant(os.path.abspath(host), guest, writable=mode == "rw")
 
 
+def auto_part_size(total: int, workers: int) -> int:
+    """The part size when --part-size is not given: about PARTS_PER_WORKER parts for each
+    worker (so that none idles long at the end however the parts' costs vary), in whole MiB,
+    from MIN_AUTO_PART up to DEFAULT_PART_SIZE."""
+    per_part = -(-total // (PARTS_PER_WORKER * max(1, workers)))
+    whole = -(-per_part // MIN_AUTO_PART) * MIN_AUTO_PART
+    return max(MIN_AUTO_PART, min(DEFAULT_PART_SIZE, whole))
+
+
 def local_workers(address: str | None) -> int | None:
     """Worker processes to start for `--cluster local[:N]` (None: join a running scheduler)."""
     if address is None or not address.startswith("local"):
@@ -154,14 +165,22 @@ class RunConfig:
     timings: bool = True  # count time spent waiting for input and output (for --stats)
     flip_every: int | None = None  # tests only: --jobs auto switches shape every N frames
     shard: Shard | None = None
-    # A cluster run (--cluster ADDRESS or --cluster-file FILE) cuts its input in part_size
-    # parts; part_size is None for every other run.
+    # A cluster run (--cluster ADDRESS or --cluster-file FILE), or one writing a folder of
+    # parts (--output-parts DIR), cuts its input in part_size parts; part_size is None for
+    # every other run.
     cluster: str | None = None
     cluster_file: str | None = None
     part_size: int | None = None
+    part_size_auto: bool = False  # not given: chosen from the input and the workers at start
+    output_parts: str | None = None  # --output-parts DIR: each part's output a file in DIR
 
     @property
     def clustered(self) -> bool:
+        return self.cluster is not None or self.cluster_file is not None
+
+    @property
+    def in_parts(self) -> bool:
+        """Run as parts (parts.split), each on its own: on a cluster, or into a parts folder."""
         return self.part_size is not None
 
     @property

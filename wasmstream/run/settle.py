@@ -25,8 +25,9 @@ def settle_for_component(config: RunConfig, abi: GuestAbi) -> RunConfig:
         return config
     if not component.text or config.framing.record_based:
         return config
-    if config.shard is not None or config.clustered:
+    if config.shard is not None or config.in_parts:
         what = "--cluster" if config.clustered else "--shard"
+        what = "--output-parts" if config.output_parts and not config.clustered else what
         raise UsageError(
             f"{what}: {config.module} is a text component, whose fixed frames end on whole "
             "characters and so cannot be cut into parts at multiples of the frame size; use "

@@ -40,7 +40,7 @@ from wasmstream.stream import framing
 from wasmstream.stream.framing import Skipped
 from wasmstream.stream.input import STDIN, ConcatenatedInput, check_inputs, is_live, total_size
 from wasmstream.stream.locks import Role, RunFiles, check_checkpoint_path, check_distinct
-from wasmstream.stream.parts import shard_part
+from wasmstream.stream.parts import shard_of_parts, shard_part
 from wasmstream.stream.sink import STDOUT, Sink
 from wasmstream.stream.sources import Inputs, seekable
 from wasmstream.units import format_size
@@ -48,6 +48,7 @@ from wasmstream.units import format_size
 if TYPE_CHECKING:
     from wasmstream.checkpoint.journal import Journal, StreamProgress
     from wasmstream.checkpoint.resume import CheckpointPlan
+    from wasmstream.stream.output_parts import Committed
 
 
 @dataclass
@@ -96,8 +97,8 @@ def run(
     `complete`) and then raises FramesFailed, so the exit status still tells. A run with
     `config.part_size` (--cluster) goes through `wasmstream.run.cluster.run`.
     """
-    if config.clustered:
-        raise UsageError("a cluster run goes through wasmstream.run.cluster.run")
+    if config.in_parts:
+        raise UsageError("a run in parts goes through wasmstream.run.cluster.run")
     return execute(config, _run_loaded, notify, progress)
 
 
@@ -109,7 +110,7 @@ def execute(
 ) -> RunSummary:
     """The checks, module and locks every run needs, around `body`."""
     check_inputs(config.inputs)
-    if config.shard is not None or config.clustered:
+    if config.shard is not None or config.in_parts:
         _check_splittable(config)
     check_distinct(
         [Role("input", path) for path in config.inputs or (STDIN,)], _written_files(config)
@@ -121,10 +122,10 @@ def execute(
     loaded = load_module(config.module, config.abi, config.engine, config.sandbox, config.cache)
     try:
         config = settle_for_component(config, loaded.abi)
-        if (config.shard or config.clustered) and loaded.abi.one_instance:
+        if (config.shard or config.in_parts) and loaded.abi.one_instance:
             raise UsageError(_sequential(config, loaded.abi))
         config = settle_for_state(config, loaded.abi)
-        with RunFiles(config.checkpoint, config.output) as files:
+        with RunFiles(config.checkpoint, config.output, config.output_parts is None) as files:
             summary = body(config, loaded, config_bytes, files, notify, progress)
     finally:
         loaded.engine.close()
@@ -137,17 +138,24 @@ def execute(
 
 def _check_splittable(config: RunConfig) -> None:
     """Shards and cluster parts are byte ranges of files: a stream cannot be cut so."""
-    what = "--cluster" if config.clustered else "--shard"
+    what = _split_by(config)
     if not config.inputs or STDIN in config.inputs:
         raise UsageError(f"standard input cannot be split with {what}: give INPUT files")
     for path in config.inputs:
         if not seekable(path):
             raise UsageError(f"input {path} is not a regular file: it cannot be split ({what})")
-    if config.clustered and config.overload.policy != "block":
+    if config.in_parts and config.overload.policy != "block":
         raise UsageError(
-            f"--on-overload {config.overload} has no queue to act on with --cluster (tasks in "
+            f"--on-overload {config.overload} has no queue to act on with {what} (parts in "
             "flight are bounded instead)"
         )
+
+
+def _split_by(config: RunConfig) -> str:
+    """The option that splits a run, for messages."""
+    if config.clustered:
+        return "--cluster"
+    return "--output-parts" if config.output_parts is not None else "--shard"
 
 
 def shard_start(config: RunConfig) -> tuple[Reached, int | None]:
@@ -156,7 +164,12 @@ def shard_start(config: RunConfig) -> tuple[Reached, int | None]:
     if config.shard is None:
         return Reached(), None
     with Inputs(config.inputs) as inputs:
-        part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
+        if config.part_size is not None:  # a shard of a folder of parts: whole parts
+            part = shard_of_parts(
+                inputs, config.framing, config.frame_size, config.part_size, *config.shard
+            )
+        else:
+            part = shard_part(inputs, config.framing, config.frame_size, *config.shard)
     start = Reached(part.start, inputs.per_input(part.start), part.first_frame, 0)
     k, n = config.shard
     return start, None if k == n else part.end
@@ -167,7 +180,7 @@ SEQUENTIAL = "it must see the stream in order, in one instance"
 
 def _sequential(config: RunConfig, abi: GuestAbi) -> str:
     """Why a module that must see the stream in order, in one instance, cannot be split."""
-    what = "--cluster" if config.clustered else "--shard"
+    what = _split_by(config)
     return (
         f"module {config.module} {abi.why_one_instance}: {SEQUENTIAL}, so it cannot run with {what}"
     )
@@ -176,7 +189,7 @@ def _sequential(config: RunConfig, abi: GuestAbi) -> str:
 def _written_files(config: RunConfig) -> list[Role]:
     """Every file the run writes, for the same-file check."""
     named = [
-        ("output", config.output or STDOUT),
+        ("output", config.output_parts or config.output or STDOUT),
         ("checkpoint", config.checkpoint),
         ("dead letters", config.dead_letter),
         ("drop log", config.drop_log),
@@ -229,6 +242,14 @@ class Output(Protocol):
     def write(self, data: memoryview | bytes) -> int: ...
 
     def sync(self) -> None: ...
+
+    def committed(self) -> list[tuple[int, Committed]] | None:
+        """--output-parts: the parts committed so far, in order (None: not a folder of parts)."""
+        ...
+
+    def complete(self) -> None:
+        """After the final save of a run that finished (a folder of parts marks it so)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -348,6 +369,7 @@ def run_steps(
                     snapshot=executor.snapshot if stateful else None,
                     state_kind=run.loaded.abi.state.value,
                     log_sizes=logs.sizes,
+                    parts=output.committed,
                 )
                 journal = run.journal
                 cleanup.callback(lambda: setattr(summary, "checkpoints_written", journal.saves))
@@ -364,6 +386,7 @@ def run_steps(
             raise  # a library caller's Ctrl-C stays a KeyboardInterrupt
         if run.journal is not None:
             run.journal.finish(None)
+        output.complete()
     report_losses(summary, run.notify)
 
 

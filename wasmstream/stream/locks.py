@@ -227,9 +227,11 @@ class RunFiles:
     output created here and never used (the run was refused before writing) is removed again.
     """
 
-    def __init__(self, checkpoint: str | None, output: str | None) -> None:
+    def __init__(self, checkpoint: str | None, output: str | None, to_stdout: bool = True) -> None:
+        """`to_stdout`: with no `output`, the run writes standard output (not a folder)."""
         self._checkpoint = checkpoint
         self._output = output if output not in (None, STDIO) else None
+        self._to_stdout = to_stdout
         self._locks: list[RunLock] = []
         self._created = False
         self._used = False
@@ -239,7 +241,7 @@ class RunFiles:
         try:
             if self._output is not None and is_own_file(self._output):
                 self._lock_output(self._output)
-            elif self._output is None and _stdout_is_a_file():
+            elif self._output is None and self._to_stdout and _stdout_is_a_file():
                 # `>> log` from two runs at once would interleave: lock the file behind stdout
                 # through a descriptor of our own (its lock ends with this process, whoever
                 # else holds the shell's descriptor)

@@ -52,19 +52,51 @@ def shard_part(inputs: Inputs, spec: FramingSpec, frame_size: int, k: int, n: in
     return Part(k - 1, start, end, _first_frame(spec, start, frame_size))
 
 
+def grid_step(framing: Framing, frame_size: int, part_size: int) -> int:
+    """The distance between nominal cuts: `part_size`, whole frames under fixed framing."""
+    if framing is Framing.FIXED:
+        return max(1, -(-part_size // frame_size)) * frame_size
+    return part_size
+
+
 def split(
-    inputs: Inputs, spec: FramingSpec, frame_size: int, part_size: int, start: int = 0
+    inputs: Inputs,
+    spec: FramingSpec,
+    frame_size: int,
+    part_size: int,
+    start: int = 0,
+    end: int | None = None,
 ) -> list[Part]:
-    """The input from `start` (a record start: 0, or where a run stopped) cut into parts of
-    about `part_size` bytes (whole frames under fixed framing); empty parts are left out."""
-    if spec.framing is Framing.FIXED:
-        part_size = max(1, -(-part_size // frame_size)) * frame_size
-    cuts = [*range(start, inputs.total, part_size), max(start, inputs.total)]
-    bounds = sorted(set(align(inputs, spec, cuts)))
+    """The input from `start` to `end` (record starts: 0, where a part ended, a shard's ends;
+    None: the input's end) cut into parts of about `part_size` bytes (whole frames under fixed
+    framing). The cuts are those of the whole input, wherever the run starts, and a part's
+    number is its place among them (part N starts at the first record start at or after
+    N * step), so that a resumed run or a shard cuts the same parts as one run from 0; parts
+    left empty (a record longer than a part) are left out."""
+    step = grid_step(spec.framing, frame_size, part_size)
+    stop = inputs.total if end is None else min(end, inputs.total)
+    first = start // step  # `start` is where part `first` begins (see above)
+    numbers = range(first, max(first + 1, -(-stop // step)))
+    cuts = [start, *(n * step for n in numbers[1:]), max(start, stop)]
+    bounds = align(inputs, spec, cuts)
+    bounds[-1] = max(start, stop)
     return [
-        Part(n, start, end, _first_frame(spec, start, frame_size))
-        for n, (start, end) in enumerate(itertools.pairwise(bounds))
+        Part(number, begin, finish, _first_frame(spec, begin, frame_size))
+        for number, (begin, finish) in zip(numbers, itertools.pairwise(bounds), strict=False)
+        if finish > begin
     ]
+
+
+def shard_of_parts(
+    inputs: Inputs, spec: FramingSpec, frame_size: int, part_size: int, k: int, n: int
+) -> Part:
+    """The K-th (from 1) of N shards of a run in parts (--output-parts): whole parts, the K-th
+    of N runs of the grid's parts, so that shards write the very parts one run would."""
+    step = grid_step(spec.framing, frame_size, part_size)
+    count = max(1, -(-inputs.total // step))
+    first, last = ((count * j // n) for j in (k - 1, k))
+    start, end = align(inputs, spec, [first * step, last * step])
+    return Part(first, start, end, _first_frame(spec, start, frame_size))
 
 
 def _first_frame(spec: FramingSpec, start: int, frame_size: int) -> int:

@@ -142,6 +142,12 @@ class Sink:
                 self._pushed = self._position
         return total
 
+    def committed(self) -> None:
+        return None  # one file, not a folder of parts
+
+    def complete(self) -> None:
+        pass
+
     def close(self) -> None:
         if self._owned:
             self._owned = False

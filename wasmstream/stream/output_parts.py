@@ -1,0 +1,395 @@
+"""`--output-parts DIR`: a folder of part outputs, each written where its part ran and
+committed once, and the metadata the run's client keeps of them.
+
+The layout (Hadoop's and Spark's convention; `cat DIR/part-*` is one run's output):
+
+    DIR/part-00000 …              the output of each part, numbered by its place on the grid of
+                                   --part-size cuts (a part left empty by a long record is absent)
+    DIR/_dead-letters-00000.jsonl  a part's failed frames (only for parts that had some)
+    DIR/_checkpoint.json           the run's checkpoint (a shard's: _checkpoint.K-of-N.json)
+    DIR/_SUCCESS                   written last, only by a run (or the last shard) that finished
+
+The commit protocol. An attempt writes its part to a temporary name of its own (dot-prefixed:
+no `part-*` glob sees it; attempt-unique: two attempts never share one), fsyncs it, and
+commits it with `link(2)`, which never replaces: the first attempt to commit a part wins, a
+later one finds the part there, keeps it, and removes its own. A part's dead letters are
+committed the same way, before the part: a part that is there has its dead letters there too.
+Then the folder is fsynced. An attempt that dies leaves only a temporary file, which the next
+run or resume in the folder removes; a part committed but not recorded in the checkpoint (its
+client died first) is removed and run again. The client only records, per part, its size and
+the digest of its last 64 KiB, and checks them before resuming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import stat
+import uuid
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from wasmstream.checkpoint.durable import fsync_folder, replace_durably
+from wasmstream.errors import CheckpointError, IOFailure, UsageError
+
+PART = "part-"
+DEAD_LETTERS = "_dead-letters-"
+SUCCESS = "_SUCCESS"
+CHECKPOINT = "_checkpoint"
+WIDTH = 5  # part-00000: lexical order is input order below 10**WIDTH parts
+MAX_PARTS = 10**WIDTH
+TAIL = 64 * 1024  # a committed part is recognised by its size and the digest of its last bytes
+
+_NUMBERED = re.compile(rf"^\.?({PART}|{DEAD_LETTERS})(\d{{{WIDTH}}})(\.jsonl)?(\..+\.tmp)?$")
+
+
+def part_name(number: int) -> str:
+    return f"{PART}{number:0{WIDTH}d}"
+
+
+def dead_letters_name(number: int) -> str:
+    return f"{DEAD_LETTERS}{number:0{WIDTH}d}.jsonl"
+
+
+def checkpoint_name(shard: tuple[int, int] | None) -> str:
+    """The run's checkpoint in DIR: one per shard, so that shards share the folder."""
+    return f"{CHECKPOINT}.json" if shard is None else f"{CHECKPOINT}.{shard[0]}-of-{shard[1]}.json"
+
+
+class Committed(NamedTuple):
+    """What a committed part is, as recorded by the client: its size, the digest of its last
+    bytes, and the size of its dead letters (None: it had none)."""
+
+    size: int
+    tail_length: int
+    tail_sha256: str
+    dead_letters: int | None = None
+
+
+def make_folder(path: str) -> bool:
+    """DIR exists as a folder afterwards; True if it was created here. UsageError for a path
+    that is something else, IOFailure when it cannot be made."""
+    try:
+        os.mkdir(path, 0o777)
+        return True
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise UsageError(f"--output-parts {path} is not a folder") from None
+        return False
+    except OSError as error:
+        raise IOFailure(f"cannot create folder {path}: {error.strerror}") from None
+
+
+# --- where a part runs ---------------------------------------------------------------------
+
+
+class PartAttempt:
+    """One attempt at a part: its output written to a temporary file of its own in DIR, then
+    committed (or abandoned). On a worker, or on this machine for a local run."""
+
+    def __init__(self, folder: str, number: int) -> None:
+        self.folder = folder
+        self.number = number
+        self._attempt = uuid.uuid4().hex[:16]
+        self._temp = self._temp_for(part_name(number))
+        self._fd = self._create(self._temp)
+        self.size = 0
+        self._tail = bytearray()
+
+    def _temp_for(self, name: str) -> str:
+        return os.path.join(self.folder, f".{name}.{self._attempt}.tmp")
+
+    def _create(self, path: str) -> int:
+        try:  # O_EXCL | O_NOFOLLOW: a name planted in advance (a link) is refused, not followed
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(path, flags, 0o666)
+        except OSError as error:
+            raise IOFailure(f"cannot write part {path}: {error.strerror}") from None
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as error:
+            raise IOFailure(
+                f"cannot write {os.path.join(self.folder, part_name(self.number))}: "
+                f"{error.strerror}"
+            ) from None
+        self.size += len(data)
+        self._tail += data[-TAIL:]
+        del self._tail[:-TAIL]
+        return len(data)
+
+    def commit(self, dead_letters: bytes = b"") -> Committed:
+        """Make the part durable and visible under its name, once: dead letters first, then
+        the part; an attempt that finds it committed already keeps that one."""
+        name = part_name(self.number)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            dead = self._commit_dead_letters(dead_letters) if dead_letters else None
+            final = os.path.join(self.folder, name)
+            if _link_once(self._temp, final):
+                committed = Committed(self.size, len(self._tail), _sha(self._tail), dead)
+            else:
+                committed = describe(self.folder, name)._replace(dead_letters=dead)
+            os.unlink(self._temp)
+            fsync_folder(self.folder)
+        except OSError as error:
+            self.abandon()
+            raise IOFailure(
+                f"cannot commit {os.path.join(self.folder, name)}: {error.strerror}"
+            ) from None
+        except BaseException:
+            self.abandon()
+            raise
+        return committed
+
+    def _commit_dead_letters(self, data: bytes) -> int:
+        name = dead_letters_name(self.number)
+        temp = self._temp_for(name)
+        fd = self._create(temp)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            final = os.path.join(self.folder, name)
+            if not _link_once(temp, final):
+                return os.lstat(final).st_size
+            return len(data)
+        finally:
+            os.unlink(temp)
+
+    def abandon(self) -> None:
+        """Nothing of this attempt stays visible (nor, as far as it can tell, at all)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        for temp in (self._temp, self._temp_for(dead_letters_name(self.number))):
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
+def _link_once(temp: str, final: str) -> bool:
+    """Give `temp` the name `final` unless it is taken (False then). `link` never replaces;
+    where a filesystem has no hard links, a rename after a look (two attempts may then race:
+    both write the same bytes)."""
+    try:
+        os.link(temp, final, follow_symlinks=False)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+    if os.path.lexists(final):
+        return False
+    os.rename(temp, final)
+    os.link(final, temp)  # the caller unlinks `temp` either way
+    return True
+
+
+def _sha(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def describe(folder: str, name: str) -> Committed:
+    """What the committed file `name` is now (OSError if it is not a regular file)."""
+    path = os.path.join(folder, name)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        length = min(TAIL, info.st_size)
+        tail = os.pread(fd, length, info.st_size - length)
+    finally:
+        os.close(fd)
+    return Committed(info.st_size, len(tail), _sha(tail))
+
+
+# --- on the client -------------------------------------------------------------------------
+
+
+def number_of(name: str) -> tuple[int, bool] | None:
+    """(part number, whether committed) for a file of the protocol's, else None."""
+    match = _NUMBERED.match(name)
+    if match is None:
+        return None
+    committed = not name.startswith(".") and match.group(4) is None
+    return int(match.group(2)), committed
+
+
+def check_recorded(folder: str, recorded: Iterable[tuple[int, Committed]], source: str) -> None:
+    """Before a resume keeps them: every part (and dead-letter file) the checkpoint records is
+    in DIR, a regular file, of its recorded size, ending in its recorded bytes."""
+    for number, committed in recorded:
+        name = part_name(number)
+        try:
+            now = describe(folder, name)
+        except OSError as error:
+            raise CheckpointError(
+                f"{os.path.join(folder, name)}, recorded in checkpoint {source}, cannot be "
+                f"used: {error.strerror}"
+            ) from None
+        if now != committed._replace(dead_letters=None):
+            raise CheckpointError(
+                f"{os.path.join(folder, name)} is not the part recorded in checkpoint {source} "
+                f"({now.size} bytes, {committed.size} recorded, or other bytes)"
+            )
+        if committed.dead_letters is not None:
+            dead = os.path.join(folder, dead_letters_name(number))
+            try:
+                info = os.lstat(dead)
+            except OSError as error:
+                raise CheckpointError(
+                    f"{dead}, recorded in checkpoint {source}, cannot be used: {error.strerror}"
+                ) from None
+            if not stat.S_ISREG(info.st_mode) or info.st_size != committed.dead_letters:
+                raise CheckpointError(
+                    f"{dead} is not the dead-letter file recorded in checkpoint {source}"
+                )
+
+
+def clear(folder: str, numbers: range, keep: set[int], fresh: bool) -> None:
+    """Remove what is not this run's in its range of part numbers: attempts' temporary files,
+    parts and dead letters the checkpoint does not record, and _SUCCESS (the folder changes).
+    `fresh`: a run without a checkpoint refuses (CheckpointError) a folder holding committed
+    parts in its range, another run's, rather than remove them."""
+    names = sorted(os.listdir(folder))
+    if fresh:
+        theirs = [n for n in names if (k := number_of(n)) and k[1] and k[0] in numbers]
+        if theirs:
+            raise CheckpointError(
+                f"folder {folder} holds parts of another run ({theirs[0]} …) and no checkpoint "
+                "of this one: use --restart to replace them, or another folder"
+            )
+    removed = False
+    for name in names:
+        known = number_of(name)
+        stale = known is not None and known[0] in numbers and not (known[1] and known[0] in keep)
+        if name == SUCCESS or stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+            removed = True
+    if removed:
+        fsync_folder(folder)
+
+
+def write_success(folder: str) -> None:
+    replace_durably(os.path.join(folder, SUCCESS), b"", ".tmp")
+
+
+def folder_identity(folder: str) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
+
+
+class PartsFolder:
+    """The run's output when it is a folder of parts, as its client sees it: the parts it
+    recorded, in order (what the checkpoint keeps), with nothing passing through it. Opened
+    by the run's skeleton where it would cut an output file: a resumed run's recorded parts
+    are checked, and what is not this run's in its range is removed."""
+
+    fd = -1
+    is_pipe = False
+
+    def __init__(
+        self,
+        path: str,
+        checkpoint: str,
+        shard: tuple[int, int] | None,
+        numbers: range,
+        recorded: list[tuple[int, Committed]],
+        fresh: bool,
+    ) -> None:
+        """`numbers`: the part numbers this run writes (a shard's range), wherever it resumes;
+        `recorded`: the parts its checkpoint records (a resumed run); `fresh`: it has no
+        checkpoint at all, so parts already in its range are another run's."""
+        self.path = path
+        self._checkpoint = checkpoint
+        self._shard = shard
+        self._numbers = numbers
+        self._recorded = recorded
+        self._fresh = fresh
+        self._parts: list[tuple[int, Committed]] = []
+        self._identity: tuple[int, int] | None = None
+
+    def open(self, keep: int | None, durable: bool) -> PartsFolder:
+        if keep is not None:  # resumed: its parts must be those recorded
+            check_recorded(self.path, self._recorded, self._checkpoint)
+            self._parts = list(self._recorded)
+        self._clear(self._fresh)
+        self._identity = folder_identity(self.path)
+        return self
+
+    def _clear(self, fresh: bool) -> None:
+        try:
+            clear(self.path, self._numbers, {number for number, _ in self._parts}, fresh)
+        except OSError as error:
+            raise IOFailure(f"cannot write folder {self.path}: {error.strerror}") from None
+
+    def check_count(self, last: int) -> None:
+        if last >= MAX_PARTS:
+            raise UsageError(
+                f"--output-parts: the input makes {last + 1} parts, more than {MAX_PARTS - 1} "
+                "(their names would no longer sort in order): choose a larger --part-size"
+            )
+
+    def record(self, number: int, committed: Committed) -> None:
+        """A part a worker committed, in input order."""
+        self._parts.append((number, committed))
+
+    def committed(self) -> list[tuple[int, Committed]]:
+        return list(self._parts)
+
+    def write(self, data: memoryview | bytes) -> int:
+        if data:
+            raise AssertionError("a folder of parts is written where the parts run")
+        return 0
+
+    def sync(self) -> None:
+        pass  # each part was fsynced, and its folder entry, when it was committed
+
+    def tidy(self) -> None:
+        """After the parts stopped running: what was committed but not recorded (a run that
+        failed or was stopped) goes, as the next run would remove it."""
+        with contextlib.suppress(OSError, CheckpointError):
+            clear(self.path, self._numbers, {number for number, _ in self._parts}, False)
+
+    def complete(self) -> None:
+        """The run is over and its checkpoint says so: `_SUCCESS`, last (a shard's run only
+        once every shard's checkpoint says complete)."""
+        if folder_identity(self.path) != self._identity:
+            raise IOFailure(f"folder {self.path} was replaced during the run: no {SUCCESS}")
+        if self._shard is not None and not self._all_shards_complete(*self._shard):
+            return
+        try:
+            write_success(self.path)
+        except OSError as error:
+            raise IOFailure(f"cannot write {SUCCESS} in {self.path}: {error.strerror}") from None
+
+    def _all_shards_complete(self, k: int, n: int) -> bool:
+        from wasmstream.checkpoint import record as checkpoint
+
+        for j in range(1, n + 1):
+            path = os.path.join(self.path, checkpoint_name((j, n)))
+            try:
+                saved = checkpoint.load(path)
+            except CheckpointError:
+                return False
+            if saved is None or saved.status != "complete":
+                return False
+        return True
+
+    def close(self) -> None:
+        pass
