@@ -149,7 +149,7 @@ class Transform:
                 arg=args,
             ),
             on_error=configure.checked(lambda: configure.as_on_error(on_error)),
-            dead_letter=None if dead_letter is None else os.fspath(dead_letter),
+            dead_letter=configure.checked(lambda: _path_or_none("dead_letter", dead_letter)),
             # `delimiter` has a default, so it counts only where it is used (the CLI refuses a
             # --delimiter given with another framing: there it can only be a mistake)
             framing=configure.framing_spec(
@@ -160,6 +160,8 @@ class Transform:
             cache=cache,
         )
         check_frame_size(settings.frame_size, settings.sandbox.max_memory)
+        if not isinstance(config, (bytes, str)):
+            raise UsageError(f"config must be bytes, or the CLI's TEXT or @FILE, not {config!r}")
         config_bytes = config if isinstance(config, bytes) else read_config_arg(config)
         wasm = module if isinstance(module, bytes) else _read_module(path)
         self._setup(settings, wasm, config_bytes)
@@ -216,6 +218,11 @@ class Transform:
         the whole stream, in order.
         """
         self._check_splittable()
+        for bound in (start, end):
+            if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+                raise UsageError(f"a range's start and end are offsets of 0 or more, not {bound!r}")
+        if end < start:
+            raise UsageError(f"a range ends at or after its start, not [{start}, {end})")
         with Inputs([paths] if isinstance(paths, str) else paths) as inputs:
             if not aligned:
                 if self.settings.framing.framing is Framing.FIXED:
@@ -323,6 +330,12 @@ class Transform:
 
 def _ignore(message: str) -> None:
     """The library's runs have no one to tell: what they would say is in their results."""
+
+
+def _path_or_none(name: str, path: str | os.PathLike[str] | None) -> str | None:
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path, not {path!r}")
+    return None if path is None else os.fspath(path)
 
 
 def _is_delimited(framing: str | Framing) -> bool:

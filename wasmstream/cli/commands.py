@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -49,6 +51,7 @@ from wasmstream.errors import (
     ExitStatus,
     FramesFailed,
     Interrupted,
+    UsageError,
     WasmstreamError,
 )
 from wasmstream.guest.abi import AbiOptions
@@ -56,6 +59,8 @@ from wasmstream.run import configure
 from wasmstream.run.options import OnError, RunConfig
 from wasmstream.run.skeleton import ProgressFactory, run
 from wasmstream.units import format_size, plural
+
+F = TypeVar("F", bound=Callable[..., None])
 
 if TYPE_CHECKING:
     from wasmstream.run.metrics import MetricsFile
@@ -89,6 +94,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     is_flag=True,
     expose_value=False,
     is_eager=True,
+    allow_from_autoenv=False,  # WASMSTREAM_VERSION is a build script's, not ours
     callback=_print_version,
     help="Show the version of wasmstream and of its engine, and exit.",
 )
@@ -156,6 +162,10 @@ def _run_as_operator(config: RunConfig, operator: Operator) -> None:
     started = time.perf_counter()
     summary = None
     _hint_terminal_input(config, operator)
+    if operator.stats_json is not None:
+        from wasmstream.cli.progress import check_stats_json
+
+        check_stats_json(operator.stats_json)
     metrics = _metrics_for(config, operator)
     status: int = ExitStatus.FAILURE
     try:
@@ -221,6 +231,20 @@ def _observers(*factories: ProgressFactory | None) -> ProgressFactory | None:
     return enter_all
 
 
+def _pointing_to_help(command: F) -> F:
+    """A usage error of the run's own rules (one option needing another, a value the engine
+    cannot hold) reads as click's do: ending with where to look."""
+
+    @functools.wraps(command)
+    def with_hint(**values: Any) -> None:
+        try:
+            command(**values)
+        except UsageError as error:
+            raise click.UsageError(str(error)) from None
+
+    return cast("F", with_hint)
+
+
 @cli.command("run")
 @click.argument("module", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
@@ -242,6 +266,7 @@ def _observers(*factories: ProgressFactory | None) -> ProgressFactory | None:
 @PLACEMENT
 @OPERATOR
 @NO_CACHE
+@_pointing_to_help
 def run_command(**values: Any) -> None:
     """Transform INPUT files (or stdin; '-' is stdin) through MODULE, in order.
 
@@ -325,6 +350,11 @@ NOT_WITH_PARTS = {
 
 
 def _check_output_parts(values: dict[str, Any]) -> None:
+    if values["output_parts"] in ("", "-"):
+        raise click.UsageError(
+            f"--output-parts needs a folder's name, not {values['output_parts']!r} (the parts "
+            "are files: they cannot go to standard output)"
+        )
     for name, (flag, why) in NOT_WITH_PARTS.items():
         if values[name] not in (None, False):
             raise click.UsageError(f"--output-parts and {flag} exclude each other: {why}")
@@ -360,6 +390,7 @@ def _all_taken(values: dict[str, Any]) -> None:
 @FORCE
 @OPERATOR
 @NO_CACHE
+@_pointing_to_help
 def resume_command(**values: Any) -> None:
     """Continue the run recorded in a checkpoint, with the same module, inputs and output.
 
@@ -404,6 +435,7 @@ def _given(name: str) -> bool:
 @SANDBOX
 @FAILURES
 @QUIET
+@_pointing_to_help
 def replay_command(**values: Any) -> None:
     """Run the frames of a --dead-letter file through MODULE again, in frame order.
 
@@ -440,6 +472,7 @@ def replay_command(**values: Any) -> None:
 @EXPORTS
 @JSON
 @ENGINE
+@_pointing_to_help
 def inspect_command(**values: Any) -> None:
     """Show MODULE's exports and imports, and how wasmstream would run it (or what is missing).
 
@@ -478,6 +511,7 @@ def inspect_command(**values: Any) -> None:
 @ENGINE
 @FRAMING
 @SANDBOX
+@_pointing_to_help
 def bench_command(**values: Any) -> None:
     """Measure MODULE's throughput for several frame sizes and job counts; recommend the best.
 

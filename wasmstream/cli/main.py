@@ -23,7 +23,7 @@ from wasmstream.stream import stdio
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
-    raise Interrupted(ExitStatus.TERMINATED)
+    interrupts.deliver(Interrupted(ExitStatus.TERMINATED))
 
 
 def _error(message: str) -> None:

@@ -36,6 +36,7 @@ from wasmstream.guest.abi import (
     DEFAULT_TRANSFORM,
     STATE_MODES,
 )
+from wasmstream.run.configure import LARGEST_COUNT
 from wasmstream.run.options import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_FRAME_SIZE,
@@ -86,8 +87,7 @@ ENGINE = option(
     "--engine",
     type=click.Choice(ENGINE_NAMES),
     default=_default_engine,
-    show_default=f"{DEFAULT_ENGINE}, or $WASMSTREAM_ENGINE",
-    help="WebAssembly runtime.",
+    help=f"WebAssembly runtime [default: {DEFAULT_ENGINE}, or $WASMSTREAM_ENGINE].",
 )
 
 # The exports wasmstream calls, by name (configure.abi_options).
@@ -150,7 +150,7 @@ SANDBOX = (
     )
     + option(
         "--fuel",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=LARGEST_COUNT),
         metavar="N",
         help="Instruction budget per frame (deterministic) [default: none].",
     )
@@ -244,9 +244,8 @@ QUEUE_DEPTH = option(
     "--queue-depth",
     type=click.IntRange(min=1),
     metavar="N",
-    show_default="2 x jobs",
     help="Frames read ahead of the workers under --on-overload drop|sample|adaptive (under "
-    "block, each instance reads its own frame in turn); bounds memory.",
+    "block, each instance reads its own frame in turn); bounds memory [default: 2 x jobs].",
 )
 
 # What becomes of a failed frame.

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, TextIO
 
+from wasmstream.errors import IOFailure
+
 if TYPE_CHECKING:
     from wasmstream.run.skeleton import RunSummary
     from wasmstream.run.tally import Tally
@@ -267,5 +269,18 @@ def write_stats(stats: Stats, to_stderr: bool, json_path: str | None) -> None:
     if to_stderr:
         sys.stderr.write(stats.as_text())
     if json_path:
-        with open(json_path, "w") as out:
-            out.write(stats.as_json())
+        try:
+            with open(json_path, "w") as out:
+                out.write(stats.as_json())
+        except OSError as error:
+            raise IOFailure(f"cannot write --stats-json {json_path}: {error.strerror}") from None
+
+
+def check_stats_json(json_path: str) -> None:
+    """Before the run, as --metrics-file is: a summary that could not be written at its end
+    would fail a run that did all its work."""
+    folder = os.path.dirname(json_path) or "."
+    if not os.path.isdir(folder):
+        raise IOFailure(f"cannot write --stats-json {json_path}: No such file or directory")
+    if not os.access(folder, os.W_OK):
+        raise IOFailure(f"cannot write --stats-json {json_path}: Permission denied")

@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 
 from wasmstream.engines import LoadedModule, read_module
 from wasmstream.errors import GuestError, IOFailure, UsageError, WasmstreamError
+from wasmstream.run import interrupts
 from wasmstream.run.on_error import dead_letter
 from wasmstream.run.options import (
     DEFAULT_PART_SIZE,
@@ -91,6 +92,8 @@ def run(
             f"--output-parts {folder}: writing parts to an object store is not supported yet; "
             "give a folder (a shared filesystem on a cluster)"
         )
+    if folder is not None:
+        output_parts.check_inputs_outside(folder, config.inputs)
     created = folder is not None and output_parts.make_folder(folder)
     count = local_workers(config.cluster) if config.clustered else None
     started = None if count is None else _LocalWorkers(count)  # before Dask is even imported
@@ -770,6 +773,7 @@ class _Client:
             try:
                 return cast(PartResult, future.result(timeout=POLL))
             except (TimeoutError, _asyncio_timeout(), FuturesTimeout):  # distinct before 3.11
+                interrupts.raise_pending()
                 if self._tasks.workers():
                     alone_since = None
                     continue
@@ -803,6 +807,7 @@ class _Client:
         tally.record(Frame(self._frames, part.start, bytearray(), 0, span=part.length), written)
         self._frames += result.frames
         self._parts_done += 1
+        interrupts.raise_pending()  # a SIGTERM that a Dask or asyncio finalizer swallowed
 
     def _in_whole_input(self, part: Part, error: WasmstreamError) -> WasmstreamError:
         """A part's failure, a guest's numbered by its frame in the whole input (a worker

@@ -10,6 +10,7 @@ through click's conversion passes again unchanged); it raises ValueError, a buil
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -31,6 +32,9 @@ from wasmstream.stream.framing import Framing, FramingSpec, Oversize
 from wasmstream.units import parse_duration, parse_size
 
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
+LONGEST = 366 * 24 * 3600.0  # seconds: the longest duration any option takes
+LARGEST_COUNT = 2**63 - 1  # what the engines count in (fuel is a u64; a signed 64-bit is safe)
 UNLIMITED = ("unlimited", "none")  # a limit's value that lifts it
 OFF = ("off", "0")  # --linger's value that turns it off
 
@@ -56,8 +60,10 @@ def as_duration(name: str, value: float | str | None, *, off: bool = False) -> f
     if off and (value == 0 or (isinstance(value, str) and value.lower() in OFF)):
         return 0.0
     seconds = parse_duration(value) if isinstance(value, str) else value
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
         raise ValueError(f"{name} must be a duration longer than 0, not {value!r}")
+    if seconds > LONGEST:  # inf included: deadlines and clocks are finite
+        raise ValueError(f"{name} must be a duration of at most a year, not {value!r}")
     return float(seconds)
 
 
@@ -67,6 +73,8 @@ def as_count(name: str, value: int | str | None) -> int | None:
         value = int(value)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    if value is not None and value > LARGEST_COUNT:
+        raise ValueError(f"{name} must be at most {LARGEST_COUNT}, not {value!r}")
     return value
 
 
@@ -83,7 +91,7 @@ def as_jobs(value: int | str | None) -> int | None:
 
 
 def as_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
@@ -123,7 +131,11 @@ def as_cluster(value: str | None) -> str | None:
 
 
 def as_env_pair(value: str | tuple[str, str]) -> tuple[str, str]:
-    return value if isinstance(value, tuple) else parse_env(value)
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"env must hold KEY=VALUE texts, not {value!r}")
+    return parse_env(value)
 
 
 EnvValues = Mapping[str, str] | Sequence[str | tuple[str, str]]
@@ -139,7 +151,25 @@ def as_env(values: EnvValues) -> tuple[tuple[str, str], ...]:
 
 
 def as_dir_grant(value: str | DirGrant) -> DirGrant:
-    return value if isinstance(value, DirGrant) else parse_dir(value)
+    if isinstance(value, DirGrant):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"dirs must hold HOST[:GUEST][:ro|rw] texts, not {value!r}")
+    return parse_dir(value)
+
+
+def as_dir_grants(values: Sequence[str | DirGrant]) -> tuple[DirGrant, ...]:
+    if isinstance(values, str):  # one text would be granted character by character
+        raise ValueError(f"dirs must be a list of HOST[:GUEST][:ro|rw] texts, not {values!r}")
+    return tuple(as_dir_grant(grant) for grant in values)
+
+
+def as_enum(name: str, value: str | E, kind: type[E]) -> E:
+    """One of an enumeration's members, or its value as text."""
+    if isinstance(value, kind):
+        return value
+    choices = [str(member.value) for member in kind]
+    return kind(as_choice(name, value, choices))  # type: ignore[arg-type]
 
 
 def as_texts(name: str, values: Sequence[str]) -> tuple[str, ...]:
@@ -195,7 +225,7 @@ def sandbox(
             max_memory=as_size("max_memory", max_memory, unlimited=True),
             max_output=as_size("max_output", max_output, unlimited=True),
             env=as_env(env),
-            dirs=tuple(as_dir_grant(grant) for grant in dir),
+            dirs=as_dir_grants(dir),
             args=as_texts("args", arg),
         )
     )
@@ -209,7 +239,7 @@ def framing_spec(
     linger: float | str | None = None,
 ) -> FramingSpec:
     """How frames are cut: a delimiter only with the delimiter framing."""
-    kind = checked(lambda: Framing(framing))
+    kind = checked(lambda: as_enum("framing", framing, Framing))
     byte = checked(lambda: as_delimiter(delimiter))
     if byte is not None and kind is not Framing.DELIMITER:
         raise UsageError("--delimiter needs --framing delimiter")
@@ -217,7 +247,7 @@ def framing_spec(
         lambda: FramingSpec(
             framing=kind,
             delimiter=byte or b"\n",
-            oversize=Oversize(oversize),
+            oversize=as_enum("oversize", oversize, Oversize),
             linger=as_duration("linger", linger, off=True),
         )
     )

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +37,24 @@ def on_interrupt(hook: Callable[[], None]) -> Callable[[], None]:
                 _hooks.remove(hook)
 
     return remove
+
+
+# A signal's exception, kept: raised in a finalizer or a callback (Dask's, asyncio's), Python
+# prints "Exception ignored in …" and goes on, and the signal would be lost; the loops that
+# can run there (a cluster client's, part by part) raise it again (`raise_pending`).
+_pending: list[BaseException] = []
+
+
+def deliver(error: BaseException) -> NoReturn:
+    """Raise `error` from a signal handler, kept in case it is swallowed where it lands."""
+    _pending[:] = [error]
+    raise error
+
+
+def raise_pending() -> None:
+    """Raise a signal's exception that was swallowed (once)."""
+    if _pending:
+        raise _pending.pop()
 
 
 def install() -> None:

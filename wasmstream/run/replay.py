@@ -36,7 +36,9 @@ class Letter:
 
 
 def read_letters(path: str, only: int | None = None) -> list[Letter]:
-    """The frames of dead-letter file `path` (or frame `only`), in frame order, each once.
+    """The frames of dead-letter file `path` (or those numbered `only`), in input order, each
+    once. A frame is known by its offset with its number: a folder of parts numbers frames
+    from each part's start, so files of several parts joined hold the same number twice.
     Raises UsageError naming the line that is not a dead letter, IOFailure if unreadable."""
     import base64
     import binascii
@@ -47,7 +49,7 @@ def read_letters(path: str, only: int | None = None) -> list[Letter]:
             raw = lines.read().splitlines()
     except OSError as error:
         raise IOFailure(f"cannot read dead letters {path}: {error.strerror}") from None
-    letters: dict[int, Letter] = {}
+    letters: dict[tuple[int, int], Letter] = {}
     for number, line in enumerate(raw, 1):
         if not line.strip():
             continue
@@ -61,13 +63,18 @@ def read_letters(path: str, only: int | None = None) -> list[Letter]:
         except (ValueError, KeyError, TypeError, binascii.Error) as error:
             what = f"no {error}" if isinstance(error, KeyError) else "not JSON with base64 data"
             raise UsageError(f"{path} line {number} is not a dead letter ({what})") from None
-        letters.setdefault(letter.frame, letter)  # a frame dead-lettered twice is run once
+        # a frame dead-lettered twice (a retried part) is run once
+        letters.setdefault((letter.offset, letter.frame), letter)
+    ordered = [letters[key] for key in sorted(letters)]
     if only is not None:
-        if only not in letters:
-            held = ", ".join(map(str, sorted(letters))) or "none"
-            raise UsageError(f"{path} has no dead letter for frame {only} (it holds: {held})")
-        return [letters[only]]
-    return [letters[frame] for frame in sorted(letters)]
+        chosen = [letter for letter in ordered if letter.frame == only]
+        if not chosen:
+            held = ", ".join(sorted({str(letter.frame) for letter in ordered}, key=int))
+            raise UsageError(
+                f"{path} has no dead letter for frame {only} (it holds: {held or 'none'})"
+            )
+        return chosen
+    return ordered
 
 
 def replay(

@@ -343,6 +343,11 @@ def run_steps(
     if plan is not None and plan.nothing_new():
         run.notify(f"nothing new to process since checkpoint {config.checkpoint}")
         summary.nothing_to_do = True
+        if config.output_parts is not None:  # killed between its last save and _SUCCESS
+            from wasmstream.stream.output_parts import mark_complete
+
+            assert config.checkpoint is not None
+            mark_complete(config.output_parts, config.checkpoint, config.shard)
         return
     with ExitStack() as cleanup:  # whatever was opened is closed, however the run ends
         cleanup.callback(executor.close)

@@ -30,7 +30,7 @@ import re
 import stat
 import uuid
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from wasmstream.checkpoint.durable import fsync_folder, replace_durably
 from wasmstream.errors import CheckpointError, IOFailure, UsageError
@@ -38,6 +38,9 @@ from wasmstream.errors import CheckpointError, IOFailure, UsageError
 PART = "part-"
 DEAD_LETTERS = "_dead-letters-"
 SUCCESS = "_SUCCESS"
+
+if TYPE_CHECKING:
+    from wasmstream.checkpoint.record import Checkpoint
 CHECKPOINT = "_checkpoint"
 WIDTH = 5  # part-00000: lexical order is input order below 10**WIDTH parts
 MAX_PARTS = 10**WIDTH
@@ -67,6 +70,20 @@ class Committed(NamedTuple):
     tail_length: int
     tail_sha256: str
     dead_letters: int | None = None
+
+
+def check_inputs_outside(folder: str, inputs: Iterable[str]) -> None:
+    """Refuse an input inside the folder: the run removes what in it is not its own (a
+    `--restart` all its parts), as `-o` refuses an output that is an input."""
+    inside = os.path.realpath(folder)
+    for path in inputs:
+        if "://" in path or path == "-":
+            continue
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, inside]) == inside:
+            raise UsageError(
+                f"input {path} is inside --output-parts {folder}: the run would remove it"
+            )
 
 
 def make_folder(path: str) -> bool:
@@ -285,6 +302,23 @@ def clear(folder: str, numbers: range, keep: set[int], fresh: bool) -> None:
         fsync_folder(folder)
 
 
+def _run_of(saved: Checkpoint) -> tuple[object, ...]:
+    """What shards of one run share: all of it but the shard itself and its progress."""
+    import msgspec
+
+    inputs = [(i.path, i.device, i.inode, i.head_sha256) for i in saved.inputs]
+    return saved.module.sha256, msgspec.structs.replace(saved.options, shard=None), inputs
+
+
+def mark_complete(folder: str, checkpoint: str, shard: tuple[int, int] | None) -> None:
+    """`_SUCCESS` for a run whose checkpoint says complete (a run killed after its last save
+    but before writing it is finished so, by the next): as the run itself would, once every
+    shard is done."""
+    parts = PartsFolder(folder, checkpoint, shard, range(0), [], fresh=False)
+    parts._identity = folder_identity(folder)
+    parts.complete()
+
+
 def write_success(folder: str) -> None:
     replace_durably(os.path.join(folder, SUCCESS), b"", ".tmp")
 
@@ -323,8 +357,10 @@ class PartsFolder:
         self._fresh = fresh
         self._parts: list[tuple[int, Committed]] = []
         self._identity: tuple[int, int] | None = None
+        self._lock_fd: int | None = None
 
     def open(self, keep: int | None, durable: bool) -> PartsFolder:
+        self.lock()  # before anything in the folder changes
         if keep is not None:  # resumed: its parts must be those recorded
             check_recorded(self.path, self._recorded, self._checkpoint)
             self._parts = list(self._recorded)
@@ -379,17 +415,54 @@ class PartsFolder:
             raise IOFailure(f"cannot write {SUCCESS} in {self.path}: {error.strerror}") from None
 
     def _all_shards_complete(self, k: int, n: int) -> bool:
+        """Whether every shard of the folder is done, each as a shard of this very run: the
+        same module, the options that change output (part size included), the same inputs.
+        Shards of different runs would join into bytes missing or repeated: refused, with no
+        `_SUCCESS` (CheckpointError)."""
         from wasmstream.checkpoint import record as checkpoint
 
+        own = checkpoint.load(self._checkpoint)
+        assert own is not None  # saved complete just before
         for j in range(1, n + 1):
             path = os.path.join(self.path, checkpoint_name((j, n)))
             try:
                 saved = checkpoint.load(path)
             except CheckpointError:
                 return False
-            if saved is None or saved.status != "complete":
+            if saved is None:
+                return False
+            if _run_of(saved) != _run_of(own):
+                raise CheckpointError(
+                    f"shard {j}/{n} in folder {self.path} was run with another module, other "
+                    f"options or other inputs than shard {k}/{n} (see {path}): their parts do "
+                    f"not join into one output, and no {SUCCESS} is written"
+                )
+            if saved.status != "complete":
                 return False
         return True
 
+    def lock(self) -> None:
+        """Held while the run writes the folder: a run of the whole input alone (exclusive),
+        or shards together (shared) — never a whole run beside a shard run, whose clearing of
+        its range would remove the other's parts. Refused at once (CheckpointError)."""
+        import fcntl
+
+        try:  # the folder itself is locked: no file of the lock's own is left in it
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise IOFailure(f"cannot lock folder {self.path}: {error.strerror}") from None
+        mode = fcntl.LOCK_SH if self._shard is not None else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            what = "a run of the whole input" if self._shard is not None else "another run"
+            raise CheckpointError(
+                f"folder {self.path} is in use by {what}: wait for it, or use another folder"
+            ) from None
+        self._lock_fd = fd
+
     def close(self) -> None:
-        pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
