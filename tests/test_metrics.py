@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -148,25 +147,6 @@ def test_a_metrics_file_that_cannot_be_written_refuses_the_run_before_any_output
         result, ExitStatus.IO_ERROR, f"cannot write --metrics-file {bad}", "No such file"
     )
     assert out.read_bytes() == b"precious"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (root only)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
 
 
 def test_a_full_disk_keeps_the_last_metrics_and_the_run_goes_on(

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -274,25 +273,6 @@ def test_dead_letters_are_kept_once_beside_their_parts(tmp_path: Path) -> None:
     lines = b"".join((out / name).read_bytes() for name in letters)
     assert lines == (tmp_path / "local.dead").read_bytes()  # the same lines, once each
     assert (out / "_SUCCESS").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (root only)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
 
 
 def test_a_full_disk_stops_the_run_resumably_with_no_part_half_written(

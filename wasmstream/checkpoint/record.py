@@ -496,39 +496,30 @@ def _check_folder(saved: Checkpoint, folder: str, force: bool, source: str) -> N
     """--output-parts: the folder is the one the checkpoint was written in (a link or another
     folder swapped in for it is refused; --force resumes a copy). Its parts are checked when
     the run opens them (output_parts.check_recorded)."""
-    info = os.stat(folder)
+    _check_identity(saved, f"folder {folder}", ("one", "folder"), os.stat(folder), force, source)
+
+
+def _check_identity(
+    saved: Checkpoint,
+    name: str,
+    kind: tuple[str, str],
+    info: os.stat_result,
+    force: bool,
+    source: str,
+) -> None:
+    """The output (a file, or a folder of parts) is the one the checkpoint was written with."""
     recorded = saved.output_file
-    if (
-        recorded is not None
-        and not force
-        and (recorded.device, recorded.inode)
-        != (
-            info.st_dev,
-            info.st_ino,
-        )
-    ):
-        raise CheckpointError(
-            f"folder {folder} is not the one recorded in checkpoint {source} (another inode: "
-            "replaced, or a link to another folder); --force resumes anyway if it is a copy"
-        )
+    if recorded is None or force or (recorded.device, recorded.inode) == (info.st_dev, info.st_ino):
+        return
+    raise CheckpointError(
+        f"{name} is not the {kind[0]} recorded in checkpoint {source} (another inode: replaced, "
+        f"or a link to another {kind[1]}); --force resumes anyway if it is a copy"
+    )
 
 
 def _check_output(saved: Checkpoint, output: str, fd: int, force: bool, source: str) -> None:
     info = os.fstat(fd)
-    recorded = saved.output_file
-    if (
-        recorded is not None
-        and not force
-        and (recorded.device, recorded.inode)
-        != (
-            info.st_dev,
-            info.st_ino,
-        )
-    ):
-        raise CheckpointError(
-            f"output {output} is not the file recorded in checkpoint {source} (another inode: "
-            "replaced, or a link to another file); --force resumes anyway if it is a copy"
-        )
+    _check_identity(saved, f"output {output}", ("file", "file"), info, force, source)
     kept = saved.position.output_bytes
     if info.st_size < kept:
         raise CheckpointError(
