@@ -212,6 +212,7 @@ def test_restart_into_the_folder_of_its_own_input_keeps_the_input(tmp_path: Path
         assert_clean_failure(result, 2, "part-00000")
 
 
+@pytest.mark.wasmtime_only  # sleepy.wasm is a WASI command, which wasmer cannot run
 def test_a_shard_run_cannot_restart_a_folder_another_run_is_writing(tmp_path: Path) -> None:
     """README: "two runs on one folder are refused by the checkpoint's lock (exit 9)". The lock
     is the checkpoint's, and a shard's checkpoint is another file (_checkpoint.1-of-2.json):
