@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -614,25 +613,6 @@ def test_no_default_checkpoint_beside_a_device_or_fifo(tmp_path: Path) -> None:
     assert not (tmp_path / "fifo.ckpt.json").exists()
     assert wasmstream("run", fixture("upper.wasm"), "-o", os.devnull, input=b"abc").returncode == 0
     assert not Path(os.devnull + ".ckpt.json").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (root only); `remount(size)` gives it more room."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
 
 
 def remount(disk: Path, size: str) -> None:
