@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from conftest import (
     ROOT,
     assert_clean_failure,
     fixture,
+    free_port,
     records,
     spawn,
     wasmstream,
@@ -262,12 +262,6 @@ def test_cluster_needs_dask_or_says_how_to_get_it(tmp_path: Path) -> None:
     done = wasmstream("run", UPPER, "in", "--cluster", "local:1", cwd=tmp_path, env=env)
     assert done.returncode == 2
     assert b"pip install 'wasmstream[dask]'" in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Scheduler:
@@ -946,50 +940,10 @@ def test_a_url_without_fsspecs_protocol_package_names_it() -> None:
     assert done.returncode == 2 and b"nosuchproto" in done.stderr
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    pytest.importorskip("s3fs")
-    moto = Path(sys.executable).parent / "moto_server"
-    if not moto.exists():
-        pytest.skip("moto's server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    server = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for(lambda: _listening(port), timeout=20)
-        except AssertionError:
-            pytest.skip("moto's S3 server did not start")
-        yield endpoint
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @needs_dask
 @pytest.mark.cluster
-def test_s3_input_on_a_local_cluster(s3_server: str, tmp_path: Path) -> None:
-    env = {
-        **ENV,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": s3_server,
-        "FSSPEC_S3_ENDPOINT_URL": s3_server,
-    }
+def test_s3_input_on_a_local_cluster(s3_server: dict[str, str], tmp_path: Path) -> None:
+    env = {**ENV, **s3_server}
     data = records(Framing.LINES, [n % 41 for n in range(3000)])
     upload = (
         "import sys, s3fs; fs = s3fs.S3FileSystem(); fs.mkdir('bucket');"

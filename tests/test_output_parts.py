@@ -247,10 +247,8 @@ def test_options_that_cannot_apply_are_refused(
     assert not (tmp_path / "out").exists()  # refused before the folder was made
 
 
-def test_stdin_a_file_and_a_url_as_the_folder_are_refused(tmp_path: Path) -> None:
+def test_stdin_and_a_file_as_the_folder_are_refused(tmp_path: Path) -> None:
     assert parts_run(tmp_path / "out", UPPER, input=b"abc").returncode == 2
-    url = wasmstream("run", UPPER, "in", "--output-parts", "s3://bucket/out/", cwd=tmp_path)
-    assert url.returncode == 2 and b"not supported yet" in url.stderr
     (tmp_path / "in").write_bytes(b"abc\n")
     (tmp_path / "file").write_bytes(b"not a folder")
     refused = parts_run(tmp_path / "file", UPPER, "in", cwd=tmp_path)

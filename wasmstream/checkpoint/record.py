@@ -315,6 +315,12 @@ def load(path: str) -> Checkpoint | None:
         return None
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    return parse(raw, path)
+
+
+def parse(raw: bytes, path: str) -> Checkpoint:
+    """The checkpoint in `raw`, read from `path` (a file, or an object of --output-parts in an
+    object store). Raises CheckpointError as `load` does."""
     try:
         version = _version_decoder.decode(raw).version
     except msgspec.ValidationError:  # JSON, but not shaped like any checkpoint
@@ -488,7 +494,7 @@ def check_resumable(
         _check_input(then, current, done, force, source)
     if output is not None and output_fd is not None:
         _check_output(saved, text_path(output), output_fd, force, source)
-    if output is not None and output_parts:
+    if output is not None and output_parts and not is_url(output):
         _check_folder(saved, text_path(output), force, source)
 
 

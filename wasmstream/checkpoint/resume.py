@@ -30,6 +30,7 @@ from wasmstream.errors import CheckpointError
 from wasmstream.guest.abi import StateKind
 from wasmstream.run.options import Notify, Reached, RunConfig
 from wasmstream.stream.input import STDIN, ConcatenatedInput
+from wasmstream.stream.sources import absolute, is_url
 
 if TYPE_CHECKING:
     from wasmstream.run.tally import Tally
@@ -233,9 +234,10 @@ def new_record(
     stamp = checkpoint.now()
     options, command = record_options(config, config_bytes)
     written = config.output_parts or config.output
-    output = None if written in (None, STDIN) else os.path.abspath(str(written))
+    output = None if written in (None, STDIN) else absolute(str(written))
     output_file = None
-    if output_fd is not None or config.output_parts is not None:  # the file, or the folder
+    in_a_folder = config.output_parts is not None and not is_url(config.output_parts)
+    if output_fd is not None or in_a_folder:  # the file, or the folder (an object has no inode)
         info = os.fstat(output_fd) if output_fd is not None else os.stat(str(output))
         output_file = OutputFile(device=info.st_dev, inode=info.st_ino)
     text = checkpoint.path_text

@@ -58,6 +58,7 @@ from wasmstream.guest.abi import AbiOptions
 from wasmstream.run import configure
 from wasmstream.run.options import OnError, RunConfig
 from wasmstream.run.skeleton import ProgressFactory, run
+from wasmstream.stream.sources import is_url
 from wasmstream.units import format_size, plural
 
 F = TypeVar("F", bound=Callable[..., None])
@@ -287,10 +288,12 @@ def run_command(**values: Any) -> None:
         _check_output_parts(values)
     output = values.pop("output")
     kept = CHECKPOINTING.take(values)
-    if output_parts is not None:
+    if output_parts is not None and is_url(output_parts):
+        checkpoint: str | None = kept["checkpoint"]  # a local file (_check_output_parts)
+    elif output_parts is not None:
         from wasmstream.stream.output_parts import checkpoint_name
 
-        checkpoint: str | None = os.path.join(output_parts, checkpoint_name(values["shard"]))
+        checkpoint = os.path.join(output_parts, checkpoint_name(values["shard"]))
     else:
         checkpoint = configure.checkpoint_path(kept["checkpoint"], kept["no_checkpoint"], output)
     resuming = RESUMING.take(values)
@@ -341,7 +344,7 @@ def run_command(**values: Any) -> None:
 # What --output-parts cannot go with, and why.
 NOT_WITH_PARTS = {
     "output": ("-o/--output", "the output is the folder's parts"),
-    "checkpoint": ("--checkpoint", "the checkpoint lives in DIR"),
+    "checkpoint": ("--checkpoint", "the checkpoint lives in DIR (given only for s3://)"),
     "no_checkpoint": ("--no-checkpoint", "the folder's parts are recorded in its checkpoint"),
     "dead_letter": ("--dead-letter", "dead letters go beside their parts, in DIR"),
     "drop_log": ("--drop-log", "nothing is dropped: parts in flight are bounded"),
@@ -355,7 +358,15 @@ def _check_output_parts(values: dict[str, Any]) -> None:
             f"--output-parts needs a folder's name, not {values['output_parts']!r} (the parts "
             "are files: they cannot go to standard output)"
         )
+    in_a_store = is_url(values["output_parts"])
+    if in_a_store and values["checkpoint"] is None:
+        raise click.UsageError(
+            f"--output-parts {values['output_parts']} needs --checkpoint FILE, a local file: "
+            "an object store has no lock to keep two runs from resuming one checkpoint"
+        )
     for name, (flag, why) in NOT_WITH_PARTS.items():
+        if name == "checkpoint" and in_a_store:
+            continue
         if values[name] not in (None, False):
             raise click.UsageError(f"--output-parts and {flag} exclude each other: {why}")
 

@@ -335,7 +335,7 @@ PLACEMENT = (
         "--output-parts",
         metavar="DIR",
         help="Write each part's output where it runs, to DIR/part-00000 …; DIR/_SUCCESS at "
-        "the end.",
+        "the end. DIR may be an s3://bucket/prefix/ (then --checkpoint FILE is needed).",
     )
 )
 

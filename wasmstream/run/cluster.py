@@ -62,7 +62,7 @@ from wasmstream.stream import output_parts
 from wasmstream.stream.framing import Frame
 from wasmstream.stream.locks import RunFiles
 from wasmstream.stream.parts import Part, grid_step, split
-from wasmstream.stream.sources import INSTALL_DASK, Inputs, absolute, is_url
+from wasmstream.stream.sources import INSTALL_DASK, Inputs, absolute
 from wasmstream.transform import FailedFrame, PartResult, Transform
 from wasmstream.units import format_size
 
@@ -86,15 +86,10 @@ def run(
     if config.clustered:
         require_dask()
         check_scheduler(config)
-    folder = config.output_parts
-    if folder is not None and is_url(folder):
-        raise UsageError(
-            f"--output-parts {folder}: writing parts to an object store is not supported yet; "
-            "give a folder (a shared filesystem on a cluster)"
-        )
-    if folder is not None:
-        output_parts.check_inputs_outside(folder, config.inputs)
-    created = folder is not None and output_parts.make_folder(folder)
+    place = None if config.output_parts is None else output_parts.place_for(config.output_parts)
+    if place is not None:
+        place.check_inputs_outside(config.inputs)
+    created = place is not None and place.make()
     count = local_workers(config.cluster) if config.clustered else None
     started = None if count is None else _LocalWorkers(count)  # before Dask is even imported
     try:
@@ -102,8 +97,8 @@ def run(
         return execute(config, body, notify, progress)
     except BaseException:
         if created:  # refused before anything was written: the folder goes again
-            with contextlib.suppress(OSError):
-                os.rmdir(str(folder))
+            assert place is not None
+            place.unmake()
         raise
     finally:
         if started is not None:
@@ -278,7 +273,7 @@ def run_part(
 def _run_part_into(
     transform: Transform, inputs: Inputs, part: Part, timed: bool, parts_dir: str
 ) -> PartResult:
-    attempt = output_parts.PartAttempt(parts_dir, part.number)
+    attempt = output_parts.attempt_at(parts_dir, part.number)
     try:
         result = transform.run_part(inputs, part, True, timed, write=attempt.write)
         if result.error is None:
@@ -460,7 +455,7 @@ def _tasks(
     started: _LocalWorkers | None,
 ) -> Iterator[_Tasks]:
     """Where the parts run: on a Dask cluster, or (--output-parts alone) here."""
-    parts_dir = None if config.output_parts is None else os.path.abspath(config.output_parts)
+    parts_dir = None if config.output_parts is None else absolute(config.output_parts)
     if not config.clustered:
         assert parts_dir is not None
         with _HereTasks(config, loaded, config_bytes, parts_dir) as here:

@@ -18,6 +18,11 @@ Then the folder is fsynced. An attempt that dies leaves only a temporary file, w
 run or resume in the folder removes; a part committed but not recorded in the checkpoint (its
 client died first) is removed and run again. The client only records, per part, its size and
 the digest of its last 64 KiB, and checks them before resuming.
+
+DIR may also be an object-store prefix (`s3://bucket/out/`, stream/object_parts.py): the same
+layout and the same protocol, with a multipart upload completed only if the name is free
+(`If-None-Match: *`) as the commit, and a lock object for the folder lock. Both are a `Place`,
+the one thing the protocol asks of where parts go.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import re
 import stat
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from wasmstream.checkpoint.durable import fsync_folder, replace_durably
 from wasmstream.errors import CheckpointError, IOFailure, UsageError
+from wasmstream.stream.sources import is_url
 
 PART = "part-"
 DEAD_LETTERS = "_dead-letters-"
@@ -72,32 +78,97 @@ class Committed(NamedTuple):
     dead_letters: int | None = None
 
 
-def check_inputs_outside(folder: str, inputs: Iterable[str]) -> None:
-    """Refuse an input inside the folder: the run removes what in it is not its own (a
-    `--restart` all its parts), as `-o` refuses an output that is an input."""
-    inside = os.path.realpath(folder)
-    for path in inputs:
-        if "://" in path or path == "-":
-            continue
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, inside]) == inside:
-            raise UsageError(
-                f"input {path} is inside --output-parts {folder}: the run would remove it"
-            )
+class Attempt(Protocol):
+    """One attempt at a part, where it runs: written, then committed once or abandoned."""
+
+    size: int
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def commit(self, dead_letters: bytes = b"") -> Committed:
+        """The part visible under its name, its dead letters first; an attempt that finds it
+        committed already (the same part run twice) keeps that one and says what it is."""
+        ...
+
+    def abandon(self) -> None:
+        """Nothing of the attempt is left visible."""
+        ...
 
 
-def make_folder(path: str) -> bool:
-    """DIR exists as a folder afterwards; True if it was created here. UsageError for a path
-    that is something else, IOFailure when it cannot be made."""
-    try:
-        os.mkdir(path, 0o777)
-        return True
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise UsageError(f"--output-parts {path} is not a folder") from None
-        return False
-    except OSError as error:
-        raise IOFailure(f"cannot create folder {path}: {error.strerror}") from None
+class Place(Protocol):
+    """Where a run's parts go: a folder (`Folder`) or an object-store prefix
+    (object_parts.ObjectPrefix). What the commit protocol and the client's record ask of it."""
+
+    where: str  # as given: a folder's path, or a URL
+    title: str  # for messages: "folder clean", "prefix s3://bucket/clean/"
+
+    def name_of(self, name: str) -> str:
+        """`name` in the place, for messages."""
+        ...
+
+    def make(self) -> bool:
+        """It exists afterwards; True if made here. UsageError if it is something else."""
+        ...
+
+    def unmake(self) -> None:
+        """Undo `make`: the run was refused before it wrote anything."""
+        ...
+
+    def check_inputs_outside(self, inputs: Iterable[str]) -> None: ...
+
+    def attempt(self, number: int) -> Attempt: ...
+
+    def names(self) -> list[str]:
+        """The names in it (not in folders below)."""
+        ...
+
+    def describe(self, name: str) -> Committed:
+        """What the committed part `name` is now; OSError if it is missing or not a file."""
+        ...
+
+    def size(self, name: str) -> int:
+        """The size of file `name`; OSError if it is missing or not a file."""
+        ...
+
+    def remove(self, names: list[str], numbers: range) -> None:
+        """Remove `names`, and what attempts at parts `numbers` left that `names` cannot show."""
+        ...
+
+    def identity(self) -> tuple[int, int] | None:
+        """What tells this place from another one swapped in under its name (None: nothing)."""
+        ...
+
+    def lock(self, shard: tuple[int, int] | None, checkpoint: str) -> None:
+        """Held while a run writes it: a whole run alone, or shards together; refused at once
+        (CheckpointError)."""
+        ...
+
+    def unlock(self) -> None: ...
+
+    def write_success(self) -> None: ...
+
+    def publish_checkpoint(self, name: str, path: str) -> None:
+        """The final checkpoint at `path`, kept in the place as `name` (shards read each
+        other's there)."""
+        ...
+
+    def load_checkpoint(self, name: str) -> Checkpoint | None:
+        """The checkpoint kept in the place as `name`, or None."""
+        ...
+
+
+def place_for(where: str) -> Place:
+    """The place `--output-parts` names: a URL is an object-store prefix, else a folder."""
+    if is_url(where):
+        from wasmstream.stream.object_parts import ObjectPrefix
+
+        return ObjectPrefix(where)
+    return Folder(where)
+
+
+def attempt_at(where: str, number: int) -> Attempt:
+    """An attempt at part `number` in the place `where` names (on a worker, or here)."""
+    return place_for(where).attempt(number)
 
 
 # --- where a part runs ---------------------------------------------------------------------
@@ -234,6 +305,112 @@ def describe(folder: str, name: str) -> Committed:
     return Committed(info.st_size, len(tail), _sha(tail))
 
 
+# --- a folder ------------------------------------------------------------------------------
+
+
+class Folder:
+    """Parts in a folder of this machine's (or of a filesystem the cluster shares)."""
+
+    def __init__(self, path: str) -> None:
+        self.where = path
+        self.title = f"folder {path}"
+        self._lock_fd: int | None = None
+
+    def name_of(self, name: str) -> str:
+        return os.path.join(self.where, name)
+
+    def make(self) -> bool:
+        try:
+            os.mkdir(self.where, 0o777)
+            return True
+        except FileExistsError:
+            if not os.path.isdir(self.where):
+                raise UsageError(f"--output-parts {self.where} is not a folder") from None
+            return False
+        except OSError as error:
+            raise IOFailure(f"cannot create folder {self.where}: {error.strerror}") from None
+
+    def unmake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.rmdir(self.where)
+
+    def check_inputs_outside(self, inputs: Iterable[str]) -> None:
+        """Refuse an input inside the folder: the run removes what in it is not its own (a
+        `--restart` all its parts), as `-o` refuses an output that is an input."""
+        inside = os.path.realpath(self.where)
+        for path in inputs:
+            if is_url(path) or path == "-":
+                continue
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, inside]) == inside:
+                raise UsageError(
+                    f"input {path} is inside --output-parts {self.where}: the run would remove it"
+                )
+
+    def attempt(self, number: int) -> PartAttempt:
+        return PartAttempt(self.where, number)
+
+    def names(self) -> list[str]:
+        return os.listdir(self.where)
+
+    def describe(self, name: str) -> Committed:
+        return describe(self.where, name)
+
+    def size(self, name: str) -> int:
+        info = os.lstat(os.path.join(self.where, name))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return info.st_size
+
+    def remove(self, names: list[str], numbers: range) -> None:
+        # an attempt's leftovers are dot-named files of its part's number: among `names`
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.where, name))
+        if names:
+            fsync_folder(self.where)
+
+    def identity(self) -> tuple[int, int]:
+        info = os.stat(self.where)
+        return info.st_dev, info.st_ino
+
+    def lock(self, shard: tuple[int, int] | None, checkpoint: str) -> None:
+        """flock(2) on the folder itself (no file of the lock's own is left in it): exclusive
+        for a run of the whole input, shared by shards."""
+        import fcntl
+
+        try:
+            fd = os.open(self.where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise IOFailure(f"cannot lock folder {self.where}: {error.strerror}") from None
+        mode = fcntl.LOCK_SH if shard is not None else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            what = "a run of the whole input" if shard is not None else "another run"
+            raise CheckpointError(
+                f"folder {self.where} is in use by {what}: wait for it, or use another folder"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_success(self) -> None:
+        replace_durably(os.path.join(self.where, SUCCESS), b"", ".tmp")
+
+    def publish_checkpoint(self, name: str, path: str) -> None:
+        pass  # the run's checkpoint is in the folder already, under that name
+
+    def load_checkpoint(self, name: str) -> Checkpoint | None:
+        from wasmstream.checkpoint import record as checkpoint
+
+        return checkpoint.load(os.path.join(self.where, name))
+
+
 # --- on the client -------------------------------------------------------------------------
 
 
@@ -246,60 +423,61 @@ def number_of(name: str) -> tuple[int, bool] | None:
     return int(match.group(2)), committed
 
 
-def check_recorded(folder: str, recorded: Iterable[tuple[int, Committed]], source: str) -> None:
+def check_recorded(place: Place, recorded: Iterable[tuple[int, Committed]], source: str) -> None:
     """Before a resume keeps them: every part (and dead-letter file) the checkpoint records is
-    in DIR, a regular file, of its recorded size, ending in its recorded bytes."""
+    in the place, a regular file, of its recorded size, ending in its recorded bytes."""
     for number, committed in recorded:
-        name = part_name(number)
+        name = place.name_of(part_name(number))
         try:
-            now = describe(folder, name)
+            now = place.describe(part_name(number))
         except OSError as error:
             raise CheckpointError(
-                f"{os.path.join(folder, name)}, recorded in checkpoint {source}, cannot be "
-                f"used: {error.strerror}"
+                f"{name}, recorded in checkpoint {source}, cannot be used: {_why(error)}"
             ) from None
         if now != committed._replace(dead_letters=None):
             raise CheckpointError(
-                f"{os.path.join(folder, name)} is not the part recorded in checkpoint {source} "
+                f"{name} is not the part recorded in checkpoint {source} "
                 f"({now.size} bytes, {committed.size} recorded, or other bytes)"
             )
         if committed.dead_letters is not None:
-            dead = os.path.join(folder, dead_letters_name(number))
+            dead = place.name_of(dead_letters_name(number))
             try:
-                info = os.lstat(dead)
+                size = place.size(dead_letters_name(number))
             except OSError as error:
                 raise CheckpointError(
-                    f"{dead}, recorded in checkpoint {source}, cannot be used: {error.strerror}"
+                    f"{dead}, recorded in checkpoint {source}, cannot be used: {_why(error)}"
                 ) from None
-            if not stat.S_ISREG(info.st_mode) or info.st_size != committed.dead_letters:
+            if size != committed.dead_letters:
                 raise CheckpointError(
                     f"{dead} is not the dead-letter file recorded in checkpoint {source}"
                 )
 
 
-def clear(folder: str, numbers: range, keep: set[int], fresh: bool) -> None:
-    """Remove what is not this run's in its range of part numbers: attempts' temporary files,
-    parts and dead letters the checkpoint does not record, and _SUCCESS (the folder changes).
-    `fresh`: a run without a checkpoint refuses (CheckpointError) a folder holding committed
+def _why(error: OSError) -> str:
+    return error.strerror or "No such file or directory"
+
+
+def clear(place: Place, numbers: range, keep: set[int], fresh: bool) -> None:
+    """Remove what is not this run's in its range of part numbers: attempts' leftovers, parts
+    and dead letters the checkpoint does not record, and _SUCCESS (the place changes).
+    `fresh`: a run without a checkpoint refuses (CheckpointError) a place holding committed
     parts in its range, another run's, rather than remove them."""
-    names = sorted(os.listdir(folder))
+    names = sorted(place.names())
     if fresh:
         theirs = [n for n in names if (k := number_of(n)) and k[1] and k[0] in numbers]
         if theirs:
             raise CheckpointError(
-                f"folder {folder} holds parts of another run ({theirs[0]} …) and no checkpoint "
+                f"{place.title} holds parts of another run ({theirs[0]} …) and no checkpoint "
                 "of this one: use --restart to replace them, or another folder"
             )
-    removed = False
+    stale = []
     for name in names:
         known = number_of(name)
-        stale = known is not None and known[0] in numbers and not (known[1] and known[0] in keep)
-        if name == SUCCESS or stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, name))
-            removed = True
-    if removed:
-        fsync_folder(folder)
+        if name == SUCCESS or (
+            known is not None and known[0] in numbers and not (known[1] and known[0] in keep)
+        ):
+            stale.append(name)
+    place.remove(stale, numbers)
 
 
 def _run_of(saved: Checkpoint) -> tuple[object, ...]:
@@ -310,22 +488,13 @@ def _run_of(saved: Checkpoint) -> tuple[object, ...]:
     return saved.module.sha256, msgspec.structs.replace(saved.options, shard=None), inputs
 
 
-def mark_complete(folder: str, checkpoint: str, shard: tuple[int, int] | None) -> None:
+def mark_complete(where: str, checkpoint: str, shard: tuple[int, int] | None) -> None:
     """`_SUCCESS` for a run whose checkpoint says complete (a run killed after its last save
     but before writing it is finished so, by the next): as the run itself would, once every
     shard is done."""
-    parts = PartsFolder(folder, checkpoint, shard, range(0), [], fresh=False)
-    parts._identity = folder_identity(folder)
+    parts = PartsFolder(where, checkpoint, shard, range(0), [], fresh=False)
+    parts._identity = parts.place.identity()
     parts.complete()
-
-
-def write_success(folder: str) -> None:
-    replace_durably(os.path.join(folder, SUCCESS), b"", ".tmp")
-
-
-def folder_identity(folder: str) -> tuple[int, int]:
-    info = os.stat(folder)
-    return info.st_dev, info.st_ino
 
 
 class PartsFolder:
@@ -339,17 +508,18 @@ class PartsFolder:
 
     def __init__(
         self,
-        path: str,
+        where: str,
         checkpoint: str,
         shard: tuple[int, int] | None,
         numbers: range,
         recorded: list[tuple[int, Committed]],
         fresh: bool,
     ) -> None:
-        """`numbers`: the part numbers this run writes (a shard's range), wherever it resumes;
-        `recorded`: the parts its checkpoint records (a resumed run); `fresh`: it has no
-        checkpoint at all, so parts already in its range are another run's."""
-        self.path = path
+        """`where`: the folder or object-store prefix; `numbers`: the part numbers this run
+        writes (a shard's range), wherever it resumes; `recorded`: the parts its checkpoint
+        records (a resumed run); `fresh`: it has no checkpoint at all, so parts already in its
+        range are another run's."""
+        self.place = place_for(where)
         self._checkpoint = checkpoint
         self._shard = shard
         self._numbers = numbers
@@ -357,22 +527,25 @@ class PartsFolder:
         self._fresh = fresh
         self._parts: list[tuple[int, Committed]] = []
         self._identity: tuple[int, int] | None = None
-        self._lock_fd: int | None = None
 
     def open(self, keep: int | None, durable: bool) -> PartsFolder:
-        self.lock()  # before anything in the folder changes
-        if keep is not None:  # resumed: its parts must be those recorded
-            check_recorded(self.path, self._recorded, self._checkpoint)
-            self._parts = list(self._recorded)
-        self._clear(self._fresh)
-        self._identity = folder_identity(self.path)
+        self.place.lock(self._shard, self._checkpoint)  # before anything in it changes
+        try:
+            if keep is not None:  # resumed: its parts must be those recorded
+                check_recorded(self.place, self._recorded, self._checkpoint)
+                self._parts = list(self._recorded)
+            self._clear(self._fresh)
+            self._identity = self.place.identity()
+        except BaseException:
+            self.place.unlock()  # refused: the next run must not find the place held
+            raise
         return self
 
     def _clear(self, fresh: bool) -> None:
         try:
-            clear(self.path, self._numbers, {number for number, _ in self._parts}, fresh)
+            clear(self.place, self._numbers, {number for number, _ in self._parts}, fresh)
         except OSError as error:
-            raise IOFailure(f"cannot write folder {self.path}: {error.strerror}") from None
+            raise IOFailure(f"cannot write {self.place.title}: {error.strerror}") from None
 
     def check_count(self, last: int) -> None:
         if last >= MAX_PARTS:
@@ -394,25 +567,27 @@ class PartsFolder:
         return 0
 
     def sync(self) -> None:
-        pass  # each part was fsynced, and its folder entry, when it was committed
+        pass  # each part was made durable, and its name, when it was committed
 
     def tidy(self) -> None:
         """After the parts stopped running: what was committed but not recorded (a run that
         failed or was stopped) goes, as the next run would remove it."""
-        with contextlib.suppress(OSError, CheckpointError):
-            clear(self.path, self._numbers, {number for number, _ in self._parts}, False)
+        with contextlib.suppress(OSError, CheckpointError, IOFailure):
+            clear(self.place, self._numbers, {number for number, _ in self._parts}, False)
 
     def complete(self) -> None:
         """The run is over and its checkpoint says so: `_SUCCESS`, last (a shard's run only
         once every shard's checkpoint says complete)."""
-        if folder_identity(self.path) != self._identity:
-            raise IOFailure(f"folder {self.path} was replaced during the run: no {SUCCESS}")
-        if self._shard is not None and not self._all_shards_complete(*self._shard):
-            return
+        title = self.place.title
+        if self.place.identity() != self._identity:
+            raise IOFailure(f"{title} was replaced during the run: no {SUCCESS}")
         try:
-            write_success(self.path)
+            self.place.publish_checkpoint(checkpoint_name(self._shard), self._checkpoint)
+            if self._shard is not None and not self._all_shards_complete(*self._shard):
+                return
+            self.place.write_success()
         except OSError as error:
-            raise IOFailure(f"cannot write {SUCCESS} in {self.path}: {error.strerror}") from None
+            raise IOFailure(f"cannot write {SUCCESS} in {title}: {error.strerror}") from None
 
     def _all_shards_complete(self, k: int, n: int) -> bool:
         """Whether every shard of the folder is done, each as a shard of this very run: the
@@ -424,45 +599,23 @@ class PartsFolder:
         own = checkpoint.load(self._checkpoint)
         assert own is not None  # saved complete just before
         for j in range(1, n + 1):
-            path = os.path.join(self.path, checkpoint_name((j, n)))
+            name = checkpoint_name((j, n))
             try:
-                saved = checkpoint.load(path)
+                saved = own if j == k else self.place.load_checkpoint(name)
             except CheckpointError:
                 return False
             if saved is None:
                 return False
             if _run_of(saved) != _run_of(own):
                 raise CheckpointError(
-                    f"shard {j}/{n} in folder {self.path} was run with another module, other "
-                    f"options or other inputs than shard {k}/{n} (see {path}): their parts do "
-                    f"not join into one output, and no {SUCCESS} is written"
+                    f"shard {j}/{n} in {self.place.title} was run with another module, other "
+                    f"options or other inputs than shard {k}/{n} (see "
+                    f"{self.place.name_of(name)}): their parts do not join into one output, "
+                    f"and no {SUCCESS} is written"
                 )
             if saved.status != "complete":
                 return False
         return True
 
-    def lock(self) -> None:
-        """Held while the run writes the folder: a run of the whole input alone (exclusive),
-        or shards together (shared) — never a whole run beside a shard run, whose clearing of
-        its range would remove the other's parts. Refused at once (CheckpointError)."""
-        import fcntl
-
-        try:  # the folder itself is locked: no file of the lock's own is left in it
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as error:
-            raise IOFailure(f"cannot lock folder {self.path}: {error.strerror}") from None
-        mode = fcntl.LOCK_SH if self._shard is not None else fcntl.LOCK_EX
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            what = "a run of the whole input" if self._shard is not None else "another run"
-            raise CheckpointError(
-                f"folder {self.path} is in use by {what}: wait for it, or use another folder"
-            ) from None
-        self._lock_fd = fd
-
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.place.unlock()

@@ -3,8 +3,9 @@
 A leaf, and the one place that tells a URL from a local path: checking, opening, sizing and
 reading at an offset, the same for both. fsspec is imported only
 when a URL is given; without it (or without the protocol's package) the error names what to
-install. Every call into fsspec is made here, under `_fsspec_failures`: the one place its
-failures become a usage error or an input that cannot be read.
+install. Every call into fsspec is made under `_fsspec_failures` (here, or through
+`writing_to` for parts written to an object store): the one place its failures become a usage
+error, an input that cannot be read or an output that cannot be written.
 """
 
 from __future__ import annotations
@@ -29,24 +30,35 @@ def is_url(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _fsspec_failures(url: str, parsing: bool = False) -> Iterator[None]:
+def _fsspec_failures(url: str, parsing: bool = False, writing: bool = False) -> Iterator[None]:
     """Where every failure of fsspec (or of the package behind its protocol) becomes an error
     of ours, naming the URL and the reason in one line. Backends raise what they like
     (botocore's NoCredentialsError, zipfile.BadZipFile, aiohttp's errors, OSError…), so any
     Exception is taken: a URL fsspec cannot parse, or whose package is missing, is a usage
-    error; any other failure is an input that cannot be read."""
+    error; any other failure is an input that cannot be read (`writing`: an output that
+    cannot be written, `--output-parts` in an object store)."""
+    subject = "--output-parts" if writing else "input"
+    failed = "cannot write" if writing else "cannot read input"
     try:
         yield
     except WasmstreamError:
         raise
     except ImportError as error:  # fsspec names the protocol's package (s3fs, gcsfs, …)
-        raise UsageError(f"input {url}: {_reason(error)}") from None
+        raise UsageError(f"{subject} {url}: {_reason(error)}") from None
     except ValueError as error:
         if parsing:
-            raise UsageError(f"input {url}: {_reason(error)}") from None
-        raise IOFailure(f"cannot read input {url}: {_reason(error)}") from None
+            raise UsageError(f"{subject} {url}: {_reason(error)}") from None
+        raise IOFailure(f"{failed} {url}: {_reason(error)}") from None
     except Exception as error:
-        raise IOFailure(f"cannot read input {url}: {_reason(error)}") from None
+        raise IOFailure(f"{failed} {url}: {_reason(error)}") from None
+
+
+@contextlib.contextmanager
+def writing_to(url: str) -> Iterator[None]:
+    """For `--output-parts` in an object store (stream/object_parts.py): fsspec's failures
+    while writing `url`, as ours."""
+    with _fsspec_failures(url, writing=True):
+        yield
 
 
 def _reason(error: Exception) -> str:
@@ -58,15 +70,19 @@ def _reason(error: Exception) -> str:
     return text or type(error).__name__
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
+def _filesystem(url: str, writing: bool = False) -> tuple[Any, str]:
     try:
         import fsspec
     except ImportError:
-        raise UsageError(
-            f"input {url} is a URL: reading it needs fsspec ({INSTALL_DASK})"
-        ) from None
-    with _fsspec_failures(url, parsing=True):
+        what = "--output-parts" if writing else "input"
+        raise UsageError(f"{what} {url} is a URL: it needs fsspec ({INSTALL_DASK})") from None
+    with _fsspec_failures(url, parsing=True, writing=writing):
         return cast("tuple[Any, str]", fsspec.core.url_to_fs(url))
+
+
+def object_store(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of an output URL, and the path in it (`s3://b/out` → fs, `b/out`)."""
+    return _filesystem(url, writing=True)
 
 
 def size_of(path: str) -> int:
