@@ -312,3 +312,17 @@ def test_stats_json_that_cannot_be_written_is_an_io_failure(tmp_path: Path) -> N
         "run", UPPER, "--stats-json", str(tmp_path / "missing" / "s.json"), input=b"a\n"
     )
     assert_clean_failure(result, 8, "--stats-json")
+
+
+def test_resume_of_a_folder_refuses_a_queue_depth_it_has_no_use_for(tmp_path: Path) -> None:
+    """`wasmstream resume --queue-depth N` on a run in parts was accepted and did nothing, as
+    `run --output-parts DIR --queue-depth N` is refused."""
+    data = tmp_path / "in.txt"
+    data.write_bytes(b"a\nb\n" * 50)
+    args = ["run", UPPER, str(data), "--framing", "lines", "--output-parts", "out"]
+    assert wasmstream(*args, cwd=tmp_path).returncode == 0
+    saved = (tmp_path / "out" / "_checkpoint.json").read_bytes()
+    checkpoint = str(tmp_path / "out" / "_checkpoint.json")
+    refused = wasmstream("resume", "--checkpoint", checkpoint, "--queue-depth", "4")
+    assert_clean_failure(refused, 2, "--queue-depth", "--output-parts")
+    assert (tmp_path / "out" / "_checkpoint.json").read_bytes() == saved
