@@ -149,3 +149,22 @@ def test_variables_once_ignored_reach_the_run(tmp_path: Path) -> None:
 
     listed = wasmstream("init", env={"WASMSTREAM_INIT_LIST": "1"})
     assert (listed.returncode, listed.stdout.split()[0]) == (0, b"c")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "option"),
+    [
+        ("WASMSTREAM_RUN_JOBS", "many", "--jobs"),
+        ("WASMSTREAM_RUN_FRAME_SIZE", "12Q", "--frame-size"),
+    ],
+)
+def test_a_bad_value_from_the_environment_names_its_variable(
+    variable: str, value: str, option: str
+) -> None:
+    """The message named only the option, which the command line never mentioned."""
+    done = wasmstream("run", fixture("upper.wasm"), os.devnull, env={variable: value})
+    assert done.returncode == 2
+    line = done.stderr.decode()
+    assert option in line and f"from the environment: {variable}" in line, line
+    given = wasmstream("run", fixture("upper.wasm"), os.devnull, option, value)
+    assert b"from the environment" not in given.stderr  # on the command line: no such note

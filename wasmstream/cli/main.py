@@ -55,6 +55,23 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", None)  # click >= 8.2
 
 
+def _from_environment(error: click.exceptions.UsageError) -> str:
+    """For a bad value that came from the environment: which variable held it (the message
+    names the option, which the command line never mentioned)."""
+    from click.core import ParameterSource
+
+    if not isinstance(error, click.BadParameter) or error.param is None or error.ctx is None:
+        return ""
+    name = error.param.name
+    if name is None or error.ctx.get_parameter_source(name) is not ParameterSource.ENVIRONMENT:
+        return ""
+    declared = error.param.envvar
+    candidates = [declared] if isinstance(declared, str) else list(declared or [])
+    candidates.append(f"{error.ctx.auto_envvar_prefix}_{name.upper()}")
+    held = [variable for variable in candidates if os.environ.get(variable)]
+    return f" (from the environment: {held[0]})" if held else " (from the environment)"
+
+
 def _run_cli(argv: Sequence[str] | None) -> int:
     try:
         # Every option can also come from the environment: WASMSTREAM_RUN_JOBS=4 and so on.
@@ -69,7 +86,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
             click.echo(error.ctx.get_help())  # `wasmstream` alone: help, as click tools do
             return ExitStatus.OK
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-        _error(f"{error.format_message()}{hint}")
+        _error(f"{error.format_message()}{_from_environment(error)}{hint}")
         return ExitStatus.USAGE
     except click.exceptions.Abort:
         return ExitStatus.INTERRUPTED
