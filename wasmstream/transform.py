@@ -44,8 +44,8 @@ from wasmstream.run.skeleton import (
     run_steps,
 )
 from wasmstream.stream.framing import Frame, Framing, Oversize
-from wasmstream.stream.output_parts import Committed
 from wasmstream.stream.parts import Part, align
+from wasmstream.stream.parts_layout import Committed
 from wasmstream.stream.sources import Inputs
 
 

@@ -52,7 +52,7 @@ from wasmstream.stream.framing import Frame
 from wasmstream.stream.input import WINDOW
 
 if TYPE_CHECKING:
-    from wasmstream.stream.output_parts import Committed
+    from wasmstream.stream.parts_layout import Committed
 
 
 class StreamProgress(Protocol):

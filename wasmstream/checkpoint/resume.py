@@ -34,7 +34,7 @@ from wasmstream.stream.sources import absolute, is_url
 
 if TYPE_CHECKING:
     from wasmstream.run.tally import Tally
-    from wasmstream.stream.output_parts import Committed
+    from wasmstream.stream.parts_layout import Committed
 
 
 class CheckpointPlan:
@@ -146,7 +146,7 @@ class CheckpointPlan:
 
     def saved_parts(self) -> list[tuple[int, Committed]]:
         """--output-parts: the parts the checkpoint records as committed (none: a fresh run)."""
-        from wasmstream.stream.output_parts import Committed
+        from wasmstream.stream.parts_layout import Committed
 
         parts = self.saved.position.parts if self.saved is not None else None
         return [

@@ -291,7 +291,7 @@ def run_command(**values: Any) -> None:
     if output_parts is not None and is_url(output_parts):
         checkpoint: str | None = kept["checkpoint"]  # a local file (_check_output_parts)
     elif output_parts is not None:
-        from wasmstream.stream.output_parts import checkpoint_name
+        from wasmstream.stream.parts_layout import checkpoint_name
 
         checkpoint = os.path.join(output_parts, checkpoint_name(values["shard"]))
     else:

@@ -62,6 +62,7 @@ from wasmstream.stream import output_parts
 from wasmstream.stream.framing import Frame
 from wasmstream.stream.locks import RunFiles
 from wasmstream.stream.parts import Part, grid_step, split
+from wasmstream.stream.parts_layout import MAX_PARTS
 from wasmstream.stream.sources import INSTALL_DASK, Inputs, absolute
 from wasmstream.transform import FailedFrame, PartResult, Transform
 from wasmstream.units import format_size
@@ -387,7 +388,7 @@ def _parts_folder(run: Run) -> output_parts.PartsFolder:
     assert plan is not None and config.checkpoint is not None
     step = grid_step(config.framing.framing, config.frame_size, config.part_size)
     first = plan.origin.input_bytes // step
-    numbers = range(first, output_parts.MAX_PARTS if run.end is None else run.end // step)
+    numbers = range(first, MAX_PARTS if run.end is None else run.end // step)
     fresh = plan.saved is None and not plan.replaces
     return output_parts.PartsFolder(
         config.output_parts, config.checkpoint, config.shard, numbers, plan.saved_parts(), fresh

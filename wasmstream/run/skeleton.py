@@ -48,7 +48,7 @@ from wasmstream.units import format_size
 if TYPE_CHECKING:
     from wasmstream.checkpoint.journal import Journal, StreamProgress
     from wasmstream.checkpoint.resume import CheckpointPlan
-    from wasmstream.stream.output_parts import Committed
+    from wasmstream.stream.parts_layout import Committed
 
 
 @dataclass

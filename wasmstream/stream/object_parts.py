@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from wasmstream.errors import CheckpointError, IOFailure, UsageError
-from wasmstream.stream.output_parts import (
+from wasmstream.stream.parts_layout import (
     SUCCESS,
     TAIL,
     Committed,

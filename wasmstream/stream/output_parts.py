@@ -1,13 +1,7 @@
 """`--output-parts DIR`: a folder of part outputs, each written where its part ran and
 committed once, and the metadata the run's client keeps of them.
 
-The layout (Hadoop's and Spark's convention; `cat DIR/part-*` is one run's output):
-
-    DIR/part-00000 …              the output of each part, numbered by its place on the grid of
-                                   --part-size cuts (a part left empty by a long record is absent)
-    DIR/_dead-letters-00000.jsonl  a part's failed frames (only for parts that had some)
-    DIR/_checkpoint.json           the run's checkpoint (a shard's: _checkpoint.K-of-N.json)
-    DIR/_SUCCESS                   written last, only by a run (or the last shard) that finished
+The layout, its names and what the client records of a part: stream/parts_layout.py.
 
 The commit protocol. An attempt writes its part to a temporary name of its own (dot-prefixed:
 no `part-*` glob sees it; attempt-unique: two attempts never share one), fsyncs it, and
@@ -31,51 +25,27 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
 import stat
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from wasmstream.checkpoint.durable import fsync_folder, replace_durably
 from wasmstream.errors import CheckpointError, IOFailure, UsageError
+from wasmstream.stream.parts_layout import (
+    MAX_PARTS,
+    SUCCESS,
+    TAIL,
+    Committed,
+    checkpoint_name,
+    dead_letters_name,
+    number_of,
+    part_name,
+)
 from wasmstream.stream.sources import is_url
-
-PART = "part-"
-DEAD_LETTERS = "_dead-letters-"
-SUCCESS = "_SUCCESS"
 
 if TYPE_CHECKING:
     from wasmstream.checkpoint.record import Checkpoint
-CHECKPOINT = "_checkpoint"
-WIDTH = 5  # part-00000: lexical order is input order below 10**WIDTH parts
-MAX_PARTS = 10**WIDTH
-TAIL = 64 * 1024  # a committed part is recognised by its size and the digest of its last bytes
-
-_NUMBERED = re.compile(rf"^\.?({PART}|{DEAD_LETTERS})(\d{{{WIDTH}}})(\.jsonl)?(\..+\.tmp)?$")
-
-
-def part_name(number: int) -> str:
-    return f"{PART}{number:0{WIDTH}d}"
-
-
-def dead_letters_name(number: int) -> str:
-    return f"{DEAD_LETTERS}{number:0{WIDTH}d}.jsonl"
-
-
-def checkpoint_name(shard: tuple[int, int] | None) -> str:
-    """The run's checkpoint in DIR: one per shard, so that shards share the folder."""
-    return f"{CHECKPOINT}.json" if shard is None else f"{CHECKPOINT}.{shard[0]}-of-{shard[1]}.json"
-
-
-class Committed(NamedTuple):
-    """What a committed part is, as recorded by the client: its size, the digest of its last
-    bytes, and the size of its dead letters (None: it had none)."""
-
-    size: int
-    tail_length: int
-    tail_sha256: str
-    dead_letters: int | None = None
 
 
 class Attempt(Protocol):
@@ -412,15 +382,6 @@ class Folder:
 
 
 # --- on the client -------------------------------------------------------------------------
-
-
-def number_of(name: str) -> tuple[int, bool] | None:
-    """(part number, whether committed) for a file of the protocol's, else None."""
-    match = _NUMBERED.match(name)
-    if match is None:
-        return None
-    committed = not name.startswith(".") and match.group(4) is None
-    return int(match.group(2)), committed
 
 
 def check_recorded(place: Place, recorded: Iterable[tuple[int, Committed]], source: str) -> None:
