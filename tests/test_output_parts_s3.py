@@ -113,6 +113,10 @@ def test_an_upload_is_invisible_until_committed_and_then_committed_once(bucket: 
     assert bucket.read("out/_dead-letters-00003.jsonl") == b'{"frame":1}\n'
     assert won == kept == prefix.describe("part-00003")._replace(dead_letters=12)
     assert bucket.listing("out") == ["_dead-letters-00003.jsonl", "part-00003"]
+    late = prefix.attempt(3)  # begun after the commit (a worker thought lost came back)
+    late.write(b"late")
+    assert late.commit() == won._replace(dead_letters=None)
+    assert bucket.read("out/part-00003") == big
     lost = prefix.attempt(4)
     lost.write(big)
     lost.abandon()

@@ -25,6 +25,7 @@ rests on the conditional write, which other stores' fsspec packages do not offer
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -236,14 +237,18 @@ class ObjectPartAttempt:
         self.number = number
         self._name = part_name(number)
         self._where = prefix.name_of(self._name)
-        with writing_to(self._where):
-            self._file: Any = prefix.fs.open(prefix.key(self._name), "xb", block_size=BLOCK)
+        self._file: Any = None
+        # a backend that looks up front may refuse a part committed already: nothing to write
+        with writing_to(self._where), contextlib.suppress(FileExistsError):
+            self._file = prefix.fs.open(prefix.key(self._name), "xb", block_size=BLOCK)
+        self._taken = self._file is None
         self.size = 0
         self._tail = bytearray()
 
     def write(self, data: bytes | memoryview) -> int:
-        with writing_to(self._where):
-            self._file.write(data)
+        if not self._taken:
+            with writing_to(self._where):
+                self._file.write(data)
         self.size += len(data)
         self._tail += data[-TAIL:]
         del self._tail[:-TAIL]
@@ -252,12 +257,14 @@ class ObjectPartAttempt:
     def commit(self, dead_letters: bytes = b"") -> Committed:
         try:
             dead = self._commit_dead_letters(dead_letters) if dead_letters else None
+            won = False
             with writing_to(self._where):
                 try:
-                    self._file.close()  # completes the upload, if the key is free
-                    won = True
+                    if not self._taken:
+                        self._file.close()  # completes the upload, if the key is free
+                        won = True
                 except FileExistsError:
-                    won = False
+                    pass
             if won:
                 return Committed(
                     self.size, len(self._tail), hashlib.sha256(self._tail).hexdigest(), dead
