@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -289,3 +290,63 @@ def test_workers_of_a_local_cluster_write_the_parts_into_the_prefix(
     assert bucket.joined("out") == data.upper()
     assert "cluster workers" in json.loads((tmp_path / "stats.json").read_text())["jobs"]
     assert "_SUCCESS" in bucket.listing("out") and bucket.uploads("out") == []
+
+
+# --- edges a hostile look found ---------------------------------------------------------------
+
+
+def test_an_empty_attempt_at_a_committed_part_keeps_that_part(bucket: Bucket) -> None:
+    prefix = ObjectPrefix(bucket.url("out"))
+    first, empty = prefix.attempt(2), prefix.attempt(2)
+    first.write(b"data")
+    won = first.commit()
+    assert empty.commit() == won  # an empty part is committed as any other: only if it is free
+    assert bucket.read("out/part-00002") == b"data"
+    alone = prefix.attempt(5)
+    assert alone.commit().size == 0 and bucket.read("out/part-00005") == b""
+    assert prefix.attempt(5).commit().size == 0
+
+
+def test_a_prefix_leaves_the_uploads_of_the_prefixes_below_it_alone(bucket: Bucket) -> None:
+    below = ObjectPrefix(bucket.url("out/sub"))
+    beside = ObjectPrefix(bucket.url("outx"))
+    big = b"x" * (9 << 20)  # past a block: a multipart upload under way in each
+    running = [below.attempt(3), beside.attempt(3)]
+    for attempt in running:
+        attempt.write(big)
+    ObjectPrefix(bucket.url("out")).remove([], range(0, 10))  # what a run in out/ clears
+    ObjectPrefix(f"s3://{bucket.name}/").remove([], range(0, 10))  # and one at the root
+    for attempt in running:
+        assert attempt.commit().size == len(big)  # their uploads were not aborted
+    assert bucket.fs.size(f"{bucket.name}/out/sub/part-00003") == len(big)
+
+
+def test_a_resume_of_a_run_killed_before_its_success_releases_the_lock_it_left(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    (tmp_path / "in").write_bytes(b"abc\n" * 3000)
+    args = [UPPER, "in", "--framing", "lines", "--part-size", "4K"]
+    assert bucket.run("out", *args, cwd=tmp_path).returncode == 0
+    # what a kill after the last save leaves: no _SUCCESS, the run's own lock
+    bucket.fs.rm(f"{bucket.name}/out/_SUCCESS")
+    bucket.write("out/_lock", f"{socket.gethostname()}:{tmp_path / 'out.json'}".encode())
+    resumed = wasmstream("resume", "--checkpoint", "out.json", cwd=tmp_path, env=bucket.env)
+    assert resumed.returncode == 0, resumed.stderr
+    names = bucket.listing("out")
+    assert "_SUCCESS" in names and "_lock" not in names
+    other = bucket.run("out", *args, "--checkpoint", "other.json", "--restart", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr  # the prefix is free for the next run
+
+
+def test_a_server_that_cannot_be_reached_is_not_said_to_have_no_bucket(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    (tmp_path / "in").write_bytes(b"abc\n")
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing listens
+    env = {"AWS_ENDPOINT_URL_S3": nowhere, "FSSPEC_S3_ENDPOINT_URL": nowhere}
+    args = ["--output-parts", bucket.url("out"), "--checkpoint", "c.json"]
+    refused = wasmstream(
+        "run", UPPER, "in", *args, cwd=tmp_path, env={**bucket.env, **env, "AWS_MAX_ATTEMPTS": "1"}
+    )
+    assert refused.returncode == 8 and len(refused.stderr.splitlines()) == 1
+    assert b"Could not connect" in refused.stderr and b"no bucket" not in refused.stderr

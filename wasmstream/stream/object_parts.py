@@ -79,8 +79,10 @@ class ObjectPrefix:
         with writing_to(self.where):
             if "/" in self._root and self.fs.isfile(self._root):
                 raise UsageError(f"--output-parts {self.where} is an object, not a prefix")
-            if not self.fs.exists(bucket):
-                raise IOFailure(f"cannot write {self.where}: there is no bucket {bucket}")
+            try:  # not fs.exists, which takes no credentials or no server for no bucket
+                self.fs.call_s3("head_bucket", Bucket=bucket)
+            except FileNotFoundError:
+                raise IOFailure(f"cannot write {self.where}: there is no bucket {bucket}") from None
         return False  # a prefix exists once something is under it: nothing to make or undo
 
     def unmake(self) -> None:
@@ -149,7 +151,9 @@ class ObjectPrefix:
                 "list_multipart_uploads", Bucket=bucket, Prefix=prefix, Delimiter="/", **marks
             )
             for upload in page.get("Uploads", []):
-                yield upload["Key"], upload["UploadId"]
+                # not those of a prefix below: servers that ignore the delimiter list them too
+                if "/" not in upload["Key"][len(prefix) :]:
+                    yield upload["Key"], upload["UploadId"]
             if not page.get("IsTruncated"):
                 return
             marks = {
@@ -254,7 +258,11 @@ class ObjectPartAttempt:
             dead = self._commit_dead_letters(dead_letters) if dead_letters else None
             with writing_to(self._where):
                 try:
-                    self._file.close()  # completes the upload, if the key is free
+                    if self.size == 0:  # s3fs puts an empty file whether the key is free or not
+                        self.abandon()
+                        self._prefix.fs.pipe_file(self._prefix.key(self._name), b"", mode="create")
+                    else:
+                        self._file.close()  # completes the upload, if the key is free
                     won = True
                 except FileExistsError:
                     won = False

@@ -493,8 +493,12 @@ def mark_complete(where: str, checkpoint: str, shard: tuple[int, int] | None) ->
     but before writing it is finished so, by the next): as the run itself would, once every
     shard is done."""
     parts = PartsFolder(where, checkpoint, shard, range(0), [], fresh=False)
-    parts._identity = parts.place.identity()
-    parts.complete()
+    parts.place.lock(shard, checkpoint)  # takes over the lock object a killed run left
+    try:
+        parts._identity = parts.place.identity()
+        parts.complete()
+    finally:
+        parts.place.unlock()  # which goes now, as it would have gone with that run
 
 
 class PartsFolder:
