@@ -350,3 +350,18 @@ def test_a_server_that_cannot_be_reached_is_not_said_to_have_no_bucket(
     )
     assert refused.returncode == 8 and len(refused.stderr.splitlines()) == 1
     assert b"Could not connect" in refused.stderr and b"no bucket" not in refused.stderr
+
+
+def test_objects_under_a_part_s_name_are_refused_not_left_among_the_parts(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    (tmp_path / "in").write_bytes(b"abc\n" * 3000)
+    args = [UPPER, "in", "--framing", "lines", "--part-size", "4K", "--restart"]
+    bucket.write("out/part-00001/x", b"not a part")  # `cat part-*` in key order would take it
+    refused = bucket.run("out", *args, cwd=tmp_path)
+    assert refused.returncode == 8 and len(refused.stderr.splitlines()) == 1
+    assert f"{bucket.url('out')}part-00001/ holds objects".encode() in refused.stderr
+    assert bucket.listing("out") == ["part-00001"]  # as a folder's subfolder: nothing removed
+    bucket.fs.rm(f"{bucket.name}/out/part-00001/x")
+    assert bucket.run("out", *args, cwd=tmp_path).returncode == 0
+    assert bucket.joined("out") == b"ABC\n" * 3000

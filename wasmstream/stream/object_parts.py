@@ -67,6 +67,7 @@ class ObjectPrefix:
             )
         self._root = root.rstrip("/")
         self._lock: str | None = None
+        self._prefixes: set[str] = set()  # the names listed last that are prefixes of objects
 
     def name_of(self, name: str) -> str:
         return f"{self._url}/{name}"
@@ -101,10 +102,12 @@ class ObjectPrefix:
     def names(self) -> list[str]:
         with writing_to(self.where):
             try:
-                listed = self.fs.ls(self._root, detail=False, refresh=True)
+                listed = self.fs.ls(self._root, detail=True, refresh=True)
             except FileNotFoundError:
                 return []
-        return [str(path).rstrip("/").rsplit("/", 1)[-1] for path in listed]
+        named = [(str(entry["name"]).rstrip("/").rsplit("/", 1)[-1], entry) for entry in listed]
+        self._prefixes = {name for name, entry in named if entry.get("type") == "directory"}
+        return [name for name, _ in named]
 
     def size(self, name: str) -> int:
         key = self.key(name)
@@ -130,6 +133,12 @@ class ObjectPrefix:
         return Committed(size, len(tail), hashlib.sha256(tail).hexdigest())
 
     def remove(self, names: list[str], numbers: range) -> None:
+        below = sorted(self._prefixes.intersection(names))
+        if below:  # objects under part-00001/: removing the part would leave them in part-*
+            raise IOFailure(
+                f"cannot write {self.where}: {self.name_of(below[0])}/ holds objects, where the "
+                "run writes a part: remove them"
+            )
         with writing_to(self.where):
             if names:
                 self.fs.rm([self.key(name) for name in names])
