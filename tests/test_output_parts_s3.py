@@ -365,3 +365,24 @@ def test_objects_under_a_part_s_name_are_refused_not_left_among_the_parts(
     bucket.fs.rm(f"{bucket.name}/out/part-00001/x")
     assert bucket.run("out", *args, cwd=tmp_path).returncode == 0
     assert bucket.joined("out") == b"ABC\n" * 3000
+
+
+def test_an_input_inside_the_prefix_is_refused_however_the_url_spells_it(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    bucket.write("in/part-00000", b"abc\n")  # named as a part: a --restart would remove it
+    for given, parts in (("s3", "s3a"), ("s3a", "s3")):
+        inside = wasmstream(
+            "run",
+            UPPER,
+            f"{given}://{bucket.name}/in/part-00000",
+            "--output-parts",
+            f"{parts}://{bucket.name}/in/",
+            "--checkpoint",
+            "c.json",
+            "--restart",
+            cwd=tmp_path,
+            env=bucket.env,
+        )
+        assert inside.returncode == 2 and b"is inside --output-parts" in inside.stderr
+        assert bucket.read("in/part-00000") == b"abc\n"

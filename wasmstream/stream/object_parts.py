@@ -41,7 +41,7 @@ from wasmstream.stream.output_parts import (
     number_of,
     part_name,
 )
-from wasmstream.stream.sources import absolute, is_url, object_store, writing_to
+from wasmstream.stream.sources import is_url, object_store, writing_to
 
 if TYPE_CHECKING:
     from wasmstream.checkpoint.record import Checkpoint
@@ -91,7 +91,7 @@ class ObjectPrefix:
 
     def check_inputs_outside(self, inputs: Iterable[str]) -> None:
         for path in inputs:
-            if is_url(path) and absolute(path).startswith(self._url + "/"):
+            if any(key.startswith(self._root + "/") for key in _objects_read(path)):
                 raise UsageError(
                     f"input {path} is inside --output-parts {self.where}: the run would remove it"
                 )
@@ -239,6 +239,15 @@ class ObjectPrefix:
             except FileNotFoundError:
                 return None
         return checkpoint.parse(raw, self.name_of(name))
+
+
+def _objects_read(path: str) -> list[str]:
+    """The S3 objects (bucket/key) an input URL reads, whatever its spelling: `s3://` or
+    `s3a://`, alone or a link of a chained URL (`simplecache::s3://…`, `zip://x::s3://…`)."""
+    if not is_url(path):
+        return []
+    links = (link.partition("://") for link in path.split("::"))
+    return [rest for protocol, found, rest in links if found and protocol in PROTOCOLS]
 
 
 class ObjectPartAttempt:
