@@ -339,13 +339,13 @@ class Folder:
         `--restart` all its parts), as `-o` refuses an output that is an input."""
         inside = os.path.realpath(self.where)
         for path in inputs:
-            if is_url(path) or path == "-":
-                continue
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, inside]) == inside:
-                raise UsageError(
-                    f"input {path} is inside --output-parts {self.where}: the run would remove it"
-                )
+            for local in _local_paths(path):
+                real = os.path.realpath(local)
+                if os.path.commonpath([real, inside]) == inside:
+                    raise UsageError(
+                        f"input {path} is inside --output-parts {self.where}: the run would "
+                        "remove it"
+                    )
 
     def attempt(self, number: int) -> PartAttempt:
         return PartAttempt(self.where, number)
@@ -409,6 +409,17 @@ class Folder:
         from wasmstream.checkpoint import record as checkpoint
 
         return checkpoint.load(os.path.join(self.where, name))
+
+
+def _local_paths(path: str) -> list[str]:
+    """The files of this machine an input reads: a path, or a `file://` URL (alone or a link
+    of a chained one)."""
+    if path == "-":
+        return []
+    if not is_url(path):
+        return [path]
+    links = (link.partition("://") for link in path.split("::"))
+    return [rest for protocol, found, rest in links if found and protocol in ("file", "local")]
 
 
 # --- on the client -------------------------------------------------------------------------
