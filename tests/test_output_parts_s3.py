@@ -386,3 +386,47 @@ def test_an_input_inside_the_prefix_is_refused_however_the_url_spells_it(
         )
         assert inside.returncode == 2 and b"is inside --output-parts" in inside.stderr
         assert bucket.read("in/part-00000") == b"abc\n"
+
+
+@pytest.mark.wasmtime_only  # sleepy.wasm is a WASI command, which wasmer cannot run
+def test_a_shard_run_again_and_killed_is_not_taken_for_done_by_the_others(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    data = b"".join(b"2%03d" % n for n in range(8))  # sleepy: 200 ms per 4-byte part
+    (tmp_path / "in").write_bytes(data)
+    args = [fixture("sleepy.wasm"), "in", "--frame-size", "4", "--part-size", "4", "-j", "2"]
+    args += ["--checkpoint-interval", "10ms"]
+    for k in (1, 2):
+        done = bucket.run(
+            "p", *args, "--shard", f"{k}/2", "--checkpoint", f"{k}.json", cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+    assert "_SUCCESS" in bucket.listing("p")
+    args += ["--shard", "1/2", "--checkpoint", "1.json", "--output-parts", bucket.url("p")]
+    again = spawn(
+        ["run", *args, "--restart"],
+        cwd=tmp_path,
+        env={**os.environ, **bucket.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def restarted() -> bool:
+        try:
+            saved = json.loads((tmp_path / "1.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return saved["status"] == "running" and len(saved["position"]["parts"]) >= 1
+
+    deadline = time.monotonic() + 30
+    while not restarted():
+        assert time.monotonic() < deadline and again.poll() is None
+        time.sleep(0.01)
+    again.send_signal(signal.SIGKILL)  # shard 1 is half done again
+    again.wait()
+    other = wasmstream("resume", "--checkpoint", "2.json", cwd=tmp_path, env=bucket.env)
+    assert other.returncode == 0, other.stderr
+    assert "_SUCCESS" not in bucket.listing("p")  # shard 1's old copy no longer says done
+    resumed = wasmstream("resume", "--checkpoint", "1.json", cwd=tmp_path, env=bucket.env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "_SUCCESS" in bucket.listing("p") and bucket.joined("p") == data

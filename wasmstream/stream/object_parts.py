@@ -230,6 +230,10 @@ class ObjectPrefix:
         with writing_to(self.name_of(name)):
             self.fs.pipe_file(self.key(name), data)
 
+    def withdraw_checkpoint(self, name: str) -> None:
+        with writing_to(self.name_of(name)):
+            self.fs.rm(self.key(name))
+
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         from wasmstream.checkpoint import record as checkpoint
 

@@ -152,6 +152,11 @@ class Place(Protocol):
         other's there)."""
         ...
 
+    def withdraw_checkpoint(self, name: str) -> None:
+        """What `publish_checkpoint` kept as `name` is gone: the run writes the place again,
+        and a shard's copy saying complete would tell the other shards it is done."""
+        ...
+
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         """The checkpoint kept in the place as `name`, or None."""
         ...
@@ -405,6 +410,9 @@ class Folder:
     def publish_checkpoint(self, name: str, path: str) -> None:
         pass  # the run's checkpoint is in the folder already, under that name
 
+    def withdraw_checkpoint(self, name: str) -> None:
+        pass  # it is the run's own, saved as the run goes: not a copy of a finished one
+
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         from wasmstream.checkpoint import record as checkpoint
 
@@ -468,18 +476,22 @@ def _why(error: OSError) -> str:
     return error.strerror or "No such file or directory"
 
 
-def clear(place: Place, numbers: range, keep: set[int], fresh: bool) -> None:
+def clear(
+    place: Place, numbers: range, keep: set[int], fresh: bool, withdraw: str | None = None
+) -> None:
     """Remove what is not this run's in its range of part numbers: attempts' leftovers, parts
     and dead letters the checkpoint does not record, and _SUCCESS (the place changes).
     `fresh`: a run without a checkpoint refuses (CheckpointError) a place holding committed
-    parts in its range, another run's, rather than remove them."""
+    parts in its range, another run's, rather than remove them. `withdraw`: the run's
+    published checkpoint, withdrawn before any part goes (a shard's copy saying complete
+    would have the last shard write _SUCCESS over parts removed here)."""
     names = sorted(place.names())
     if fresh:
         theirs = [n for n in names if (k := number_of(n)) and k[1] and k[0] in numbers]
         if theirs:
             raise CheckpointError(
                 f"{place.title} holds parts of another run ({theirs[0]} …) and no checkpoint "
-                "of this one: use --restart to replace them, or another folder"
+                "of this one: use --restart to replace them, or write elsewhere"
             )
     stale = []
     for name in names:
@@ -488,6 +500,8 @@ def clear(place: Place, numbers: range, keep: set[int], fresh: bool) -> None:
             known is not None and known[0] in numbers and not (known[1] and known[0] in keep)
         ):
             stale.append(name)
+    if withdraw is not None:
+        place.withdraw_checkpoint(withdraw)
     place.remove(stale, numbers)
 
 
@@ -549,16 +563,17 @@ class PartsFolder:
             if keep is not None:  # resumed: its parts must be those recorded
                 check_recorded(self.place, self._recorded, self._checkpoint)
                 self._parts = list(self._recorded)
-            self._clear(self._fresh)
+            self._clear(self._fresh, withdraw=checkpoint_name(self._shard))
             self._identity = self.place.identity()
         except BaseException:
             self.place.unlock()  # refused: the next run must not find the place held
             raise
         return self
 
-    def _clear(self, fresh: bool) -> None:
+    def _clear(self, fresh: bool, withdraw: str | None = None) -> None:
         try:
-            clear(self.place, self._numbers, {number for number, _ in self._parts}, fresh)
+            keep = {number for number, _ in self._parts}
+            clear(self.place, self._numbers, keep, fresh, withdraw)
         except OSError as error:
             raise IOFailure(f"cannot write {self.place.title}: {error.strerror}") from None
 
