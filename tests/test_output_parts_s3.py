@@ -430,3 +430,14 @@ def test_a_shard_run_again_and_killed_is_not_taken_for_done_by_the_others(
     resumed = wasmstream("resume", "--checkpoint", "1.json", cwd=tmp_path, env=bucket.env)
     assert resumed.returncode == 0, resumed.stderr
     assert "_SUCCESS" in bucket.listing("p") and bucket.joined("p") == data
+
+
+def test_a_url_that_names_no_bucket_is_a_usage_error(bucket: Bucket, tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"abc\n")
+    for url in ("s3://", "s3:///out/"):
+        refused = wasmstream(
+            "run", UPPER, "in", "--output-parts", url, "--checkpoint", "c.json", cwd=tmp_path
+        )
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+        assert f"--output-parts {url} names no bucket".encode() in refused.stderr
+    assert not (tmp_path / "c.json").exists()

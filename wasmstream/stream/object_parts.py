@@ -66,6 +66,8 @@ class ObjectPrefix:
                 f"there is S3's conditional write), not to {protocols[0]}://"
             )
         self._root = root.rstrip("/")
+        if not self._root or self._root.startswith("/"):
+            raise UsageError(f"--output-parts {url} names no bucket: s3://bucket/prefix/")
         self._lock: str | None = None
         self._prefixes: set[str] = set()  # the names listed last that are prefixes of objects
 
