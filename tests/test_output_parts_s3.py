@@ -441,3 +441,16 @@ def test_a_url_that_names_no_bucket_is_a_usage_error(bucket: Bucket, tmp_path: P
         assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
         assert f"--output-parts {url} names no bucket".encode() in refused.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_a_finished_run_resumed_over_a_missing_part_writes_no_success(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    (tmp_path / "in").write_bytes(b"abc\n" * 3000)
+    args = [UPPER, "in", "--framing", "lines", "--part-size", "4K"]
+    assert bucket.run("out", *args, cwd=tmp_path).returncode == 0
+    bucket.fs.rm([f"{bucket.name}/out/_SUCCESS", f"{bucket.name}/out/part-00001"])
+    resumed = wasmstream("resume", "--checkpoint", "out.json", cwd=tmp_path, env=bucket.env)
+    assert resumed.returncode == 9, resumed.stderr
+    assert f"{bucket.url('out')}part-00001, recorded in checkpoint".encode() in resumed.stderr
+    assert "_SUCCESS" not in bucket.listing("out") and "_lock" not in bucket.listing("out")

@@ -513,13 +513,19 @@ def _run_of(saved: Checkpoint) -> tuple[object, ...]:
     return saved.module.sha256, msgspec.structs.replace(saved.options, shard=None), inputs
 
 
-def mark_complete(where: str, checkpoint: str, shard: tuple[int, int] | None) -> None:
+def mark_complete(
+    where: str,
+    checkpoint: str,
+    shard: tuple[int, int] | None,
+    recorded: list[tuple[int, Committed]],
+) -> None:
     """`_SUCCESS` for a run whose checkpoint says complete (a run killed after its last save
     but before writing it is finished so, by the next): as the run itself would, once every
-    shard is done."""
+    shard is done, and only over the parts it recorded, as recorded."""
     parts = PartsFolder(where, checkpoint, shard, range(0), [], fresh=False)
     parts.place.lock(shard, checkpoint)  # takes over the lock object a killed run left
     try:
+        check_recorded(parts.place, recorded, checkpoint)
         parts._identity = parts.place.identity()
         parts.complete()
     finally:
