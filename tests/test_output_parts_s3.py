@@ -533,3 +533,13 @@ def test_an_interrupt_ends_the_run_when_the_store_stops_answering(
             client.kill()
             client.wait()
         proxy.close()
+
+
+def test_shards_of_another_count_do_not_share_a_prefix(bucket: Bucket, tmp_path: Path) -> None:
+    (tmp_path / "in").write_bytes(b"abc\n" * 100)
+    bucket.write("out/_lock.1-of-2", b"elsewhere:/var/run/shard.json")  # shard 1/2 runs
+    other = bucket.run("out", UPPER, "in", "--shard", "1/3", "--restart", cwd=tmp_path)
+    assert other.returncode == 9 and b"a shard run of another shard count" in other.stderr
+    assert bucket.listing("out") == ["_lock.1-of-2"]  # its range overlaps 1/2's: kept apart
+    sibling = bucket.run("out", UPPER, "in", "--shard", "2/2", cwd=tmp_path)
+    assert sibling.returncode == 0, sibling.stderr

@@ -10,8 +10,9 @@ the commit protocol are stream/output_parts.py's; what a folder gives for free i
   is durable, and listings are strongly consistent.
 - **Lock.** An object, `_lock` (a run of the whole input) or `_lock.K-of-N` (shard K of N),
   created only if absent and naming the checkpoint of the run that holds it (host and path).
-  Each run creates its own, then looks for the other kind: of two runs that start together, at
-  least one sees the other and stops. A lock left by a run that died is taken over by a run of
+  Each run creates its own, then looks for those that exclude it (a shard: the whole run's, and
+  those of shards of another count): of two runs that start together, at least one sees the
+  other and stops. A lock left by a run that died is taken over by a run of
   the same checkpoint (it holds the checkpoint's own lock: the other is not running); any other
   run is refused until the lock is removed.
 - **Checkpoint.** A local file (`--checkpoint FILE`, required): it is saved often, and its lock
@@ -185,17 +186,27 @@ class ObjectPrefix:
                 f"that run is dead, remove {self.name_of(mine)}"
             )
         self._lock = mine  # made, or left by a run of this checkpoint that died: taken over
+        # a run of the whole input excludes any other; shards, those of another count (their
+        # ranges of parts overlap): only shards of one count share a prefix
+        ours = None if shard is None else f"-of-{shard[1]}"
         others = [
             name
             for name in self.names()
-            if name != mine and (name == LOCK or (shard is None and name.startswith(LOCK + ".")))
+            if name != mine
+            and (
+                name == LOCK
+                or (name.startswith(LOCK + ".") and (ours is None or not name.endswith(ours)))
+            )
         ]
         if others:
             self.unlock()
-            what = "a run of the whole input" if shard is not None else "a shard run"
+            if others[0] == LOCK:
+                what = "a run of the whole input"
+            else:
+                what = "a shard run" if shard is None else "a shard run of another shard count"
             raise CheckpointError(
                 f"{self.title} is in use by {what} ({self.name_of(others[0])}): wait for it, "
-                "or use another prefix"
+                "or use another prefix (if that run is dead, remove that object)"
             )
 
     def _create(self, name: str, data: bytes) -> str | None:
