@@ -322,3 +322,12 @@ def test_a_resume_refuses_another_folder_swapped_in_for_dir(tmp_path: Path) -> N
     refused = wasmstream(*args, "--resume", cwd=tmp_path)
     assert refused.returncode == 9 and b"is not the one recorded" in refused.stderr
     assert listing(tmp_path / "copy") == listing(tmp_path / "moved")  # nothing changed there
+
+
+def test_a_file_url_input_inside_the_folder_is_refused_not_removed(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "part-00000").write_bytes(b"abc\n")  # a --restart would remove it
+    url = (tmp_path / "out" / "part-00000").as_uri()
+    inside = wasmstream("run", UPPER, url, "--output-parts", "out", "--restart", cwd=tmp_path)
+    assert inside.returncode == 2 and b"is inside --output-parts out" in inside.stderr
+    assert (tmp_path / "out" / "part-00000").read_bytes() == b"abc\n"

@@ -347,7 +347,7 @@ def run_steps(
             from wasmstream.stream.output_parts import mark_complete
 
             assert config.checkpoint is not None
-            mark_complete(config.output_parts, config.checkpoint, config.shard)
+            mark_complete(config.output_parts, config.checkpoint, config.shard, plan.saved_parts())
         return
     with ExitStack() as cleanup:  # whatever was opened is closed, however the run ends
         cleanup.callback(executor.close)

@@ -10,8 +10,9 @@ the commit protocol are stream/output_parts.py's; what a folder gives for free i
   is durable, and listings are strongly consistent.
 - **Lock.** An object, `_lock` (a run of the whole input) or `_lock.K-of-N` (shard K of N),
   created only if absent and naming the checkpoint of the run that holds it (host and path).
-  Each run creates its own, then looks for the other kind: of two runs that start together, at
-  least one sees the other and stops. A lock left by a run that died is taken over by a run of
+  Each run creates its own, then looks for those that exclude it (a shard: the whole run's, and
+  those of shards of another count): of two runs that start together, at least one sees the
+  other and stops. A lock left by a run that died is taken over by a run of
   the same checkpoint (it holds the checkpoint's own lock: the other is not running); any other
   run is refused until the lock is removed.
 - **Checkpoint.** A local file (`--checkpoint FILE`, required): it is saved often, and its lock
@@ -42,7 +43,7 @@ from wasmstream.stream.parts_layout import (
     number_of,
     part_name,
 )
-from wasmstream.stream.sources import absolute, is_url, object_store, writing_to
+from wasmstream.stream.sources import links, object_store, writing_to
 
 if TYPE_CHECKING:
     from wasmstream.checkpoint.record import Checkpoint
@@ -67,7 +68,10 @@ class ObjectPrefix:
                 f"there is S3's conditional write), not to {protocols[0]}://"
             )
         self._root = root.rstrip("/")
+        if not self._root or self._root.startswith("/"):
+            raise UsageError(f"--output-parts {url} names no bucket: s3://bucket/prefix/")
         self._lock: str | None = None
+        self._prefixes: set[str] = set()  # the names listed last that are prefixes of objects
 
     def name_of(self, name: str) -> str:
         return f"{self._url}/{name}"
@@ -80,8 +84,10 @@ class ObjectPrefix:
         with writing_to(self.where):
             if "/" in self._root and self.fs.isfile(self._root):
                 raise UsageError(f"--output-parts {self.where} is an object, not a prefix")
-            if not self.fs.exists(bucket):
-                raise IOFailure(f"cannot write {self.where}: there is no bucket {bucket}")
+            try:  # not fs.exists, which takes no credentials or no server for no bucket
+                self.fs.call_s3("head_bucket", Bucket=bucket)
+            except FileNotFoundError:
+                raise IOFailure(f"cannot write {self.where}: there is no bucket {bucket}") from None
         return False  # a prefix exists once something is under it: nothing to make or undo
 
     def unmake(self) -> None:
@@ -89,7 +95,9 @@ class ObjectPrefix:
 
     def check_inputs_outside(self, inputs: Iterable[str]) -> None:
         for path in inputs:
-            if is_url(path) and absolute(path).startswith(self._url + "/"):
+            # by bucket and key: s3:// and s3a:// name the same objects
+            read = [rest for protocol, rest in links(path) if protocol in PROTOCOLS]
+            if any(key.startswith(self._root + "/") for key in read):
                 raise UsageError(
                     f"input {path} is inside --output-parts {self.where}: the run would remove it"
                 )
@@ -100,10 +108,12 @@ class ObjectPrefix:
     def names(self) -> list[str]:
         with writing_to(self.where):
             try:
-                listed = self.fs.ls(self._root, detail=False, refresh=True)
+                listed = self.fs.ls(self._root, detail=True, refresh=True)
             except FileNotFoundError:
                 return []
-        return [str(path).rstrip("/").rsplit("/", 1)[-1] for path in listed]
+        named = [(str(entry["name"]).rstrip("/").rsplit("/", 1)[-1], entry) for entry in listed]
+        self._prefixes = {name for name, entry in named if entry.get("type") == "directory"}
+        return [name for name, _ in named]
 
     def size(self, name: str) -> int:
         key = self.key(name)
@@ -129,6 +139,12 @@ class ObjectPrefix:
         return Committed(size, len(tail), hashlib.sha256(tail).hexdigest())
 
     def remove(self, names: list[str], numbers: range) -> None:
+        below = sorted(self._prefixes.intersection(names))
+        if below:  # objects under part-00001/: removing the part would leave them in part-*
+            raise IOFailure(
+                f"cannot write {self.where}: {self.name_of(below[0])}/ holds objects, where the "
+                "run writes a part: remove them"
+            )
         with writing_to(self.where):
             if names:
                 self.fs.rm([self.key(name) for name in names])
@@ -150,7 +166,9 @@ class ObjectPrefix:
                 "list_multipart_uploads", Bucket=bucket, Prefix=prefix, Delimiter="/", **marks
             )
             for upload in page.get("Uploads", []):
-                yield upload["Key"], upload["UploadId"]
+                # not those of a prefix below: servers that ignore the delimiter list them too
+                if "/" not in upload["Key"][len(prefix) :]:
+                    yield upload["Key"], upload["UploadId"]
             if not page.get("IsTruncated"):
                 return
             marks = {
@@ -171,17 +189,27 @@ class ObjectPrefix:
                 f"that run is dead, remove {self.name_of(mine)}"
             )
         self._lock = mine  # made, or left by a run of this checkpoint that died: taken over
+        # a run of the whole input excludes any other; shards, those of another count (their
+        # ranges of parts overlap): only shards of one count share a prefix
+        ours = None if shard is None else f"-of-{shard[1]}"
         others = [
             name
             for name in self.names()
-            if name != mine and (name == LOCK or (shard is None and name.startswith(LOCK + ".")))
+            if name != mine
+            and (
+                name == LOCK
+                or (name.startswith(LOCK + ".") and (ours is None or not name.endswith(ours)))
+            )
         ]
         if others:
             self.unlock()
-            what = "a run of the whole input" if shard is not None else "a shard run"
+            if others[0] == LOCK:
+                what = "a run of the whole input"
+            else:
+                what = "a shard run" if shard is None else "a shard run of another shard count"
             raise CheckpointError(
                 f"{self.title} is in use by {what} ({self.name_of(others[0])}): wait for it, "
-                "or use another prefix"
+                "or use another prefix (if that run is dead, remove that object)"
             )
 
     def _create(self, name: str, data: bytes) -> str | None:
@@ -217,6 +245,10 @@ class ObjectPrefix:
             data = saved.read()
         with writing_to(self.name_of(name)):
             self.fs.pipe_file(self.key(name), data)
+
+    def withdraw_checkpoint(self, name: str) -> None:
+        with writing_to(self.name_of(name)):
+            self.fs.rm(self.key(name))
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         from wasmstream.checkpoint import record as checkpoint
@@ -260,7 +292,13 @@ class ObjectPartAttempt:
             won = False
             with writing_to(self._where):
                 try:
-                    if not self._taken:
+                    if self._taken:
+                        pass  # refused when the upload began: committed already
+                    elif self.size == 0:  # s3fs puts an empty file whether the key is free or not
+                        self.abandon()
+                        self._prefix.fs.pipe_file(self._prefix.key(self._name), b"", mode="create")
+                        won = True
+                    else:
                         self._file.close()  # completes the upload, if the key is free
                         won = True
                 except FileExistsError:

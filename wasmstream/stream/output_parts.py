@@ -42,10 +42,12 @@ from wasmstream.stream.parts_layout import (
     number_of,
     part_name,
 )
-from wasmstream.stream.sources import is_url
+from wasmstream.stream.sources import is_url, links
 
 if TYPE_CHECKING:
     from wasmstream.checkpoint.record import Checkpoint
+
+LOCAL = ("", "file", "local")  # the protocols of an input on this machine (sources.links)
 
 
 class Attempt(Protocol):
@@ -120,6 +122,11 @@ class Place(Protocol):
     def publish_checkpoint(self, name: str, path: str) -> None:
         """The final checkpoint at `path`, kept in the place as `name` (shards read each
         other's there)."""
+        ...
+
+    def withdraw_checkpoint(self, name: str) -> None:
+        """What `publish_checkpoint` kept as `name` is gone: the run writes the place again,
+        and a shard's copy saying complete would tell the other shards it is done."""
         ...
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
@@ -309,13 +316,16 @@ class Folder:
         `--restart` all its parts), as `-o` refuses an output that is an input."""
         inside = os.path.realpath(self.where)
         for path in inputs:
-            if is_url(path) or path == "-":
+            if path == "-":
                 continue
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, inside]) == inside:
-                raise UsageError(
-                    f"input {path} is inside --output-parts {self.where}: the run would remove it"
-                )
+            local_files = [rest for protocol, rest in links(path) if protocol in LOCAL]
+            for local in local_files:
+                real = os.path.realpath(local)
+                if os.path.commonpath([real, inside]) == inside:
+                    raise UsageError(
+                        f"input {path} is inside --output-parts {self.where}: the run would "
+                        "remove it"
+                    )
 
     def attempt(self, number: int) -> PartAttempt:
         return PartAttempt(self.where, number)
@@ -375,6 +385,9 @@ class Folder:
     def publish_checkpoint(self, name: str, path: str) -> None:
         pass  # the run's checkpoint is in the folder already, under that name
 
+    def withdraw_checkpoint(self, name: str) -> None:
+        pass  # it is the run's own, saved as the run goes: not a copy of a finished one
+
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         from wasmstream.checkpoint import record as checkpoint
 
@@ -418,18 +431,22 @@ def _why(error: OSError) -> str:
     return error.strerror or "No such file or directory"
 
 
-def clear(place: Place, numbers: range, keep: set[int], fresh: bool) -> None:
+def clear(
+    place: Place, numbers: range, keep: set[int], fresh: bool, withdraw: str | None = None
+) -> None:
     """Remove what is not this run's in its range of part numbers: attempts' leftovers, parts
     and dead letters the checkpoint does not record, and _SUCCESS (the place changes).
     `fresh`: a run without a checkpoint refuses (CheckpointError) a place holding committed
-    parts in its range, another run's, rather than remove them."""
+    parts in its range, another run's, rather than remove them. `withdraw`: the run's
+    published checkpoint, withdrawn before any part goes (a shard's copy saying complete
+    would have the last shard write _SUCCESS over parts removed here)."""
     names = sorted(place.names())
     if fresh:
         theirs = [n for n in names if (k := number_of(n)) and k[1] and k[0] in numbers]
         if theirs:
             raise CheckpointError(
                 f"{place.title} holds parts of another run ({theirs[0]} …) and no checkpoint "
-                "of this one: use --restart to replace them, or another folder"
+                "of this one: use --restart to replace them, or write elsewhere"
             )
     stale = []
     for name in names:
@@ -438,6 +455,8 @@ def clear(place: Place, numbers: range, keep: set[int], fresh: bool) -> None:
             known is not None and known[0] in numbers and not (known[1] and known[0] in keep)
         ):
             stale.append(name)
+    if withdraw is not None:
+        place.withdraw_checkpoint(withdraw)
     place.remove(stale, numbers)
 
 
@@ -449,13 +468,23 @@ def _run_of(saved: Checkpoint) -> tuple[object, ...]:
     return saved.module.sha256, msgspec.structs.replace(saved.options, shard=None), inputs
 
 
-def mark_complete(where: str, checkpoint: str, shard: tuple[int, int] | None) -> None:
+def mark_complete(
+    where: str,
+    checkpoint: str,
+    shard: tuple[int, int] | None,
+    recorded: list[tuple[int, Committed]],
+) -> None:
     """`_SUCCESS` for a run whose checkpoint says complete (a run killed after its last save
     but before writing it is finished so, by the next): as the run itself would, once every
-    shard is done."""
+    shard is done, and only over the parts it recorded, as recorded."""
     parts = PartsFolder(where, checkpoint, shard, range(0), [], fresh=False)
-    parts._identity = parts.place.identity()
-    parts.complete()
+    parts.place.lock(shard, checkpoint)  # takes over the lock object a killed run left
+    try:
+        check_recorded(parts.place, recorded, checkpoint)
+        parts._identity = parts.place.identity()
+        parts.complete()
+    finally:
+        parts.place.unlock()  # which goes now, as it would have gone with that run
 
 
 class PartsFolder:
@@ -495,16 +524,17 @@ class PartsFolder:
             if keep is not None:  # resumed: its parts must be those recorded
                 check_recorded(self.place, self._recorded, self._checkpoint)
                 self._parts = list(self._recorded)
-            self._clear(self._fresh)
+            self._clear(self._fresh, withdraw=checkpoint_name(self._shard))
             self._identity = self.place.identity()
         except BaseException:
             self.place.unlock()  # refused: the next run must not find the place held
             raise
         return self
 
-    def _clear(self, fresh: bool) -> None:
+    def _clear(self, fresh: bool, withdraw: str | None = None) -> None:
         try:
-            clear(self.place, self._numbers, {number for number, _ in self._parts}, fresh)
+            keep = {number for number, _ in self._parts}
+            clear(self.place, self._numbers, keep, fresh, withdraw)
         except OSError as error:
             raise IOFailure(f"cannot write {self.place.title}: {error.strerror}") from None
 

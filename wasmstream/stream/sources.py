@@ -29,6 +29,16 @@ def is_url(path: str) -> bool:
     return bool(_URL.match(path))
 
 
+def links(path: str) -> list[tuple[str, str]]:
+    """What an input names, link by link: (protocol, the rest) of each link of a URL, chained
+    ones too (`simplecache::s3://b/k`, `zip://x::file:///d/a.zip`), or ("", path) for a local
+    path. For telling whether an input lies where a run writes, however it is spelled."""
+    if not is_url(path):
+        return [("", path)]
+    split = (link.partition("://") for link in path.split("::"))
+    return [(protocol, rest) for protocol, found, rest in split if found]
+
+
 @contextlib.contextmanager
 def _fsspec_failures(url: str, parsing: bool = False, writing: bool = False) -> Iterator[None]:
     """Where every failure of fsspec (or of the package behind its protocol) becomes an error
