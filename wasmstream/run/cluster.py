@@ -71,6 +71,7 @@ MiB = 1 << 20
 POLL = 2.0  # seconds between looks at the cluster while a part runs
 NO_WORKERS_GRACE = 60.0  # seconds a run waits for a worker to (re)appear
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
+STOP_GRACE = 2.0  # seconds a stopped run waits for its running parts here to end
 
 log = logging.getLogger(__name__)
 
@@ -556,13 +557,15 @@ class _HereTasks:
         self._paths = tuple(config.inputs)
         self._timed = config.timings
         self._parts_dir = parts_dir
+        self._abandoned = False  # parts still running when the run stopped
 
     def __enter__(self) -> _HereTasks:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # parts not started are not started; running ones end (a signal stops their guests)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # parts not started are not started; running ones end (a signal stops their guests),
+        # but for those `stop` gave up on (stuck in a request to the store)
+        self._pool.shutdown(wait=not self._abandoned, cancel_futures=True)
 
     def workers(self) -> int:
         return self._jobs
@@ -575,7 +578,11 @@ class _HereTasks:
 
         for future in futures:
             future.cancel()
-        wait(futures)  # running parts end (a signal stops their guests): then tidy
+        # running parts end (a signal stops their guests): then tidy. A part stuck in a request
+        # to an object store that stopped answering is left behind (a daemon's fate: the run
+        # records nothing more, and the next run aborts the upload it began).
+        _, running = wait(futures, timeout=STOP_GRACE)
+        self._abandoned = bool(running)
 
     def submit(self, part: Part) -> Any:
         return self._pool.submit(

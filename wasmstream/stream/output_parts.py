@@ -27,7 +27,7 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from wasmstream.checkpoint.durable import fsync_folder, replace_durably
@@ -562,9 +562,15 @@ class PartsFolder:
 
     def tidy(self) -> None:
         """After the parts stopped running: what was committed but not recorded (a run that
-        failed or was stopped) goes, as the next run would remove it."""
-        with contextlib.suppress(OSError, CheckpointError, IOFailure):
-            clear(self.place, self._numbers, {number for number, _ in self._parts}, False)
+        failed or was stopped) goes, as the next run would remove it. Given up after a while
+        (a store that stopped answering must not hold a Ctrl-C): the next run does it."""
+        keep = {number for number, _ in self._parts}
+
+        def tidy() -> None:
+            with contextlib.suppress(OSError, CheckpointError, IOFailure):
+                clear(self.place, self._numbers, keep, False)
+
+        within(CLEANUP_GRACE, tidy)
 
     def complete(self) -> None:
         """The run is over and its checkpoint says so: `_SUCCESS`, last (a shard's run only
@@ -609,4 +615,18 @@ class PartsFolder:
         return True
 
     def close(self) -> None:
-        self.place.unlock()
+        within(CLEANUP_GRACE, self.place.unlock)  # else taken over by the next run of it
+
+
+CLEANUP_GRACE = 3.0  # seconds a run's last tidying of its place may take, however it ends
+
+
+def within(seconds: float, work: Callable[[], None]) -> bool:
+    """Do `work` on a thread of its own, waiting at most `seconds` for it (False: given up;
+    it goes on, a daemon, until the process ends)."""
+    import threading
+
+    worker = threading.Thread(target=work, name="wasmstream-cleanup", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
