@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from typing import Any
 import pytest
 
 from wasmstream.stream.framing import Framing
+
+# A test runner started in the background by a shell (`make test` runs the wasmer half so, and
+# nohup does the same) ignores SIGINT, and an ignored signal stays ignored across exec: every
+# wasmstream the tests start would be deaf to the Ctrl-C they send it. A handler is reset to the
+# default in a child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = os.environ.get("WASMSTREAM_ENGINE", "wasmtime")  # `make test-wasmer` sets wasmer

@@ -588,13 +588,14 @@ class _Scratch:
 
 
 class _Job:
-    __slots__ = ("done", "dropped", "error", "frame", "output")
+    __slots__ = ("done", "dropped", "error", "frame", "output", "then")
 
     def __init__(self, frame: Frame, dropped: int | None = None) -> None:
         self.frame = frame
         self.dropped = dropped  # dropped: the scratch turn its frame was read in
         self.output: bytes = b""
         self.error: BaseException | None = None
+        self.then: BaseException | None = None  # raised once the job is written: the run ends
         self.done = threading.Lock()
         self.done.acquire()  # released by the worker once output or error is set
 
@@ -747,19 +748,24 @@ class _ParallelRun:
             # Its state may be corrupt: the next frame gets a fresh instance.
             assert instance is not None
             instance.close()
-            instance = self._replacement()
+            instance = self._replacement(job)
         except BaseException as error:
             job.error = error
         finally:
             job.done.release()
         return instance
 
-    def _replacement(self) -> Instance | None:
+    def _replacement(self, job: _Job) -> Instance | None:
+        """A fresh instance after `job`'s guest failed. If none can start, the run fails at
+        that job, in order: the frames before it are written first, as a serial run writes
+        them (failing the run at once here raced the writer, which then dropped them)."""
         try:
             return self._new_instance()
+        except WasmstreamError as error:
+            job.then = error
         except BaseException as error:
             self._fail(error)
-            return None
+        return None
 
     def _write_loop(self) -> None:
         while (job := self._in_order.get()) is not None:
@@ -787,3 +793,5 @@ class _ParallelRun:
         else:
             written = self._write(job.output)
         self._tally.record(job.frame, written)
+        if job.then is not None:
+            raise job.then
