@@ -26,20 +26,35 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
     interrupts.deliver(Interrupted(ExitStatus.TERMINATED))
 
 
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    interrupts.deliver(KeyboardInterrupt())
+
+
 def _error(message: str) -> None:
     with contextlib.suppress(OSError):  # stderr gone too: nothing left to tell
         print(f"wasmstream: error: {message}", file=sys.stderr, flush=True)
 
 
+def handle_signals() -> None:
+    """SIGTERM and SIGINT as the CLI takes them: each raises its exception (Interrupted,
+    KeyboardInterrupt), kept for when a finalizer swallows it (see run/interrupts.py), and
+    reaches a guest stuck in a loop. SIGINT only if it was not ignored when the process
+    started: a background job must stay deaf to the terminal's Ctrl-C."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    sys.unraisablehook = interrupts.quiet_when_pending(sys.unraisablehook)
+    interrupts.install()
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: run the CLI and turn every outcome into an exit status."""
     stdio.guard()  # before anything opens a file: see stream/stdio.py
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    handle_signals()
     # With -j N, threads hand turns (and, under an overload policy, frames) to each other;
     # Python's default 5 ms switch interval makes every hand-off wait that long for the GIL.
     # Set by the CLI, which owns the process; not the core.
     sys.setswitchinterval(0.001)
-    interrupts.install()
     status = _run_cli(argv)
     # End the process here, without interpreter finalisation: at exit, wasmtime's WASI runtime
     # threads sometimes panic while Python tears down (a Rust backtrace on stderr in about one

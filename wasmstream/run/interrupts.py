@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -55,6 +56,21 @@ def raise_pending() -> None:
     """Raise a signal's exception that was swallowed (once)."""
     if _pending:
         raise _pending.pop()
+
+
+def quiet_when_pending(
+    fallback: Callable[[sys.UnraisableHookArgs], object],
+) -> Callable[[sys.UnraisableHookArgs], None]:
+    """A `sys.unraisablehook` that says nothing of a signal's exception a finalizer swallowed
+    (it is raised again, by `raise_pending`: its "Exception ignored in …" traceback under the
+    run's one line would only mislead), and hands everything else to `fallback`."""
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if any(unraisable.exc_value is kept for kept in _pending):
+            return
+        fallback(unraisable)
+
+    return hook
 
 
 def install() -> None:
