@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -54,6 +55,24 @@ def wasmstream(
 def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """The real CLI in a child process, for tests that talk to it while it runs."""
     return subprocess.Popen([sys.executable, "-m", "wasmstream", *args], **kwargs)
+
+
+def recorded_parts(checkpoint: Path) -> list[dict[str, Any]]:
+    """The parts a run in parts' checkpoint records now ([] while there is none to read)."""
+    try:
+        return list(json.loads(checkpoint.read_text())["position"]["parts"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def kill_once_recorded(client: subprocess.Popen[bytes], checkpoint: Path, parts: int) -> None:
+    """SIGKILL the run once its checkpoint records `parts` parts (a run killed mid-way)."""
+    deadline = time.monotonic() + 30
+    while len(recorded_parts(checkpoint)) < parts:
+        assert time.monotonic() < deadline and client.poll() is None
+        time.sleep(0.02)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
 
 
 def per_frame(transform: Callable[[bytes], bytes], data: bytes, frame_size: int) -> bytes:

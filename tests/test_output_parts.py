@@ -10,9 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from wasmstream.stream import output_parts
 from wasmstream.stream.framing import Framing
 
-from conftest import fixture, records, spawn, wasmstream
+from conftest import fixture, kill_once_recorded, recorded_parts, records, spawn, wasmstream
 
 UPPER = fixture("upper.wasm")
 MARKS = fixture("marks.wasm")  # its output shows where every frame was cut
@@ -134,22 +132,9 @@ def test_a_killed_run_resumes_exactly_with_nothing_left_over(tmp_path: Path) -> 
     args = ["run", fixture("sleepy.wasm"), "in", "--frame-size", "4", "--part-size", "4"]
     args += ["-j", "2", "--output-parts", "out", "--checkpoint-interval", "10ms"]
     client = spawn(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def recorded() -> list[dict[str, int]]:
-        try:
-            saved = json.loads((out / "_checkpoint.json").read_text())
-            return list(saved["position"]["parts"])
-        except (OSError, ValueError, KeyError):
-            return []
-
-    deadline = time.monotonic() + 30
-    while len(recorded()) < 2:
-        assert time.monotonic() < deadline and client.poll() is None
-        time.sleep(0.02)
-    client.send_signal(signal.SIGKILL)
-    client.wait()
+    kill_once_recorded(client, out / "_checkpoint.json", 2)
     assert not (out / "_SUCCESS").exists()  # a killed run never says it finished
-    assert 2 <= len(recorded()) < 16
+    assert 2 <= len(recorded_parts(out / "_checkpoint.json")) < 16
     (out / ".part-00009.0123456789abcdef.tmp").write_bytes(b"a lost attempt")
     (out / "part-00015").write_bytes(b"committed, never recorded")
     resumed = wasmstream("run", *args[1:], "--resume", cwd=tmp_path)

@@ -20,7 +20,7 @@ import pytest
 
 from wasmstream.stream.framing import Framing
 
-from conftest import ROOT, fixture, records, spawn, wasmstream
+from conftest import ROOT, fixture, kill_once_recorded, records, spawn, wasmstream
 
 s3fs = pytest.importorskip("s3fs")
 from wasmstream.stream.object_parts import ObjectPrefix  # noqa: E402  (needs s3fs to be)
@@ -166,19 +166,7 @@ def test_a_killed_run_resumes_exactly_and_leaves_no_upload(bucket: Bucket, tmp_p
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-    def recorded() -> list[dict[str, int]]:
-        try:
-            return list(json.loads((tmp_path / "ckpt.json").read_text())["position"]["parts"])
-        except (OSError, ValueError, KeyError):
-            return []
-
-    deadline = time.monotonic() + 30
-    while len(recorded()) < 2:
-        assert time.monotonic() < deadline and client.poll() is None
-        time.sleep(0.02)
-    client.send_signal(signal.SIGKILL)
-    client.wait()
+    kill_once_recorded(client, tmp_path / "ckpt.json", 2)
     names = bucket.listing("out")
     assert "_SUCCESS" not in names and "_lock" in names  # the lock of a run that died
     bucket.start_upload("out/part-00009")  # an attempt that died mid-part
