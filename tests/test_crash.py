@@ -518,3 +518,17 @@ def test_a_signal_a_finalizer_swallows_is_raised_again_and_not_printed(number: s
     raised = "Interrupted" if number == "SIGTERM" else "KeyboardInterrupt"
     assert done.stdout.decode().splitlines() == ["the run went on", f"raised again: {raised}"]
     assert done.stderr == b"", done.stderr.decode()
+
+
+def test_ctrl_c_in_bench_says_one_line() -> None:
+    """click turned a KeyboardInterrupt outside `run` into an empty line and exit 130: no word
+    of what happened, unlike SIGTERM's 'interrupted'."""
+    process = spawn(["bench", fixture("upper.wasm")], stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    assert process.stderr.readline().startswith(b"wasmstream: measuring")  # bench under way
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitStatus.INTERRUPTED, stderr
+    lines = stderr.decode().splitlines()
+    assert lines[-1] == "wasmstream: interrupted", stderr
+    assert "" not in lines and "Traceback" not in stderr.decode()

@@ -156,6 +156,7 @@ def test_variables_once_ignored_reach_the_run(tmp_path: Path) -> None:
     [
         ("WASMSTREAM_RUN_JOBS", "many", "--jobs"),
         ("WASMSTREAM_RUN_FRAME_SIZE", "12Q", "--frame-size"),
+        ("WASMSTREAM_ENGINE", "wasmtimes", "--engine"),  # every command's, read by the default
     ],
 )
 def test_a_bad_value_from_the_environment_names_its_variable(

@@ -464,6 +464,38 @@ def test_the_run_stops_when_a_replacement_instance_cannot_start(
     assert result.stdout == GOOD
 
 
+@pytest.mark.wasmtime_only  # limited.wasm keeps its marks in a --dir grant, refused by wasmer
+@pytest.mark.parametrize("jobs", ["2", "4"])
+@pytest.mark.parametrize("on_error", ["skip", "passthrough"])
+def test_a_replacement_that_cannot_start_stops_a_pool_of_turns_at_its_frame(
+    jobs: str, on_error: str, tmp_path: Path
+) -> None:
+    """-j N (under block, threads taking turns) passed the failed frame's turn on before its
+    replacement started: the other threads went on writing frames after it, and the run
+    failed somewhere later (at -j 2, after the whole input) rather than at that frame."""
+    # limited.wasm starts --config times per directory: the first instances all start, the
+    # one replacing the failed frame's cannot
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out, dead = tmp_path / "out", tmp_path / "dead.jsonl"
+    command = ["run", fixture("c/limited.wasm"), "--init", "init", "--config", jobs]
+    command += ["--dir", f"{marks}:/data:rw", "--frame-size", "4", "-j", jobs]
+    command += ["--on-error", on_error, "--dead-letter", str(dead), "-o", str(out)]
+    stream = GOOD * 50 + BAD + GOOD * 200
+    result = wasmstream(*command, input=stream)
+    assert_clean_failure(result, ExitStatus.GUEST_ERROR, "while starting an instance")
+    kept = BAD if on_error == "passthrough" else b""
+    assert out.read_bytes() == GOOD * 50 + kept
+    saved = json.loads((tmp_path / "out.ckpt.json").read_text())
+    assert saved["position"]["input_bytes"] == len(GOOD * 50 + BAD)
+    for mark in marks.iterdir():  # the resumed run's instances can all start
+        mark.unlink()
+    resumed = wasmstream(*command, "--resume", input=stream)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == GOOD * 50 + kept + GOOD * 200
+    assert len(dead.read_text().splitlines()) == 1
+
+
 def test_timeout_counts_each_frame_from_its_own_start(tmp_path: Path) -> None:
     """Frames may be queued behind others (the wasmer engine keeps three in its worker): a
     frame's --timeout runs from when the guest starts on it, not from when it was read."""

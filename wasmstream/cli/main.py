@@ -17,6 +17,7 @@ from typing import NoReturn
 import click
 
 from wasmstream.cli.commands import cli, notice
+from wasmstream.cli.options import DEFAULTS_FROM_ENVIRONMENT
 from wasmstream.errors import BrokenPipe, ExitStatus, FramingError, Interrupted, WasmstreamError
 from wasmstream.run import interrupts
 from wasmstream.stream import stdio
@@ -78,7 +79,13 @@ def _from_environment(error: click.exceptions.UsageError) -> str:
     if not isinstance(error, click.BadParameter) or error.param is None or error.ctx is None:
         return ""
     name = error.param.name
-    if name is None or error.ctx.get_parameter_source(name) is not ParameterSource.ENVIRONMENT:
+    if name is None:
+        return ""
+    source = error.ctx.get_parameter_source(name)
+    own = DEFAULTS_FROM_ENVIRONMENT.get(name)
+    if source is ParameterSource.DEFAULT and own is not None and os.environ.get(own):
+        return f" (from the environment: {own})"
+    if source is not ParameterSource.ENVIRONMENT:
         return ""
     declared = error.param.envvar
     candidates = [declared] if isinstance(declared, str) else list(declared or [])

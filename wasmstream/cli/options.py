@@ -77,6 +77,11 @@ def option(*decls: str, **attrs: Any) -> OptionGroup:
     return OptionGroup((click.Option(decls, **attrs),))
 
 
+# Options whose default is read from an environment variable of their own (not click's
+# WASMSTREAM_<COMMAND>_<OPTION>): a bad value there is named by the error (cli/main.py).
+DEFAULTS_FROM_ENVIRONMENT = {"engine": "WASMSTREAM_ENGINE"}
+
+
 def _default_engine() -> str:
     # WASMSTREAM_ENGINE sets the engine for every command; WASMSTREAM_<COMMAND>_ENGINE (the
     # rule every option follows) and --engine take precedence, in that order.

@@ -424,11 +424,18 @@ class _Turns:
         except GuestError as error:
             if measured:
                 self._add_guest_time(perf_counter() - started)
-            self._write_in_turn(turn, frame, None, error)
-            # Its state may be corrupt: the next frame gets a fresh instance (started after
-            # the failed frame is recorded: a Ctrl-C meanwhile must not make it run again).
-            instance.close()
-            return self._new_instance()
+            # Its state may be corrupt: the next frame gets a fresh instance, started after
+            # the failed frame is recorded (a Ctrl-C meanwhile must not make it run again) and
+            # before its turn passes on: if none can start, the run stops at this frame, as a
+            # serial run does, with nothing after it written.
+            fresh: list[Instance] = []
+
+            def replace() -> None:
+                instance.close()
+                fresh.append(self._new_instance())
+
+            self._write_in_turn(turn, frame, None, error, replace)
+            return fresh[0]
         return instance
 
     def _add_guest_time(self, seconds: float) -> None:
@@ -436,10 +443,16 @@ class _Turns:
             self._tally.guest_seconds += seconds
 
     def _write_in_turn(
-        self, turn: int, frame: Frame, output: memoryview | None, error: GuestError | None
+        self,
+        turn: int,
+        frame: Frame,
+        output: memoryview | None,
+        error: GuestError | None,
+        then: Callable[[], None] | None = None,
     ) -> int:
         """Wait for `turn`, then write `output` (or what the failure policy puts in place of a
-        failed frame) and record the frame; raises _Stop when the run is already failing."""
+        failed frame), record the frame and call `then` before passing the turn on (if it
+        raises, the run fails here); raises _Stop when the run is already failing."""
         with self._turn_lock:
             if self._failure is not None:
                 raise _Stop
@@ -469,6 +482,12 @@ class _Turns:
             with self._turn_lock:
                 self._writing = False
                 self._no_writer.notify_all()
+        if then is not None:
+            try:
+                then()
+            except BaseException as failure:
+                self._fail(failure)
+                raise _Stop from None
         with self._turn_lock:
             self._written = turn + 1
             after = self._waiting.pop(turn + 1, None)
