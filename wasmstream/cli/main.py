@@ -103,6 +103,9 @@ def _run_cli(argv: Sequence[str] | None) -> int:
             standalone_mode=False,
             auto_envvar_prefix="WASMSTREAM",
         )
+        # A signal a finalizer swallowed where no loop raised it again (its traceback was kept
+        # quiet for that loop): the command went on to its end, and says it was interrupted.
+        interrupts.raise_pending()
     except click.exceptions.UsageError as error:
         if _NoArgsIsHelp is not None and isinstance(error, _NoArgsIsHelp) and error.ctx:
             click.echo(error.ctx.get_help())  # `wasmstream` alone: help, as click tools do
