@@ -326,3 +326,13 @@ def test_resume_of_a_folder_refuses_a_queue_depth_it_has_no_use_for(tmp_path: Pa
     refused = wasmstream("resume", "--checkpoint", checkpoint, "--queue-depth", "4")
     assert_clean_failure(refused, 2, "--queue-depth", "--output-parts")
     assert (tmp_path / "out" / "_checkpoint.json").read_bytes() == saved
+
+
+def test_a_cluster_run_refuses_a_queue_depth_it_has_no_use_for(tmp_path: Path) -> None:
+    """`--cluster` (without --output-parts) took --queue-depth and did nothing with it."""
+    data = tmp_path / "in.txt"
+    data.write_bytes(b"a\nb\n" * 50)
+    refused = wasmstream(
+        "run", UPPER, str(data), "--cluster", "local:1", "--queue-depth", "4", cwd=tmp_path
+    )
+    assert_clean_failure(refused, 2, "--queue-depth has no queue to act on with --cluster")

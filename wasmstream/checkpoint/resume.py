@@ -26,7 +26,7 @@ from wasmstream.checkpoint.record import (
 )
 from wasmstream.checkpoint.recorded_options import record_options, recorded_run
 from wasmstream.engines import LoadedModule
-from wasmstream.errors import CheckpointError, UsageError
+from wasmstream.errors import CheckpointError
 from wasmstream.guest.abi import StateKind
 from wasmstream.run.options import Notify, Reached, RunConfig
 from wasmstream.stream.input import STDIN, ConcatenatedInput
@@ -359,11 +359,6 @@ def config_from_checkpoint(
     recorded = recorded_run(saved.options, saved.command)
     if not keep_jobs:
         recorded["jobs"] = jobs
-    if queue_depth is not None and saved.output_parts:
-        raise UsageError(
-            f"--queue-depth: checkpoint {path} is of a run in parts (--output-parts), which "
-            "runs parts whole, with no queue of frames"
-        )
     if queue_depth is not None:
         recorded["queue_depth"] = queue_depth
     output = checkpoint.optional_text_path(saved.output)

@@ -356,7 +356,6 @@ NOT_WITH_PARTS = {
     "no_checkpoint": ("--no-checkpoint", "the folder's parts are recorded in its checkpoint"),
     "dead_letter": ("--dead-letter", "dead letters go beside their parts, in DIR"),
     "drop_log": ("--drop-log", "nothing is dropped: parts in flight are bounded"),
-    "queue_depth": ("--queue-depth", "parts run whole, with no queue of frames"),
 }
 
 

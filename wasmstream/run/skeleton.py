@@ -149,6 +149,11 @@ def _check_splittable(config: RunConfig) -> None:
             f"--on-overload {config.overload} has no queue to act on with {what} (parts in "
             "flight are bounded instead)"
         )
+    if config.in_parts and config.queue_depth is not None:  # run, resume and library alike
+        raise UsageError(
+            f"--queue-depth has no queue to act on with {what}: parts run whole, with no "
+            "queue of frames"
+        )
 
 
 def _split_by(config: RunConfig) -> str:
