@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import socket
 from collections.abc import Iterable, Iterator
@@ -39,6 +38,8 @@ from wasmstream.stream.parts_layout import (
     SUCCESS,
     TAIL,
     Committed,
+    Tail,
+    committed_part,
     dead_letters_name,
     number_of,
     part_name,
@@ -70,6 +71,8 @@ class ObjectPrefix:
         self._root = root.rstrip("/")
         if not self._root or self._root.startswith("/"):
             raise UsageError(f"--output-parts {url} names no bucket: s3://bucket/prefix/")
+        self._bucket, _, inner = self._root.partition("/")
+        self._inner = f"{inner}/" if inner else ""  # the keys' prefix in the bucket
         self._lock: str | None = None
         self._prefixes: set[str] = set()  # the names listed last that are prefixes of objects
 
@@ -80,14 +83,15 @@ class ObjectPrefix:
         return f"{self._root}/{name}"
 
     def make(self) -> bool:
-        bucket = self._root.split("/", 1)[0]
         with writing_to(self.where):
             if "/" in self._root and self.fs.isfile(self._root):
                 raise UsageError(f"--output-parts {self.where} is an object, not a prefix")
             try:  # not fs.exists, which takes no credentials or no server for no bucket
-                self.fs.call_s3("head_bucket", Bucket=bucket)
+                self.fs.call_s3("head_bucket", Bucket=self._bucket)
             except FileNotFoundError:
-                raise IOFailure(f"cannot write {self.where}: there is no bucket {bucket}") from None
+                raise IOFailure(
+                    f"cannot write {self.where}: there is no bucket {self._bucket}"
+                ) from None
         return False  # a prefix exists once something is under it: nothing to make or undo
 
     def unmake(self) -> None:
@@ -133,10 +137,10 @@ class ObjectPrefix:
         size = self.size(name)
         length = min(TAIL, size)
         if length == 0:
-            return Committed(0, 0, hashlib.sha256(b"").hexdigest())
+            return committed_part(0, b"")
         with writing_to(self.name_of(name)):
             tail = bytes(self.fs.cat_file(self.key(name), start=size - length, end=size))
-        return Committed(size, len(tail), hashlib.sha256(tail).hexdigest())
+        return committed_part(size, tail)
 
     def remove(self, names: list[str], numbers: range) -> None:
         below = sorted(self._prefixes.intersection(names))
@@ -151,19 +155,17 @@ class ObjectPrefix:
             for key, upload in self._uploads():
                 known = number_of(key.rsplit("/", 1)[-1])
                 if known is not None and known[0] in numbers:
-                    bucket = self._root.split("/", 1)[0]
                     self.fs.call_s3(
-                        "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload
+                        "abort_multipart_upload", Bucket=self._bucket, Key=key, UploadId=upload
                     )
 
     def _uploads(self) -> Iterator[tuple[str, str]]:
         """(key, upload id) of the incomplete uploads directly under the prefix."""
-        bucket, _, inner = self._root.partition("/")
-        prefix = f"{inner}/" if inner else ""
+        prefix = self._inner
         marks: dict[str, str] = {}
         while True:
             page = self.fs.call_s3(
-                "list_multipart_uploads", Bucket=bucket, Prefix=prefix, Delimiter="/", **marks
+                "list_multipart_uploads", Bucket=self._bucket, Prefix=prefix, Delimiter="/", **marks
             )
             for upload in page.get("Uploads", []):
                 # not those of a prefix below: servers that ignore the delimiter list them too
@@ -274,16 +276,13 @@ class ObjectPartAttempt:
         with writing_to(self._where), contextlib.suppress(FileExistsError):
             self._file = prefix.fs.open(prefix.key(self._name), "xb", block_size=BLOCK)
         self._taken = self._file is None
-        self.size = 0
-        self._tail = bytearray()
+        self._tail = Tail()
 
     def write(self, data: bytes | memoryview) -> int:
         if not self._taken:
             with writing_to(self._where):
                 self._file.write(data)
-        self.size += len(data)
-        self._tail += data[-TAIL:]
-        del self._tail[:-TAIL]
+        self._tail.add(data)
         return len(data)
 
     def commit(self, dead_letters: bytes = b"") -> Committed:
@@ -294,7 +293,9 @@ class ObjectPartAttempt:
                 try:
                     if self._taken:
                         pass  # refused when the upload began: committed already
-                    elif self.size == 0:  # s3fs puts an empty file whether the key is free or not
+                    elif (
+                        self._tail.size == 0
+                    ):  # s3fs puts an empty file whether the key is free or not
                         self.abandon()
                         self._prefix.fs.pipe_file(self._prefix.key(self._name), b"", mode="create")
                         won = True
@@ -304,9 +305,7 @@ class ObjectPartAttempt:
                 except FileExistsError:
                     pass
             if won:
-                return Committed(
-                    self.size, len(self._tail), hashlib.sha256(self._tail).hexdigest(), dead
-                )
+                return self._tail.committed(dead)
             self.abandon()
             return self._prefix.describe(self._name)._replace(dead_letters=dead)
         except OSError as error:

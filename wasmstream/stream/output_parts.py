@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 import uuid
@@ -37,7 +36,9 @@ from wasmstream.stream.parts_layout import (
     SUCCESS,
     TAIL,
     Committed,
+    Tail,
     checkpoint_name,
+    committed_part,
     dead_letters_name,
     number_of,
     part_name,
@@ -52,8 +53,6 @@ LOCAL = ("", "file", "local")  # the protocols of an input on this machine (sour
 
 class Attempt(Protocol):
     """One attempt at a part, where it runs: written, then committed once or abandoned."""
-
-    size: int
 
     def write(self, data: bytes | memoryview) -> int: ...
 
@@ -161,8 +160,7 @@ class PartAttempt:
         self._attempt = uuid.uuid4().hex[:16]
         self._temp = self._temp_for(part_name(number))
         self._fd = self._create(self._temp)
-        self.size = 0
-        self._tail = bytearray()
+        self._tail = Tail()
 
     def _temp_for(self, name: str) -> str:
         return os.path.join(self.folder, f".{name}.{self._attempt}.tmp")
@@ -184,9 +182,7 @@ class PartAttempt:
                 f"cannot write {os.path.join(self.folder, part_name(self.number))}: "
                 f"{error.strerror}"
             ) from None
-        self.size += len(data)
-        self._tail += data[-TAIL:]
-        del self._tail[:-TAIL]
+        self._tail.add(data)
         return len(data)
 
     def commit(self, dead_letters: bytes = b"") -> Committed:
@@ -200,7 +196,7 @@ class PartAttempt:
             dead = self._commit_dead_letters(dead_letters) if dead_letters else None
             final = os.path.join(self.folder, name)
             if _link_once(self._temp, final):
-                committed = Committed(self.size, len(self._tail), _sha(self._tail), dead)
+                committed = self._tail.committed(dead)
             else:
                 committed = describe(self.folder, name)._replace(dead_letters=dead)
             os.unlink(self._temp)
@@ -263,10 +259,6 @@ def _link_once(temp: str, final: str) -> bool:
     return True
 
 
-def _sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def describe(folder: str, name: str) -> Committed:
     """What the committed file `name` is now (OSError if it is not a regular file)."""
     path = os.path.join(folder, name)
@@ -279,7 +271,7 @@ def describe(folder: str, name: str) -> Committed:
         tail = os.pread(fd, length, info.st_size - length)
     finally:
         os.close(fd)
-    return Committed(info.st_size, len(tail), _sha(tail))
+    return committed_part(info.st_size, tail)
 
 
 # --- a folder ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ and what the client records of a committed part (`Committed`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import NamedTuple
 
@@ -58,3 +59,26 @@ class Committed(NamedTuple):
     tail_length: int
     tail_sha256: str
     dead_letters: int | None = None
+
+
+def committed_part(
+    size: int, tail: bytes | bytearray, dead_letters: int | None = None
+) -> Committed:
+    """What a part of `size` bytes ending in `tail` (its last TAIL bytes, or all) is recorded as."""
+    return Committed(size, len(tail), hashlib.sha256(tail).hexdigest(), dead_letters)
+
+
+class Tail:
+    """The last TAIL bytes written to an attempt, kept as it is written."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._last = bytearray()
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        self._last += data[-TAIL:]
+        del self._last[:-TAIL]
+
+    def committed(self, dead_letters: int | None = None) -> Committed:
+        return committed_part(self.size, self._last, dead_letters)
