@@ -44,9 +44,10 @@ from wasmstream.cli.options import (
     SANDBOX,
     WASI_COMMAND,
     OptionGroup,
+    default_engine,
     option,
 )
-from wasmstream.engines import DEFAULT_ENGINE, ENGINE_NAMES
+from wasmstream.engines import ENGINE_NAMES
 from wasmstream.errors import (
     ExitStatus,
     FramesFailed,
@@ -73,7 +74,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
         return
     from importlib.metadata import PackageNotFoundError, version  # 20 ms: only when asked
 
-    in_use = os.environ.get("WASMSTREAM_ENGINE") or DEFAULT_ENGINE
+    in_use = default_engine()
     found = []
     for name in ENGINE_NAMES:
         try:

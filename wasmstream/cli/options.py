@@ -79,19 +79,20 @@ def option(*decls: str, **attrs: Any) -> OptionGroup:
 
 # Options whose default is read from an environment variable of their own (not click's
 # WASMSTREAM_<COMMAND>_<OPTION>): a bad value there is named by the error (cli/main.py).
-DEFAULTS_FROM_ENVIRONMENT = {"engine": "WASMSTREAM_ENGINE"}
+ENGINE_VARIABLE = "WASMSTREAM_ENGINE"
+DEFAULTS_FROM_ENVIRONMENT = {"engine": ENGINE_VARIABLE}
 
 
-def _default_engine() -> str:
+def default_engine() -> str:
     # WASMSTREAM_ENGINE sets the engine for every command; WASMSTREAM_<COMMAND>_ENGINE (the
     # rule every option follows) and --engine take precedence, in that order.
-    return os.environ.get("WASMSTREAM_ENGINE") or DEFAULT_ENGINE
+    return os.environ.get(ENGINE_VARIABLE) or DEFAULT_ENGINE
 
 
 ENGINE = option(
     "--engine",
     type=click.Choice(ENGINE_NAMES),
-    default=_default_engine,
+    default=default_engine,
     help=f"WebAssembly runtime [default: {DEFAULT_ENGINE}, or $WASMSTREAM_ENGINE].",
 )
 
